@@ -1,0 +1,144 @@
+"""Turning HTTP into interaction requests and results back into HTTP.
+
+Content negotiation, size limits, headers and Prefer live here; no SQL and no
+FHIR rules do.
+"""
+
+from __future__ import annotations
+
+from email.utils import format_datetime, parsedate_to_datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from fastapi import Request as HttpRequest
+from fastapi import Response
+
+from hub.errors import Invalid, PayloadTooLarge, UnsupportedMediaType, information
+from hub.interactions.context import Request, Result, etag, version_location
+from hub.settings import Settings
+
+FHIR_JSON = "application/fhir+json; charset=utf-8"
+_JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
+_PATCH_TYPES = ("application/json-patch+json",)
+_FORM = "application/x-www-form-urlencoded"
+_WRITES = ("POST", "PUT", "PATCH")
+
+
+def base_url(http: HttpRequest, settings: Settings) -> str:
+    if settings.public_base_url:
+        return settings.public_base_url.rstrip("/")
+    return str(http.base_url).rstrip("/") + settings.base_path
+
+
+async def _body(http: HttpRequest, limit: int) -> bytes:
+    declared = http.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"The request body of {declared} bytes exceeds the limit of {limit}")
+    chunks = []
+    size = 0
+    async for chunk in http.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _media_type(http: HttpRequest) -> str:
+    return http.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _parse_json(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise Invalid(f"The request body is not valid JSON: {e}") from None
+
+
+def _prefer(http: HttpRequest) -> str | None:
+    for part in http.headers.get("prefer", "").split(","):
+        name, _, value = part.strip().partition("=")
+        if name.strip().lower() == "return":
+            return value.strip().strip('"')
+    return None
+
+
+def _http_date(value: str | None) -> Any:
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+
+
+async def to_request(
+    http: HttpRequest,
+    settings: Settings,
+    *,
+    resource_type: str | None = None,
+    resource_id: str | None = None,
+    operation: str | None = None,
+    version_id: str | None = None,
+) -> Request:
+    method = "GET" if http.method == "HEAD" else http.method
+    params = parse_qsl(http.url.query, keep_blank_values=True)
+    body: Any = None
+    if method in _WRITES:
+        raw = await _body(http, settings.max_body_bytes)
+        media = _media_type(http)
+        if operation == "_search":
+            if raw and media not in (_FORM, ""):
+                raise UnsupportedMediaType(f"POST _search takes {_FORM}, not '{media}'")
+            params += parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)
+        else:
+            accepted = _PATCH_TYPES + _JSON_TYPES if method == "PATCH" else _JSON_TYPES
+            if media and media not in accepted:
+                raise UnsupportedMediaType(
+                    f"Content-Type '{media}' is not supported here; use {' or '.join(accepted[:2])}"
+                )
+            if not raw:
+                raise Invalid("The request has no body")
+            body = _parse_json(raw)
+    return Request(
+        method=method,
+        base_url=base_url(http, settings),
+        resource_type=resource_type,
+        resource_id=resource_id,
+        version_id=version_id,
+        operation=operation,
+        params=params,
+        body=body,
+        if_match=http.headers.get("if-match"),
+        if_none_exist=http.headers.get("if-none-exist"),
+        if_none_match=http.headers.get("if-none-match"),
+        if_modified_since=_http_date(http.headers.get("if-modified-since")),
+        prefer_return=_prefer(http),
+    )
+
+
+def to_response(req: Request, result: Result) -> Response:
+    headers = dict(result.headers)
+    content: bytes = b""
+    version = result.version
+    if version is not None:
+        headers["ETag"] = etag(version)
+        headers["Last-Modified"] = format_datetime(version.last_updated, usegmt=True)
+        if result.location:
+            headers["Location"] = version_location(req.base_url, version)
+        if req.method in _WRITES and req.prefer_return == "minimal":
+            content = b""
+        elif req.method in _WRITES and req.prefer_return == "OperationOutcome":
+            content = orjson.dumps(information(
+                f"{version.resource_type}/{version.resource_id} version {version.version_id} stored"
+            ))
+        else:
+            content = version.content or b""
+    elif result.body is not None:
+        content = orjson.dumps(result.body)
+    elif req.prefer_return == "OperationOutcome" and result.status == 204:
+        return Response(orjson.dumps(information("Deleted")), 200, headers, FHIR_JSON)
+    if result.status in (204, 304):
+        return Response(status_code=result.status, headers=headers)
+    return Response(content, result.status, headers, FHIR_JSON)

@@ -1,0 +1,109 @@
+"""Validation of FHIR R4 content: the only module that imports `fhir.resources`.
+
+The R4B models validate R4 (4.0.1) content for every resource type the hub
+stores. Eighteen R4 types were withdrawn or remodelled in R4B (the
+MedicinalProduct* family, EffectEvidenceSynthesis, RiskEvidenceSynthesis and
+five Substance* types); for those only the elements every resource shares
+(`id`, `meta`, `implicitRules`, `language`, `text`) are checked here.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from typing import Any
+
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import BaseModel, ValidationError
+
+from hub.errors import Invalid, Issue
+from hub.fhir.types import R4_RESOURCE_TYPES
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+# Elements every resource may carry; used for the types without an R4B model.
+_SHARED_ELEMENTS = {"meta": "Meta", "text": "Narrative"}
+
+
+@cache
+def _model(resource_type: str) -> type[BaseModel] | None:
+    try:
+        return get_fhir_model_class(resource_type)  # type: ignore[no-any-return]
+    except ValueError:
+        return None
+
+
+def is_resource_type(name: str) -> bool:
+    return name in R4_RESOURCE_TYPES
+
+
+def has_model(resource_type: str) -> bool:
+    return _model(resource_type) is not None
+
+
+def element_names(resource_type: str) -> frozenset[str]:
+    """Top-level JSON element names of a resource type (empty when it has no model)."""
+    model = _model(resource_type)
+    if model is None:
+        return frozenset()
+    return frozenset((f.alias or name) for name, f in model.model_fields.items())
+
+
+def _path(resource_type: str, loc: tuple[int | str, ...]) -> str:
+    path = resource_type
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in ("resource_type", "__root__"):
+            path += ".resourceType" if part == "resource_type" else ""
+        else:
+            path += f".{part}"
+    return path
+
+
+def _issues(resource_type: str, error: ValidationError, prefix: tuple[int | str, ...] = ()) -> list[Issue]:
+    issues = []
+    for err in error.errors():
+        loc = tuple(p for p in prefix + tuple(err["loc"]) if not str(p).startswith("function-"))
+        message = err["msg"].replace("Value error, ", "")
+        path = _path(resource_type, loc)
+        issues.append(Issue("structure" if err["type"] == "extra_forbidden" else "value",
+                            f"{path}: {message}", expression=(path,)))
+    return issues
+
+
+def validate(resource: dict[str, Any], expected_type: str | None = None) -> str:
+    """Check a parsed resource against FHIR R4; return its type or raise `Invalid`."""
+    if not isinstance(resource, dict):
+        raise Invalid("The body must be a JSON object holding a FHIR resource")
+    resource_type = resource.get("resourceType")
+    if not isinstance(resource_type, str) or not resource_type:
+        raise Invalid("The resource has no resourceType", expression=("resourceType",))
+    if not is_resource_type(resource_type):
+        raise Invalid(f"Unknown resource type '{resource_type}'", expression=("resourceType",))
+    if expected_type is not None and resource_type != expected_type:
+        raise Invalid(
+            f"The resourceType '{resource_type}' does not match the endpoint's type '{expected_type}'",
+            expression=("resourceType",),
+        )
+    rid = resource.get("id")
+    if rid is not None and (not isinstance(rid, str) or not ID_PATTERN.match(rid)):
+        raise Invalid(f"{resource_type}.id: '{rid}' is not a valid id", expression=(f"{resource_type}.id",))
+    model = _model(resource_type)
+    if model is not None:
+        try:
+            model.model_validate(resource)
+        except ValidationError as e:
+            issues = _issues(resource_type, e)
+            raise Invalid(issues[0].diagnostics, issues=issues) from None
+        return resource_type
+    for element, element_type in _SHARED_ELEMENTS.items():
+        if element in resource:
+            element_model = _model(element_type)
+            assert element_model is not None
+            try:
+                element_model.model_validate(resource[element])
+            except ValidationError as e:
+                issues = _issues(resource_type, e, (element,))
+                raise Invalid(issues[0].diagnostics, issues=issues) from None
+    return resource_type

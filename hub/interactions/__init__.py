@@ -1,0 +1,1 @@
+"""FHIR interactions: one module each, taking a `Request` and answering a `Result`."""

@@ -1,0 +1,27 @@
+"""create: https://hl7.org/fhir/R4/http.html#create (and conditional create, #ccreate)"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+from hub.fhir import validate
+from hub.interactions.context import Context, Request, Result
+from hub.interactions.writes import new_id, save, single_match
+from hub.store.repository import Transaction
+
+
+def create(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
+    """POST [type]. The server assigns the id: one in the body is ignored, as the spec says.
+
+    A transaction Bundle passes the id it assigned up front in `req.resource_id`,
+    so that references to the entry's fullUrl could be rewritten beforehand.
+    """
+    assert req.resource_type is not None
+    resource = req.body
+    validate(resource, expected_type=req.resource_type)
+    with ctx.unit(tx) as t:
+        if req.if_none_exist:
+            existing = single_match(ctx, t, req.resource_type, parse_qsl(req.if_none_exist))
+            if existing is not None:
+                return Result(200, version=existing)
+        return save(ctx, t, req.resource_type, req.resource_id or new_id(), resource, method="POST")

@@ -1,0 +1,60 @@
+"""patch: https://hl7.org/fhir/R4/http.html#patch (JSON Patch, RFC 6902)"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonpatch
+import jsonpointer
+import orjson
+
+from hub.errors import BusinessRule, Gone, Invalid, NotFound
+from hub.fhir import validate
+from hub.interactions.context import Context, Request, Result
+from hub.interactions.writes import check_precondition, expected_version, save, single_match
+from hub.store.repository import Transaction
+
+
+def _patch_document(body: Any) -> jsonpatch.JsonPatch:
+    if not isinstance(body, list):
+        raise Invalid("A JSON Patch document is a JSON array of operations")
+    try:
+        return jsonpatch.JsonPatch(body)
+    except (jsonpatch.InvalidJsonPatch, TypeError, KeyError) as e:
+        raise Invalid(f"Invalid JSON Patch document: {e}") from None
+
+
+def patch(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
+    assert req.resource_type is not None
+    document = _patch_document(req.body)
+    if_match = expected_version(req.if_match)
+    with ctx.unit(tx) as t:
+        if req.resource_id is None:
+            match = single_match(ctx, t, req.resource_type, req.params)
+            if match is None:
+                raise NotFound(f"No {req.resource_type} matches the criteria")
+            target = match.resource_id
+        else:
+            target = req.resource_id
+        current = t.current(req.resource_type, target)
+        if current is None:
+            raise NotFound(f"{req.resource_type}/{target} is not known")
+        if current.deleted:
+            raise Gone(f"{req.resource_type}/{target} was deleted")
+        check_precondition(current, if_match)
+        assert current.content is not None
+        try:
+            patched = document.apply(orjson.loads(current.content))
+        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as e:
+            raise BusinessRule(f"The patch cannot be applied: {e}") from None
+        if not isinstance(patched, dict):
+            raise BusinessRule("The patch does not leave a resource")
+        if patched.get("resourceType") != req.resource_type or patched.get("id") != target:
+            raise BusinessRule("A patch may not change the resource's type or id")
+        try:
+            validate(patched)
+        except Invalid as e:
+            raise BusinessRule(
+                f"The patched resource is not valid: {e.message}", issues=e.issues
+            ) from None
+        return save(ctx, t, req.resource_type, target, patched, method="PATCH", if_match=if_match)

@@ -1,0 +1,28 @@
+"""read: https://hl7.org/fhir/R4/http.html#read"""
+
+from __future__ import annotations
+
+from hub.errors import Gone, NotFound
+from hub.interactions.context import Context, Request, Result, etag
+from hub.store.repository import Transaction
+
+
+def read(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
+    assert req.resource_type is not None and req.resource_id is not None
+    if tx is not None:
+        version = tx.current(req.resource_type, req.resource_id)
+    else:
+        version = ctx.repo.read(req.resource_type, req.resource_id)
+    if version is None:
+        raise NotFound(f"{req.resource_type}/{req.resource_id} is not known")
+    if version.deleted:
+        raise Gone(
+            f"{req.resource_type}/{req.resource_id} was deleted", headers={"ETag": etag(version)}
+        )
+    if req.if_none_match is not None and req.if_none_match.strip() == etag(version):
+        return Result(304, headers={"ETag": etag(version)})
+    if req.if_modified_since is not None and version.last_updated.replace(
+        microsecond=0
+    ) <= req.if_modified_since:
+        return Result(304, headers={"ETag": etag(version)})
+    return Result(200, version=version)

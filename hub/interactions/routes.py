@@ -1,0 +1,83 @@
+"""Which interaction answers which request: the one routing table.
+
+The REST API and the batch/transaction processor both call `dispatch`; the
+CapabilityStatement lists the interactions named here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from hub.errors import Invalid, MethodNotAllowed, NotFound
+from hub.fhir import is_resource_type
+from hub.interactions.context import Context, Request, Result
+from hub.store.repository import Transaction
+
+Interaction = Callable[[Context, Request, Transaction | None], Result]
+
+TYPE_INTERACTIONS = (
+    "read", "vread", "update", "patch", "delete",
+    "history-instance", "history-type", "create", "search-type",
+)
+SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system")
+
+
+def dispatch(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
+    # Imported here: the interaction modules import this table for their own dispatch.
+    from hub.interactions import (
+        capabilities,
+        create,
+        delete,
+        history,
+        patch,
+        read,
+        search,
+        transaction,
+        update,
+        vread,
+    )
+
+    method, op = req.method, req.operation
+    if req.resource_type is None:
+        if op == "metadata" and method == "GET":
+            return capabilities.capabilities(ctx, req, tx)
+        if op == "_history" and method == "GET":
+            return history.history(ctx, req, tx)
+        if op is None and method == "POST":
+            if tx is not None:
+                raise Invalid("A Bundle entry cannot post another batch or transaction")
+            return transaction.process(ctx, req, dispatch)
+        raise MethodNotAllowed(f"{method} is not supported on {req.base_url}/{op or ''}")
+    if not is_resource_type(req.resource_type):
+        raise NotFound(f"Unknown resource type '{req.resource_type}'")
+    chosen: Interaction | None = None
+    if req.resource_id is None:
+        if op is None:
+            chosen = {
+                "GET": search.search,
+                "POST": create.create,
+                "PUT": update.update,
+                "PATCH": patch.patch,
+                "DELETE": delete.delete,
+            }.get(method)
+            if method in ("PUT", "PATCH", "DELETE") and not req.params:
+                raise MethodNotAllowed(
+                    f"{method} on {req.resource_type} needs an id or search criteria"
+                )
+        elif op == "_search" and method == "POST":
+            chosen = search.search
+        elif op == "_history" and method == "GET":
+            chosen = history.history
+    elif op is None:
+        chosen = {
+            "GET": read.read,
+            "PUT": update.update,
+            "PATCH": patch.patch,
+            "DELETE": delete.delete,
+        }.get(method)
+    elif op == "_history" and method == "GET":
+        chosen = history.history if req.version_id is None else vread.vread
+    if chosen is None:
+        where = "/".join(p for p in (req.resource_type, req.resource_id, op, req.version_id) if p)
+        raise MethodNotAllowed(f"{method} is not supported on {where}")
+    return chosen(ctx, req, tx)

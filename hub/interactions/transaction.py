@@ -1,0 +1,258 @@
+"""batch and transaction: https://hl7.org/fhir/R4/http.html#transaction
+
+A transaction runs every entry in one database transaction, in the spec's
+order (DELETE, POST, PUT and PATCH, then GET and HEAD), after giving each
+created resource its id so that `urn:uuid:` fullUrls and conditional
+references (`Patient?identifier=...`) can be rewritten to real references
+first. Any failing entry fails the whole Bundle. A batch runs each entry on
+its own and reports each entry's outcome.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import orjson
+
+from hub.errors import HubError, Invalid, Issue, NotFound, PreconditionFailed, outcome_of, status_of
+from hub.fhir import is_resource_type
+from hub.interactions.bundles import bundle, full_url, status_line, stored
+from hub.interactions.context import Context, Request, Result, etag
+from hub.interactions.writes import instant, matches, new_id, single_match
+from hub.store.repository import Transaction
+
+_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+
+Dispatch = Callable[[Context, Request, Transaction | None], Result]
+
+
+def entry_request(base_url: str, index: int, entry: Any, prefer: str | None) -> Request:
+    """Turn `Bundle.entry[i].request` (and its resource) into an interaction request."""
+    where = f"Bundle.entry[{index}]"
+    if not isinstance(entry, dict) or not isinstance(entry.get("request"), dict):
+        raise Invalid(f"{where} has no request", expression=(f"{where}.request",))
+    request = entry["request"]
+    method = str(request.get("method", "")).upper()
+    if method not in _ORDER:
+        raise Invalid(f"{where}.request.method '{method}' is not a FHIR interaction method",
+                      expression=(f"{where}.request.method",))
+    url = request.get("url")
+    if not isinstance(url, str) or not url:
+        raise Invalid(f"{where}.request.url is missing", expression=(f"{where}.request.url",))
+    if url.startswith(base_url + "/"):
+        url = url[len(base_url) + 1:]
+    parts = urlsplit(url)
+    segments = [s for s in parts.path.split("/") if s]
+    req = Request(
+        method="GET" if method == "HEAD" else method,
+        base_url=base_url,
+        params=parse_qsl(parts.query, keep_blank_values=True),
+        body=entry.get("resource"),
+        if_match=request.get("ifMatch"),
+        if_none_exist=request.get("ifNoneExist"),
+        if_none_match=request.get("ifNoneMatch"),
+        prefer_return=prefer,
+    )
+    if not segments or not is_resource_type(segments[0]):
+        raise NotFound(f"{where}.request.url '{url}' names no known resource type",
+                       expression=(f"{where}.request.url",))
+    req.resource_type = segments[0]
+    rest = segments[1:]
+    if rest and rest[0].startswith(("_", "$")):
+        req.operation = rest.pop(0)
+    elif rest:
+        req.resource_id = rest.pop(0)
+        if rest:
+            req.operation = rest.pop(0)
+            if rest:
+                req.version_id = rest.pop(0)
+    if method == "PATCH" and req.body is None:
+        # A PATCH entry carries its JSON Patch as a Binary resource.
+        raise Invalid(f"{where} PATCH needs the patch document in resource",
+                      expression=(f"{where}.resource",))
+    if method == "PATCH" and isinstance(req.body, dict) and req.body.get("resourceType") == "Binary":
+        req.body = orjson.loads(base64.b64decode(req.body.get("data", "")))
+    return req
+
+
+def _rewrite(value: Any, resolve: Callable[[str], str | None]) -> Any:
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if k == "reference" and isinstance(v, str):
+                out[k] = resolve(v) or v
+            else:
+                out[k] = _rewrite(v, resolve)
+        return out
+    if isinstance(value, list):
+        return [_rewrite(v, resolve) for v in value]
+    return value
+
+
+def _located(index: int, error: HubError) -> HubError:
+    where = f"Bundle.entry[{index}]"
+    issues = []
+    for issue in error.issues:
+        paths = tuple(
+            f"{where}.resource" + p[p.index("."):] if "." in p and not p.startswith("Bundle") else p
+            for p in issue.expression
+        ) or (where,)
+        issues.append(Issue(issue.code, f"{where}: {issue.diagnostics}", issue.severity, paths))
+    error.issues = issues
+    error.message = f"{where}: {error.message}"
+    return error
+
+
+def _entry_response(req: Request, result: Result) -> dict[str, Any]:
+    response: dict[str, Any] = {"status": status_line(result.status)}
+    entry: dict[str, Any] = {}
+    version = result.version
+    if version is not None:
+        if req.method != "GET":
+            response["location"] = (
+                f"{version.resource_type}/{version.resource_id}/_history/{version.version_id}"
+            )
+        response["etag"] = etag(version)
+        response["lastModified"] = instant(version.last_updated)
+        if req.prefer_return != "minimal":
+            entry["fullUrl"] = full_url(req.base_url, version)
+            entry["resource"] = stored(version)
+    elif result.body is not None:
+        entry["resource"] = result.body
+    elif "ETag" in result.headers:
+        response["etag"] = result.headers["ETag"]
+    entry["response"] = response
+    return entry
+
+
+def process(ctx: Context, req: Request, dispatch: Dispatch) -> Result:
+    body = req.body
+    if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
+        raise Invalid("POST to the base URL takes a batch or transaction Bundle",
+                      expression=("Bundle",))
+    kind = body.get("type")
+    entries = body.get("entry") or []
+    if not isinstance(entries, list):
+        raise Invalid("Bundle.entry must be an array", expression=("Bundle.entry",))
+    if kind == "transaction":
+        return _transaction(ctx, req, entries, dispatch)
+    if kind == "batch":
+        return _batch(ctx, req, entries, dispatch)
+    raise Invalid(f"Bundle.type '{kind}' cannot be processed: post a batch or a transaction",
+                  expression=("Bundle.type",))
+
+
+def _batch(ctx: Context, req: Request, entries: list[Any], dispatch: Dispatch) -> Result:
+    out = []
+    for i, entry in enumerate(entries):
+        try:
+            entry_req = entry_request(req.base_url, i, entry, req.prefer_return)
+            if entry_req.resource_type is None:
+                raise Invalid("A batch cannot hold another batch or transaction")
+            out.append(_entry_response(entry_req, dispatch(ctx, entry_req, None)))
+        except HubError as e:
+            e = _located(i, e)
+            out.append({"response": {"status": status_line(status_of(e)), "outcome": outcome_of(e)}})
+    return Result(200, body=bundle("batch-response", out, []))
+
+
+def _transaction(ctx: Context, req: Request, entries: list[Any], dispatch: Dispatch) -> Result:
+    requests = []
+    for i, entry in enumerate(entries):
+        try:
+            requests.append(entry_request(req.base_url, i, entry, req.prefer_return))
+        except HubError as e:
+            raise _located(i, e) from None
+    full_urls = [e.get("fullUrl") if isinstance(e, dict) else None for e in entries]
+    order = sorted(range(len(requests)), key=lambda i: _ORDER[requests[i].method])
+    results: dict[int, Result] = {}
+    with ctx.repo.transaction() as tx:
+        # 1. Deletes, then ids for everything about to be written.
+        for i in order:
+            r = requests[i]
+            if r.method == "DELETE":
+                results[i] = _run(ctx, i, r, tx, dispatch)
+        aliases: dict[str, str] = {}
+        targets: dict[str, int] = {}
+        for i in order:
+            r = requests[i]
+            if r.method not in ("POST", "PUT", "PATCH"):
+                continue
+            try:
+                _assign_id(ctx, tx, r, results, i)
+            except HubError as e:
+                raise _located(i, e) from None
+            if r.resource_id is not None:
+                key = f"{r.resource_type}/{r.resource_id}"
+                if key in targets and i not in results:
+                    raise _located(i, Invalid(
+                        f"{key} is changed by entry {targets[key]} too; a transaction changes "
+                        "each resource once"))
+                targets[key] = i
+                if full_urls[i]:
+                    aliases[full_urls[i]] = key
+
+        # 2. Rewrite references to fullUrls and conditional references.
+        def resolve(reference: str) -> str | None:
+            if reference in aliases:
+                return aliases[reference]
+            type_, sep, query = reference.partition("?")
+            if sep and is_resource_type(type_):
+                found = matches(ctx, tx, type_, parse_qsl(query, keep_blank_values=True))
+                if len(found) != 1:
+                    raise PreconditionFailed(
+                        f"The conditional reference '{reference}' matches {len(found)} resources; "
+                        "it must match exactly one")
+                return f"{type_}/{found[0].resource_id}"
+            return None
+
+        for i in order:
+            r = requests[i]
+            if i in results or r.method not in ("POST", "PUT"):
+                continue
+            try:
+                r.body = _rewrite(r.body, resolve)
+            except HubError as e:
+                raise _located(i, e) from None
+        # 3. Writes and reads in the spec's order.
+        for i in order:
+            if i not in results:
+                results[i] = _run(ctx, i, requests[i], tx, dispatch)
+    out = [_entry_response(requests[i], results[i]) for i in range(len(requests))]
+    return Result(200, body=bundle("transaction-response", out, []))
+
+
+def _assign_id(ctx: Context, tx: Transaction, r: Request, results: dict[int, Result],
+               i: int) -> None:
+    assert r.resource_type is not None
+    if r.method == "POST":
+        if r.if_none_exist:
+            existing = single_match(ctx, tx, r.resource_type, parse_qsl(r.if_none_exist))
+            if existing is not None:
+                r.resource_id = existing.resource_id
+                results[i] = Result(200, version=existing)
+                return
+        r.resource_id = new_id()
+        r.if_none_exist = None
+    elif r.resource_id is None and r.params:
+        found = single_match(ctx, tx, r.resource_type, r.params)
+        if found is not None:
+            r.resource_id = found.resource_id
+        elif r.method == "PUT":
+            body_id = r.body.get("id") if isinstance(r.body, dict) else None
+            r.resource_id = body_id or new_id()
+            if body_id is None and isinstance(r.body, dict):
+                r.body = {**r.body, "id": r.resource_id}
+        else:
+            raise NotFound(f"No {r.resource_type} matches the criteria of the PATCH")
+        r.params = []
+
+
+def _run(ctx: Context, i: int, r: Request, tx: Transaction, dispatch: Dispatch) -> Result:
+    try:
+        return dispatch(ctx, r, tx)
+    except HubError as e:
+        raise _located(i, e) from None

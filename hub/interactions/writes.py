@@ -1,0 +1,156 @@
+"""The write path every interaction shares: stamp, hash, compare, store.
+
+Create, update, patch, delete and the transaction processor all end here, so
+versioning rules are written once: If-Match is checked against the current
+versionId (412), an update whose content is unchanged creates no version,
+and a lost race surfaces as 409 (412 when the writer named a version).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from hub.errors import Conflict, Invalid, MultipleMatches, PreconditionFailed
+from hub.interactions.context import Context, Result, parse_etag
+from hub.search import build_query, extract_tokens
+from hub.store.repository import NewVersion, Transaction, Version
+
+
+def now() -> datetime:
+    # Milliseconds: what meta.lastUpdated shows is exactly what the store keeps.
+    t = datetime.now(UTC)
+    return t.replace(microsecond=t.microsecond // 1000 * 1000)
+
+
+def instant(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def content_hash(resource: dict[str, Any]) -> str:
+    """Hash of the content that matters: the server-managed meta fields are left out."""
+    meta = resource.get("meta")
+    if isinstance(meta, dict) and ("versionId" in meta or "lastUpdated" in meta):
+        rest = {k: v for k, v in meta.items() if k not in ("versionId", "lastUpdated")}
+        resource = {**resource, "meta": rest} if rest else {
+            k: v for k, v in resource.items() if k != "meta"
+        }
+    return hashlib.sha256(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def stamp(resource: dict[str, Any], resource_id: str, version_id: int, at: datetime) -> bytes:
+    meta = dict(resource.get("meta") or {})
+    meta["versionId"] = str(version_id)
+    meta["lastUpdated"] = instant(at)
+    body = {"resourceType": resource["resourceType"], "id": resource_id, "meta": meta}
+    body.update((k, v) for k, v in resource.items() if k not in body)
+    return orjson.dumps(body)
+
+
+def expected_version(if_match: str | None) -> int | None:
+    if if_match is None:
+        return None
+    version = parse_etag(if_match)
+    if version is None:
+        raise Invalid(f"If-Match '{if_match}' is not a version ETag such as W/\"3\"")
+    return version
+
+
+def check_precondition(current: Version | None, wanted: int | None) -> None:
+    if wanted is None:
+        return
+    if current is None or current.deleted:
+        raise PreconditionFailed(f"If-Match names version {wanted}, but the resource does not exist")
+    if current.version_id != wanted:
+        raise PreconditionFailed(
+            f"If-Match names version {wanted}, but the current version is {current.version_id}"
+        )
+
+
+def save(
+    ctx: Context,
+    tx: Transaction,
+    resource_type: str,
+    resource_id: str,
+    resource: dict[str, Any],
+    *,
+    method: str,
+    if_match: int | None = None,
+) -> Result:
+    current = tx.current(resource_type, resource_id)
+    check_precondition(current, if_match)
+    digest = content_hash(resource)
+    if current is not None and not current.deleted and current.content_hash == digest:
+        return Result(200, version=current)
+    version_id = current.version_id + 1 if current is not None else 1
+    at = now()
+    content = stamp(resource, resource_id, version_id, at)
+    new = NewVersion(
+        resource_type,
+        resource_id,
+        version_id,
+        at,
+        method,
+        content,
+        digest,
+        extract_tokens(ctx.registry, {**resource, "id": resource_id}),
+    )
+    _write(tx, new, current, if_match)
+    created = current is None or current.deleted
+    version = Version(resource_type, resource_id, version_id, at, False, content, digest, method)
+    return Result(201 if created else 200, version=version, location=created)
+
+
+def remove(
+    tx: Transaction, resource_type: str, resource_id: str, *, if_match: int | None = None
+) -> Result:
+    current = tx.current(resource_type, resource_id)
+    check_precondition(current, if_match)
+    if current is None or current.deleted:
+        return Result(204)
+    at = now()
+    new = NewVersion(resource_type, resource_id, current.version_id + 1, at, "DELETE", None, None)
+    _write(tx, new, current, if_match)
+    return Result(204, headers={"ETag": f'W/"{new.version_id}"'})
+
+
+def _write(tx: Transaction, new: NewVersion, current: Version | None, if_match: int | None) -> None:
+    try:
+        tx.write(new, current.version_id if current is not None else None)
+    except Conflict as e:
+        if if_match is not None:
+            raise PreconditionFailed(
+                f"If-Match names version {if_match}, but another request changed the resource first"
+            ) from e
+        raise
+
+
+def matches(
+    ctx: Context, tx: Transaction, resource_type: str, params: Sequence[tuple[str, str]]
+) -> list[Version]:
+    """Resources matching conditional criteria; at most two, enough to tell one from many."""
+    query = build_query(ctx.registry, resource_type, params)
+    if query.ids is None and not query.tokens:
+        raise Invalid("A conditional request needs at least one search criterion")
+    return tx.search(replace(query, limit=2))
+
+
+def single_match(
+    ctx: Context, tx: Transaction, resource_type: str, params: Sequence[tuple[str, str]]
+) -> Version | None:
+    found = matches(ctx, tx, resource_type, params)
+    if len(found) > 1:
+        raise MultipleMatches(
+            f"More than one {resource_type} matches the criteria; the request needs exactly one"
+        )
+    return found[0] if found else None

@@ -1,0 +1,71 @@
+"""Every setting of the hub, read once from `HUB_*` variables and `.env`.
+
+One class, validated at start-up (a bad value stops `hub serve` with a message
+naming the variable), reached through `get_settings()`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="HUB_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    database_url: str = Field(
+        default="sqlite:///./data/hub.db",
+        description="SQLAlchemy URL of the FHIR store: the embedded SQLite file by default, "
+        "or postgresql+psycopg://user@host:5432/db for production.",
+    )
+    host: str = Field(default="127.0.0.1", description="Interface the API listens on.")
+    port: int = Field(default=8080, ge=1, le=65535, description="Port the API listens on.")
+    base_path: str = Field(
+        default="/fhir", description="Path under which the FHIR API is served."
+    )
+    public_base_url: str | None = Field(
+        default=None,
+        description="Absolute base URL that clients use (for Location headers, fullUrl and "
+        "paging links); derived from each request when unset.",
+    )
+    max_body_bytes: int = Field(
+        default=10 * 1024 * 1024,
+        ge=1024,
+        description="Largest accepted request body; larger ones are refused with 413.",
+    )
+    default_page_size: int = Field(
+        default=20, ge=1, description="Entries per page of history and search when _count is absent."
+    )
+    max_page_size: int = Field(default=1000, ge=1, description="Upper bound on _count.")
+    db_pool_size: int = Field(default=20, ge=1, description="PostgreSQL connection pool size.")
+    workers: int = Field(default=1, ge=1, description="uvicorn worker processes for `hub serve`.")
+    log_level: str = Field(default="info", description="uvicorn log level.")
+    migrations_dir: Path = Field(
+        default=_REPO_ROOT / "alembic",
+        description="Folder holding the Alembic migration scripts.",
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("HUB_DATABASE_URL must be a sqlite:// or postgresql+psycopg:// URL")
+        return value
+
+    @field_validator("base_path")
+    @classmethod
+    def _normalise_base_path(cls, value: str) -> str:
+        value = "/" + value.strip("/")
+        return "" if value == "/" else value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,326 @@
+"""The SQLAlchemy implementation of the repository, for PostgreSQL and SQLite.
+
+Concurrency rests on a compare-and-set of `resources.version_id`: a write
+updates the current row only where it still holds the version the writer
+read, so of two writers holding the same version exactly one changes the row
+and the other sees no row changed and reports a conflict. `resource_history`'s
+unique (type, id, version) is the second guard: version numbers never repeat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.sql.elements import ColumnElement
+
+from hub.errors import Busy, Conflict
+from hub.store.repository import NewVersion, Query, Version
+from hub.store.schema import resource_history, resources, search_token
+
+_CURRENT_COLUMNS = (
+    resources.c.res_type,
+    resources.c.res_id,
+    resources.c.version_id,
+    resources.c.last_updated,
+    resources.c.deleted,
+    resources.c.content,
+    resources.c.content_hash,
+)
+_HISTORY_COLUMNS = (
+    resource_history.c.res_type,
+    resource_history.c.res_id,
+    resource_history.c.version_id,
+    resource_history.c.last_updated,
+    resource_history.c.deleted,
+    resource_history.c.content,
+    resource_history.c.content_hash,
+    resource_history.c.method,
+    resource_history.c.seq,
+)
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything the hub stores is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _version(row: Any) -> Version:
+    return Version(
+        resource_type=row[0],
+        resource_id=row[1],
+        version_id=row[2],
+        last_updated=_utc(row[3]),
+        deleted=bool(row[4]),
+        content=row[5],
+        content_hash=row[6],
+        method=row[7] if len(row) > 7 else "PUT",
+        seq=row[8] if len(row) > 8 else None,
+    )
+
+
+def make_engine(url: str, pool_size: int = 20) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(
+        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, future=True
+    )
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """WAL for concurrent readers, and BEGIN IMMEDIATE for writers.
+
+    A deferred transaction that reads and then writes can fail with
+    'database is locked' when another writer went first; taking the write
+    lock at BEGIN makes writers queue instead (up to the busy timeout).
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # let SQLAlchemy's BEGIN below rule
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = "IMMEDIATE" if conn.get_execution_options().get("hub_write") else "DEFERRED"
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+class SqlTransaction:
+    """One unit of work on one connection."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def current(self, resource_type: str, resource_id: str) -> Version | None:
+        row = self.conn.execute(
+            select(*_CURRENT_COLUMNS).where(
+                resources.c.res_type == resource_type, resources.c.res_id == resource_id
+            )
+        ).first()
+        return _version(row) if row else None
+
+    def version(self, resource_type: str, resource_id: str, version_id: int) -> Version | None:
+        row = self.conn.execute(
+            select(*_HISTORY_COLUMNS).where(
+                resource_history.c.res_type == resource_type,
+                resource_history.c.res_id == resource_id,
+                resource_history.c.version_id == version_id,
+            )
+        ).first()
+        return _version(row) if row else None
+
+    def write(self, new: NewVersion, expected_version: int | None) -> None:
+        values = {
+            "version_id": new.version_id,
+            "last_updated": new.last_updated,
+            "deleted": new.deleted,
+            "content_hash": new.content_hash,
+            "content": new.content,
+        }
+        try:
+            if expected_version is None:
+                self.conn.execute(
+                    insert(resources).values(
+                        res_type=new.resource_type, res_id=new.resource_id, **values
+                    )
+                )
+            else:
+                changed = self.conn.execute(
+                    update(resources)
+                    .where(
+                        resources.c.res_type == new.resource_type,
+                        resources.c.res_id == new.resource_id,
+                        resources.c.version_id == expected_version,
+                    )
+                    .values(**values)
+                ).rowcount
+                if changed != 1:
+                    raise self._lost_race(new)
+            self.conn.execute(
+                insert(resource_history).values(
+                    res_type=new.resource_type,
+                    res_id=new.resource_id,
+                    method=new.method,
+                    **values,
+                )
+            )
+        except IntegrityError:
+            raise self._lost_race(new) from None
+        except OperationalError as e:
+            if "locked" in str(e):
+                raise Busy("The store is busy; retry the request") from None
+            raise
+        self._replace_index(new)
+
+    @staticmethod
+    def _lost_race(new: NewVersion) -> Conflict:
+        return Conflict(
+            f"{new.resource_type}/{new.resource_id} was changed by another request; "
+            "read it again and retry"
+        )
+
+    def _replace_index(self, new: NewVersion) -> None:
+        where = and_(
+            search_token.c.res_type == new.resource_type, search_token.c.res_id == new.resource_id
+        )
+        if new.version_id > 1:
+            self.conn.execute(delete(search_token).where(where))
+        if new.tokens:
+            self.conn.execute(
+                insert(search_token),
+                [
+                    {
+                        "res_type": new.resource_type,
+                        "res_id": new.resource_id,
+                        "param": t.param,
+                        "system": t.system,
+                        "code": t.code,
+                    }
+                    for t in new.tokens
+                ],
+            )
+
+    def _where(self, query: Query) -> list[ColumnElement[bool]]:
+        clauses: list[ColumnElement[bool]] = [
+            resources.c.res_type == query.resource_type,
+            resources.c.deleted.is_(False),
+        ]
+        if query.ids is not None:
+            clauses.append(resources.c.res_id.in_(query.ids))
+        for criterion in query.tokens:
+            alternatives = []
+            for system, code in criterion.values:
+                conds = [search_token.c.param == criterion.param]
+                if code is not None:
+                    conds.append(search_token.c.code == code)
+                if system is not None:
+                    conds.append(
+                        search_token.c.system.is_(None) if system == "" else search_token.c.system == system
+                    )
+                alternatives.append(and_(*conds))
+            clauses.append(
+                resources.c.res_id.in_(
+                    select(search_token.c.res_id).where(
+                        search_token.c.res_type == query.resource_type, or_(*alternatives)
+                    )
+                )
+            )
+        return clauses
+
+    def search(self, query: Query) -> list[Version]:
+        clauses = self._where(query)
+        if query.after_id is not None:
+            clauses.append(resources.c.res_id > query.after_id)
+        stmt = select(*_CURRENT_COLUMNS).where(*clauses).order_by(resources.c.res_id)
+        if query.limit is not None:
+            stmt = stmt.limit(query.limit)
+        return [_version(r) for r in self.conn.execute(stmt)]
+
+    def count(self, query: Query) -> int:
+        stmt = select(func.count()).select_from(resources).where(*self._where(query))
+        return int(self.conn.execute(stmt).scalar_one())
+
+    def _history_where(
+        self, resource_type: str | None, resource_id: str | None, since: datetime | None
+    ) -> list[ColumnElement[bool]]:
+        clauses: list[ColumnElement[bool]] = []
+        if resource_type is not None:
+            clauses.append(resource_history.c.res_type == resource_type)
+        if resource_id is not None:
+            clauses.append(resource_history.c.res_id == resource_id)
+        if since is not None:
+            clauses.append(resource_history.c.last_updated >= since)
+        return clauses
+
+    def history(
+        self,
+        resource_type: str | None,
+        resource_id: str | None,
+        since: datetime | None,
+        before_seq: int | None,
+        limit: int,
+    ) -> list[Version]:
+        clauses = self._history_where(resource_type, resource_id, since)
+        if before_seq is not None:
+            clauses.append(resource_history.c.seq < before_seq)
+        stmt = (
+            select(*_HISTORY_COLUMNS)
+            .where(*clauses)
+            .order_by(resource_history.c.seq.desc())
+            .limit(limit)
+        )
+        return [_version(r) for r in self.conn.execute(stmt)]
+
+    def history_count(
+        self, resource_type: str | None, resource_id: str | None, since: datetime | None
+    ) -> int:
+        stmt = (
+            select(func.count())
+            .select_from(resource_history)
+            .where(*self._history_where(resource_type, resource_id, since))
+        )
+        return int(self.conn.execute(stmt).scalar_one())
+
+
+class SqlRepository:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._read = select(*_CURRENT_COLUMNS).where(
+            resources.c.res_type == bindparam("t"), resources.c.res_id == bindparam("i")
+        )
+
+    @classmethod
+    def from_url(cls, url: str, pool_size: int = 20) -> SqlRepository:
+        return cls(make_engine(url, pool_size))
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def read(self, resource_type: str, resource_id: str) -> Version | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(self._read, {"t": resource_type, "i": resource_id}).first()
+            conn.rollback()
+        return _version(row) if row else None
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqlTransaction]:
+        with self.engine.connect().execution_options(hub_write=True) as conn, conn.begin():
+            try:
+                yield SqlTransaction(conn)
+            except OperationalError as e:
+                if "locked" in str(e) or "deadlock" in str(e):
+                    raise Busy("The store is busy; retry the request") from None
+                raise
+
+    @contextmanager
+    def snapshot(self) -> Iterator[SqlTransaction]:
+        with self.engine.connect() as conn, conn.begin():
+            yield SqlTransaction(conn)
+
+    def close(self) -> None:
+        self.engine.dispose()

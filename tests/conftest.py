@@ -1,0 +1,121 @@
+"""Shared fixtures: the hub on SQLite and on the real PostgreSQL server.
+
+Every storage-touching test runs on both backends through the `backend`
+parameter. PostgreSQL tests get a database of their own per test run (one per
+xdist worker), created on the server at HUB_TEST_POSTGRES_URL; tables are
+emptied before each test. With CI=true an unreachable server fails the run
+instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from hub.api import build_context, create_app
+from hub.interactions.context import Context
+from hub.settings import Settings
+from hub.store import SqlRepository
+from hub.store.migrate import upgrade
+
+ROOT = Path(__file__).resolve().parent.parent
+MIGRATIONS = ROOT / "alembic"
+SHARED = ROOT.parent / "shared"
+PG_SERVER = os.environ.get("HUB_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+TABLES = ("search_token", "resource_history", "resources")
+
+
+def _pg_unavailable() -> str | None:
+    try:
+        with psycopg.connect(PG_SERVER, connect_timeout=3):
+            return None
+    except psycopg.OperationalError as e:
+        return f"PostgreSQL at {PG_SERVER} is unreachable: {e}"
+
+
+def require_postgres() -> None:
+    reason = _pg_unavailable()
+    if reason is None:
+        return
+    if IN_CI:
+        pytest.fail(reason + " (CI=true: a missing server is a failure)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(worker_id: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this test run (and xdist worker)."""
+    require_postgres()
+    name = f"hub_test_{os.getpid()}_{worker_id}".replace("-", "_")
+    with psycopg.connect(PG_SERVER, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    server = PG_SERVER.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    url = f"{server}/{name}"
+    upgrade(url, MIGRATIONS)
+    yield url
+    with psycopg.connect(PG_SERVER, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'hub.db'}"
+    upgrade(url, MIGRATIONS)
+    return url
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    name = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    return str(request.getfixturevalue(name))
+
+
+@pytest.fixture(scope="session")
+def session_repo(database_url: str) -> Iterator[SqlRepository]:
+    repo = SqlRepository.from_url(database_url, pool_size=10)
+    yield repo
+    repo.close()
+
+
+@pytest.fixture()
+def repo(session_repo: SqlRepository) -> SqlRepository:
+    """The store, emptied before the test."""
+    with session_repo.engine.begin() as conn:
+        for table in TABLES:
+            conn.exec_driver_sql(f"DELETE FROM {table}")
+    return session_repo
+
+
+@pytest.fixture()
+def settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url, public_base_url="http://hub.test/fhir")
+
+
+@pytest.fixture()
+def ctx(repo: SqlRepository, settings: Settings) -> Context:
+    return build_context(settings, repo)
+
+
+@pytest.fixture()
+def client(ctx: Context, settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, ctx), raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.fixture()
+def uid() -> str:
+    """A value unique to the test, for identifiers."""
+    return uuid.uuid4().hex[:12]
+
+
+@pytest.fixture(scope="session")
+def worker_id() -> str:
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
