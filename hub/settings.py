@@ -15,6 +15,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def _default_migrations() -> Path:
+    # A source checkout (or editable install) keeps alembic/ beside hub/; a
+    # regular install does not, and then ./alembic (or HUB_MIGRATIONS_DIR) is used.
+    beside = _REPO_ROOT / "alembic"
+    return beside if (beside / "env.py").exists() else Path.cwd() / "alembic"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="HUB_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
@@ -27,9 +34,7 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Interface the API listens on.")
     port: int = Field(default=8080, ge=1, le=65535, description="Port the API listens on.")
-    base_path: str = Field(
-        default="/fhir", description="Path under which the FHIR API is served."
-    )
+    base_path: str = Field(default="/fhir", description="Path under which the FHIR API is served.")
     public_base_url: str | None = Field(
         default=None,
         description="Absolute base URL that clients use (for Location headers, fullUrl and "
@@ -41,14 +46,16 @@ class Settings(BaseSettings):
         description="Largest accepted request body; larger ones are refused with 413.",
     )
     default_page_size: int = Field(
-        default=20, ge=1, description="Entries per page of history and search when _count is absent."
+        default=20,
+        ge=1,
+        description="Entries per page of history and search when _count is absent.",
     )
     max_page_size: int = Field(default=1000, ge=1, description="Upper bound on _count.")
     db_pool_size: int = Field(default=20, ge=1, description="PostgreSQL connection pool size.")
     workers: int = Field(default=1, ge=1, description="uvicorn worker processes for `hub serve`.")
     log_level: str = Field(default="info", description="uvicorn log level.")
     migrations_dir: Path = Field(
-        default=_REPO_ROOT / "alembic",
+        default_factory=_default_migrations,
         description="Folder holding the Alembic migration scripts.",
     )
 

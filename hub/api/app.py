@@ -52,11 +52,11 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
         result = await run_in_threadpool(dispatch, ctx, req)
         return to_response(req, result)
 
-    @router.get("/metadata", summary="CapabilityStatement")
+    @router.api_route("/metadata", methods=["GET", "HEAD"], summary="CapabilityStatement")
     async def metadata(request: Request) -> Response:
         return await handle(request, operation="metadata")
 
-    @router.api_route("/_history", methods=["GET"], summary="System history")
+    @router.api_route("/_history", methods=["GET", "HEAD"], summary="System history")
     async def system_history(request: Request) -> Response:
         return await handle(request, operation="_history")
 
@@ -64,8 +64,11 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     async def system(request: Request) -> Response:
         return await handle(request)
 
-    @router.api_route("/{resource_type}", methods=FHIR_METHODS,
-                      summary="Search, create, conditional update/patch/delete")
+    @router.api_route(
+        "/{resource_type}",
+        methods=FHIR_METHODS,
+        summary="Search, create, conditional update/patch/delete",
+    )
     async def type_level(request: Request, resource_type: str) -> Response:
         return await handle(request, resource_type=resource_type)
 
@@ -77,23 +80,37 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     async def type_history(request: Request, resource_type: str) -> Response:
         return await handle(request, resource_type=resource_type, operation="_history")
 
-    @router.api_route("/{resource_type}/{resource_id}", methods=FHIR_METHODS,
-                      summary="Read, update, patch, delete")
+    @router.api_route(
+        "/{resource_type}/{resource_id}",
+        methods=FHIR_METHODS,
+        summary="Read, update, patch, delete",
+    )
     async def instance(request: Request, resource_type: str, resource_id: str) -> Response:
         return await handle(request, resource_type=resource_type, resource_id=resource_id)
 
-    @router.api_route("/{resource_type}/{resource_id}/_history", methods=["GET"],
-                      summary="Instance history")
+    @router.api_route(
+        "/{resource_type}/{resource_id}/_history", methods=["GET"], summary="Instance history"
+    )
     async def instance_history(request: Request, resource_type: str, resource_id: str) -> Response:
-        return await handle(request, resource_type=resource_type, resource_id=resource_id,
-                            operation="_history")
+        return await handle(
+            request, resource_type=resource_type, resource_id=resource_id, operation="_history"
+        )
 
-    @router.api_route("/{resource_type}/{resource_id}/_history/{version_id}", methods=["GET"],
-                      summary="Version read")
-    async def version(request: Request, resource_type: str, resource_id: str,
-                      version_id: str) -> Response:
-        return await handle(request, resource_type=resource_type, resource_id=resource_id,
-                            operation="_history", version_id=version_id)
+    @router.api_route(
+        "/{resource_type}/{resource_id}/_history/{version_id}",
+        methods=["GET"],
+        summary="Version read",
+    )
+    async def version(
+        request: Request, resource_type: str, resource_id: str, version_id: str
+    ) -> Response:
+        return await handle(
+            request,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            operation="_history",
+            version_id=version_id,
+        )
 
     app.include_router(router)
 

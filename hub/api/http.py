@@ -130,9 +130,12 @@ def to_response(req: Request, result: Result) -> Response:
         if req.method in _WRITES and req.prefer_return == "minimal":
             content = b""
         elif req.method in _WRITES and req.prefer_return == "OperationOutcome":
-            content = orjson.dumps(information(
-                f"{version.resource_type}/{version.resource_id} version {version.version_id} stored"
-            ))
+            content = orjson.dumps(
+                information(
+                    f"{version.resource_type}/{version.resource_id} "
+                    f"version {version.version_id} stored"
+                )
+            )
         else:
             content = version.content or b""
     elif result.body is not None:

@@ -3,4 +3,11 @@
 from hub.fhir.models import ID_PATTERN, element_names, has_model, is_resource_type, validate
 from hub.fhir.types import R4_RESOURCE_TYPES
 
-__all__ = ["ID_PATTERN", "R4_RESOURCE_TYPES", "element_names", "has_model", "is_resource_type", "validate"]
+__all__ = [
+    "ID_PATTERN",
+    "R4_RESOURCE_TYPES",
+    "element_names",
+    "has_model",
+    "is_resource_type",
+    "validate",
+]

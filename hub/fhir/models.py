@@ -28,7 +28,7 @@ _SHARED_ELEMENTS = {"meta": "Meta", "text": "Narrative"}
 @cache
 def _model(resource_type: str) -> type[BaseModel] | None:
     try:
-        return get_fhir_model_class(resource_type)  # type: ignore[no-any-return]
+        return get_fhir_model_class(resource_type)
     except ValueError:
         return None
 
@@ -61,14 +61,21 @@ def _path(resource_type: str, loc: tuple[int | str, ...]) -> str:
     return path
 
 
-def _issues(resource_type: str, error: ValidationError, prefix: tuple[int | str, ...] = ()) -> list[Issue]:
+def _issues(
+    resource_type: str, error: ValidationError, prefix: tuple[int | str, ...] = ()
+) -> list[Issue]:
     issues = []
     for err in error.errors():
         loc = tuple(p for p in prefix + tuple(err["loc"]) if not str(p).startswith("function-"))
         message = err["msg"].replace("Value error, ", "")
         path = _path(resource_type, loc)
-        issues.append(Issue("structure" if err["type"] == "extra_forbidden" else "value",
-                            f"{path}: {message}", expression=(path,)))
+        issues.append(
+            Issue(
+                "structure" if err["type"] == "extra_forbidden" else "value",
+                f"{path}: {message}",
+                expression=(path,),
+            )
+        )
     return issues
 
 
@@ -83,12 +90,15 @@ def validate(resource: dict[str, Any], expected_type: str | None = None) -> str:
         raise Invalid(f"Unknown resource type '{resource_type}'", expression=("resourceType",))
     if expected_type is not None and resource_type != expected_type:
         raise Invalid(
-            f"The resourceType '{resource_type}' does not match the endpoint's type '{expected_type}'",
+            f"The resourceType '{resource_type}' does not match "
+            f"the endpoint's type '{expected_type}'",
             expression=("resourceType",),
         )
     rid = resource.get("id")
     if rid is not None and (not isinstance(rid, str) or not ID_PATTERN.match(rid)):
-        raise Invalid(f"{resource_type}.id: '{rid}' is not a valid id", expression=(f"{resource_type}.id",))
+        raise Invalid(
+            f"{resource_type}.id: '{rid}' is not a valid id", expression=(f"{resource_type}.id",)
+        )
     model = _model(resource_type)
     if model is not None:
         try:

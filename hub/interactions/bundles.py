@@ -42,8 +42,9 @@ def link(relation: str, url: str, params: list[tuple[str, str]]) -> dict[str, st
     return {"relation": relation, "url": f"{url}?{urlencode(params)}" if params else url}
 
 
-def bundle(kind: str, entries: list[dict[str, Any]], links: list[dict[str, str]],
-           total: int | None = None) -> dict[str, Any]:
+def bundle(
+    kind: str, entries: list[dict[str, Any]], links: list[dict[str, str]], total: int | None = None
+) -> dict[str, Any]:
     out: dict[str, Any] = {"resourceType": "Bundle", "type": kind}
     if total is not None:
         out["total"] = total

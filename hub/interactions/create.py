@@ -21,6 +21,8 @@ def create(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
     validate(resource, expected_type=req.resource_type)
     with ctx.unit(tx) as t:
         if req.if_none_exist:
+            # Two concurrent conditional creates with the same criteria must not both create.
+            t.lock(f"create:{req.resource_type}?{req.if_none_exist}")
             existing = single_match(ctx, t, req.resource_type, parse_qsl(req.if_none_exist))
             if existing is not None:
                 return Result(200, version=existing)

@@ -21,15 +21,14 @@ _ACCEPTED = {"_since", "_count", "_page_before", "_format", "_pretty"}
 
 
 def _entry(base_url: str, v: Version) -> dict[str, Any]:
-    url = f"{v.resource_type}/{v.resource_id}"
+    # The interaction that made the version, as the store recorded it.
+    url = v.resource_type if v.method == "POST" else f"{v.resource_type}/{v.resource_id}"
+    request = {"method": v.method, "url": url}
     if v.deleted:
-        request = {"method": "DELETE", "url": url}
         status = 204
     elif v.version_id == 1 or v.method == "POST":
-        request = {"method": "POST", "url": v.resource_type}
         status = 201
     else:
-        request = {"method": "PUT", "url": url}
         status = 200
     entry: dict[str, Any] = {"fullUrl": full_url(base_url, v)}
     if not v.deleted:

@@ -14,7 +14,9 @@ def page_size(ctx: Context, params: Sequence[tuple[str, str]]) -> int:
     if value is None:
         return ctx.settings.default_page_size
     if not value.isdigit():
-        raise Invalid(f"_count must be a non-negative integer, not '{value}'", expression=("_count",))
+        raise Invalid(
+            f"_count must be a non-negative integer, not '{value}'", expression=("_count",)
+        )
     return max(1, min(int(value), ctx.settings.max_page_size))
 
 
@@ -23,6 +25,9 @@ def parse_instant(name: str, value: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise Invalid(f"{name} must be an instant such as 2024-03-05T10:00:00Z, not '{value}'",
-                      expression=(name,)) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        raise Invalid(
+            f"{name} must be an instant such as 2024-03-05T10:00:00Z, not '{value}'",
+            expression=(name,),
+        ) from None
+    # In UTC: SQLite compares stored (UTC) timestamps as text, ignoring any offset.
+    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)

@@ -21,8 +21,9 @@ def read(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
         )
     if req.if_none_match is not None and req.if_none_match.strip() == etag(version):
         return Result(304, headers={"ETag": etag(version)})
-    if req.if_modified_since is not None and version.last_updated.replace(
-        microsecond=0
-    ) <= req.if_modified_since:
+    if (
+        req.if_modified_since is not None
+        and version.last_updated.replace(microsecond=0) <= req.if_modified_since
+    ):
         return Result(304, headers={"ETag": etag(version)})
     return Result(200, version=version)

@@ -16,8 +16,15 @@ from hub.store.repository import Transaction
 Interaction = Callable[[Context, Request, Transaction | None], Result]
 
 TYPE_INTERACTIONS = (
-    "read", "vread", "update", "patch", "delete",
-    "history-instance", "history-type", "create", "search-type",
+    "read",
+    "vread",
+    "update",
+    "patch",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
+    "search-type",
 )
 SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system")
 
@@ -74,6 +81,8 @@ def dispatch(ctx: Context, req: Request, tx: Transaction | None = None) -> Resul
             "PUT": update.update,
             "PATCH": patch.patch,
             "DELETE": delete.delete,
+            # Only a transaction POSTs with an id: the one it assigned to the entry up front.
+            "POST": create.create if tx is not None else None,
         }.get(method)
     elif op == "_history" and method == "GET":
         chosen = history.history if req.version_id is None else vread.vread

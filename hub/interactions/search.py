@@ -21,8 +21,9 @@ def search(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
     query = build_query(ctx.registry, req.resource_type, req.params)
     after = next((v for k, v in req.params if k == "_page_after"), None)
     count = page_size(ctx, req.params)
+    only_total = ("_count", "0") in req.params  # R4: _count=0 means _summary=count
     with ctx.reading(tx) as t:
-        rows = t.search(replace(query, after_id=after, limit=count + 1))
+        rows = [] if only_total else t.search(replace(query, after_id=after, limit=count + 1))
         total = t.count(query)
     url = f"{req.base_url}/{req.resource_type}"
     keep = [(k, v) for k, v in req.params if k != "_page_after"]

@@ -37,13 +37,15 @@ def entry_request(base_url: str, index: int, entry: Any, prefer: str | None) -> 
     request = entry["request"]
     method = str(request.get("method", "")).upper()
     if method not in _ORDER:
-        raise Invalid(f"{where}.request.method '{method}' is not a FHIR interaction method",
-                      expression=(f"{where}.request.method",))
+        raise Invalid(
+            f"{where}.request.method '{method}' is not a FHIR interaction method",
+            expression=(f"{where}.request.method",),
+        )
     url = request.get("url")
     if not isinstance(url, str) or not url:
         raise Invalid(f"{where}.request.url is missing", expression=(f"{where}.request.url",))
     if url.startswith(base_url + "/"):
-        url = url[len(base_url) + 1:]
+        url = url[len(base_url) + 1 :]
     parts = urlsplit(url)
     segments = [s for s in parts.path.split("/") if s]
     req = Request(
@@ -57,8 +59,10 @@ def entry_request(base_url: str, index: int, entry: Any, prefer: str | None) -> 
         prefer_return=prefer,
     )
     if not segments or not is_resource_type(segments[0]):
-        raise NotFound(f"{where}.request.url '{url}' names no known resource type",
-                       expression=(f"{where}.request.url",))
+        raise NotFound(
+            f"{where}.request.url '{url}' names no known resource type",
+            expression=(f"{where}.request.url",),
+        )
     req.resource_type = segments[0]
     rest = segments[1:]
     if rest and rest[0].startswith(("_", "$")):
@@ -71,10 +75,27 @@ def entry_request(base_url: str, index: int, entry: Any, prefer: str | None) -> 
                 req.version_id = rest.pop(0)
     if method == "PATCH" and req.body is None:
         # A PATCH entry carries its JSON Patch as a Binary resource.
-        raise Invalid(f"{where} PATCH needs the patch document in resource",
-                      expression=(f"{where}.resource",))
-    if method == "PATCH" and isinstance(req.body, dict) and req.body.get("resourceType") == "Binary":
-        req.body = orjson.loads(base64.b64decode(req.body.get("data", "")))
+        raise Invalid(
+            f"{where} PATCH needs the patch document in resource", expression=(f"{where}.resource",)
+        )
+    if method == "POST" and req.resource_id is not None:
+        # The hub assigns POSTed entries their id; the url names only the type.
+        raise Invalid(
+            f"{where}.request.url '{url}': POST creates at {req.resource_type}",
+            expression=(f"{where}.request.url",),
+        )
+    if (
+        method == "PATCH"
+        and isinstance(req.body, dict)
+        and req.body.get("resourceType") == "Binary"
+    ):
+        try:
+            req.body = orjson.loads(base64.b64decode(req.body.get("data", "")))
+        except (ValueError, TypeError):  # binascii.Error and JSONDecodeError are ValueErrors
+            raise Invalid(
+                f"{where}.resource: the Binary holds no base64 JSON Patch document",
+                expression=(f"{where}.resource.data",),
+            ) from None
     return req
 
 
@@ -97,7 +118,9 @@ def _located(index: int, error: HubError) -> HubError:
     issues = []
     for issue in error.issues:
         paths = tuple(
-            f"{where}.resource" + p[p.index("."):] if "." in p and not p.startswith("Bundle") else p
+            f"{where}.resource" + p[p.index(".") :]
+            if "." in p and not p.startswith("Bundle")
+            else p
             for p in issue.expression
         ) or (where,)
         issues.append(Issue(issue.code, f"{where}: {issue.diagnostics}", issue.severity, paths))
@@ -131,8 +154,9 @@ def _entry_response(req: Request, result: Result) -> dict[str, Any]:
 def process(ctx: Context, req: Request, dispatch: Dispatch) -> Result:
     body = req.body
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
-        raise Invalid("POST to the base URL takes a batch or transaction Bundle",
-                      expression=("Bundle",))
+        raise Invalid(
+            "POST to the base URL takes a batch or transaction Bundle", expression=("Bundle",)
+        )
     kind = body.get("type")
     entries = body.get("entry") or []
     if not isinstance(entries, list):
@@ -141,8 +165,10 @@ def process(ctx: Context, req: Request, dispatch: Dispatch) -> Result:
         return _transaction(ctx, req, entries, dispatch)
     if kind == "batch":
         return _batch(ctx, req, entries, dispatch)
-    raise Invalid(f"Bundle.type '{kind}' cannot be processed: post a batch or a transaction",
-                  expression=("Bundle.type",))
+    raise Invalid(
+        f"Bundle.type '{kind}' cannot be processed: post a batch or a transaction",
+        expression=("Bundle.type",),
+    )
 
 
 def _batch(ctx: Context, req: Request, entries: list[Any], dispatch: Dispatch) -> Result:
@@ -155,7 +181,9 @@ def _batch(ctx: Context, req: Request, entries: list[Any], dispatch: Dispatch) -
             out.append(_entry_response(entry_req, dispatch(ctx, entry_req, None)))
         except HubError as e:
             e = _located(i, e)
-            out.append({"response": {"status": status_line(status_of(e)), "outcome": outcome_of(e)}})
+            out.append(
+                {"response": {"status": status_line(status_of(e)), "outcome": outcome_of(e)}}
+            )
     return Result(200, body=bundle("batch-response", out, []))
 
 
@@ -188,12 +216,17 @@ def _transaction(ctx: Context, req: Request, entries: list[Any], dispatch: Dispa
             if r.resource_id is not None:
                 key = f"{r.resource_type}/{r.resource_id}"
                 if key in targets and i not in results:
-                    raise _located(i, Invalid(
-                        f"{key} is changed by entry {targets[key]} too; a transaction changes "
-                        "each resource once"))
+                    raise _located(
+                        i,
+                        Invalid(
+                            f"{key} is changed by entry {targets[key]} too; a transaction changes "
+                            "each resource once"
+                        ),
+                    )
                 targets[key] = i
-                if full_urls[i]:
-                    aliases[full_urls[i]] = key
+                alias = full_urls[i]
+                if isinstance(alias, str) and alias:
+                    aliases[alias] = key
 
         # 2. Rewrite references to fullUrls and conditional references.
         def resolve(reference: str) -> str | None:
@@ -205,7 +238,8 @@ def _transaction(ctx: Context, req: Request, entries: list[Any], dispatch: Dispa
                 if len(found) != 1:
                     raise PreconditionFailed(
                         f"The conditional reference '{reference}' matches {len(found)} resources; "
-                        "it must match exactly one")
+                        "it must match exactly one"
+                    )
                 return f"{type_}/{found[0].resource_id}"
             return None
 
@@ -225,11 +259,13 @@ def _transaction(ctx: Context, req: Request, entries: list[Any], dispatch: Dispa
     return Result(200, body=bundle("transaction-response", out, []))
 
 
-def _assign_id(ctx: Context, tx: Transaction, r: Request, results: dict[int, Result],
-               i: int) -> None:
+def _assign_id(
+    ctx: Context, tx: Transaction, r: Request, results: dict[int, Result], i: int
+) -> None:
     assert r.resource_type is not None
     if r.method == "POST":
         if r.if_none_exist:
+            tx.lock(f"create:{r.resource_type}?{r.if_none_exist}")
             existing = single_match(ctx, tx, r.resource_type, parse_qsl(r.if_none_exist))
             if existing is not None:
                 r.resource_id = existing.resource_id
@@ -241,6 +277,9 @@ def _assign_id(ctx: Context, tx: Transaction, r: Request, results: dict[int, Res
         found = single_match(ctx, tx, r.resource_type, r.params)
         if found is not None:
             r.resource_id = found.resource_id
+            if r.method == "PUT" and isinstance(r.body, dict) and "id" not in r.body:
+                # A conditional update's body need not carry the id (update checks one that does).
+                r.body = {**r.body, "id": r.resource_id}
         elif r.method == "PUT":
             body_id = r.body.get("id") if isinstance(r.body, dict) else None
             r.resource_id = body_id or new_id()

@@ -42,9 +42,11 @@ def content_hash(resource: dict[str, Any]) -> str:
     meta = resource.get("meta")
     if isinstance(meta, dict) and ("versionId" in meta or "lastUpdated" in meta):
         rest = {k: v for k, v in meta.items() if k not in ("versionId", "lastUpdated")}
-        resource = {**resource, "meta": rest} if rest else {
-            k: v for k, v in resource.items() if k != "meta"
-        }
+        resource = (
+            {**resource, "meta": rest}
+            if rest
+            else {k: v for k, v in resource.items() if k != "meta"}
+        )
     return hashlib.sha256(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -70,7 +72,9 @@ def check_precondition(current: Version | None, wanted: int | None) -> None:
     if wanted is None:
         return
     if current is None or current.deleted:
-        raise PreconditionFailed(f"If-Match names version {wanted}, but the resource does not exist")
+        raise PreconditionFailed(
+            f"If-Match names version {wanted}, but the resource does not exist"
+        )
     if current.version_id != wanted:
         raise PreconditionFailed(
             f"If-Match names version {wanted}, but the current version is {current.version_id}"
@@ -89,7 +93,8 @@ def save(
 ) -> Result:
     current = tx.current(resource_type, resource_id)
     check_precondition(current, if_match)
-    digest = content_hash(resource)
+    # Hash what is stored: the id is the resource's, not whatever (if any) the body carried.
+    digest = content_hash({**resource, "id": resource_id})
     if current is not None and not current.deleted and current.content_hash == digest:
         return Result(200, version=current)
     version_id = current.version_id + 1 if current is not None else 1

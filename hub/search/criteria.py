@@ -35,9 +35,7 @@ def parse_token(value: str) -> tuple[str | None, str | None]:
     return system, (code or None)
 
 
-def build_query(
-    registry: Registry, resource_type: str, params: Sequence[tuple[str, str]]
-) -> Query:
+def build_query(registry: Registry, resource_type: str, params: Sequence[tuple[str, str]]) -> Query:
     ids: set[str] | None = None
     tokens: list[TokenCriterion] = []
     for name, value in params:

@@ -20,7 +20,7 @@ def _tokens(value: Any) -> list[tuple[str | None, str | None]]:
         return [(None, str(value))]
     if not isinstance(value, dict):
         return []
-    if "coding" in value or "text" in value and "system" not in value:  # CodeableConcept
+    if "coding" in value or ("text" in value and "system" not in value):  # CodeableConcept
         return [p for c in value.get("coding", []) for p in _tokens(c)]
     if "value" in value and "code" not in value:  # Identifier, ContactPoint
         return [(value.get("system"), str(value["value"]))]

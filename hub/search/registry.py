@@ -48,7 +48,7 @@ class Registry:
 
 def _compile(expression: str) -> Callable[[Any], list[Any]]:
     compiled = fhirpathpy.compile(expression, None)
-    return lambda resource: compiled(resource, {})  # type: ignore[no-any-return]
+    return lambda resource: compiled(resource, {})
 
 
 def build(definitions: Iterable[Mapping[str, Any]]) -> Registry:
@@ -77,4 +77,9 @@ def _expand(compact: Mapping[str, Mapping[str, list[str]]]) -> Iterable[dict[str
     """Turn `{"Patient": {"identifier": ["token", "Patient.identifier"]}}` into definitions."""
     for resource_type, params in compact.items():
         for code, (param_type, expression) in params.items():
-            yield {"code": code, "type": param_type, "expression": expression, "base": [resource_type]}
+            yield {
+                "code": code,
+                "type": param_type,
+                "expression": expression,
+                "base": [resource_type],
+            }

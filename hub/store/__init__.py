@@ -1,6 +1,14 @@
 """The FHIR store: the repository protocol and its SQL implementation."""
 
-from hub.store.repository import NewVersion, Query, Repository, TokenCriterion, TokenRow, Transaction, Version
+from hub.store.repository import (
+    NewVersion,
+    Query,
+    Repository,
+    TokenCriterion,
+    TokenRow,
+    Transaction,
+    Version,
+)
 from hub.store.sql import SqlRepository, make_engine
 
 __all__ = [

@@ -11,7 +11,8 @@ from alembic.config import Config
 def _config(url: str, migrations_dir: Path) -> Config:
     if not (migrations_dir / "env.py").exists():
         raise FileNotFoundError(
-            f"No Alembic migrations at {migrations_dir}; set HUB_MIGRATIONS_DIR to the alembic/ folder"
+            f"No Alembic migrations at {migrations_dir}; "
+            "set HUB_MIGRATIONS_DIR to the alembic/ folder"
         )
     config = Config()
     config.set_main_option("script_location", str(migrations_dir))

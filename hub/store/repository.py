@@ -85,6 +85,13 @@ class Transaction(Protocol):
 
     def search(self, query: Query) -> list[Version]: ...
 
+    def lock(self, key: str) -> None:
+        """Hold a lock named `key` until the transaction ends.
+
+        Serialises check-then-write sequences (a conditional create) that no
+        row lock covers, because the row they would lock does not exist yet.
+        """
+
     def count(self, query: Query) -> int: ...
 
     def history(

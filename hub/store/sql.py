@@ -26,6 +26,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -58,8 +59,9 @@ _HISTORY_COLUMNS = (
 
 
 def _utc(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes; everything the hub stores is UTC.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    # SQLite hands back naive datetimes; everything the hub stores is UTC. psycopg hands
+    # back the session time zone (e.g. ZoneInfo('Etc/UTC')), which is not `UTC` itself.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _version(row: Any) -> Version:
@@ -122,6 +124,13 @@ class SqlTransaction:
             )
         ).first()
         return _version(row) if row else None
+
+    def lock(self, key: str) -> None:
+        # SQLite writers already hold the database lock from BEGIN IMMEDIATE.
+        if self.conn.dialect.name == "postgresql":
+            self.conn.execute(
+                text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key}
+            )
 
     def version(self, resource_type: str, resource_id: str, version_id: int) -> Version | None:
         row = self.conn.execute(
@@ -219,7 +228,9 @@ class SqlTransaction:
                     conds.append(search_token.c.code == code)
                 if system is not None:
                     conds.append(
-                        search_token.c.system.is_(None) if system == "" else search_token.c.system == system
+                        search_token.c.system.is_(None)
+                        if system == ""
+                        else search_token.c.system == system
                     )
                 alternatives.append(and_(*conds))
             clauses.append(

@@ -1,0 +1,740 @@
+"""REST benchmark of fhir-hub: each figure against a bare baseline measured in the same run.
+
+1. read by id, 32 clients: GET /fhir/Patient/{id} on PostgreSQL versus a bare FastAPI
+   endpoint serving the same bytes from memory (its own uvicorn, same settings and workers).
+2. create, 8 clients: POST /fhir/Patient versus one-row-per-commit inserts of the same JSON
+   into a bare table (8 psycopg connections, one thread each).
+3. 100-entry transaction Bundles, 8 clients: POST /fhir versus one executemany + commit of
+   the same 100 rows per batch into a bare table.
+
+The bench drops and recreates its own database (--database-url, default hub_bench on the
+local server), migrates it with `hub db upgrade` and serves it with `hub serve`. HTTP load
+comes from `wrk` when it is on PATH, else from the asyncio HTTP/1.1 client below; the
+output says which. Bundles always use the asyncio client: at a few requests per second
+wrk's fixed-duration count would be biased by the requests still in flight at the end,
+whereas the asyncio client counts completions inside a steady-state window.
+
+    .venv/bin/python bench/rest.py [--duration 10] [--workers 1] [--database-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+HOST = "127.0.0.1"
+FHIR_JSON = "application/fhir+json; charset=utf-8"
+DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/hub_bench"
+BASELINE_DATA_ENV = "BENCH_BASELINE_DATA"
+# The hub routes the system endpoint at /fhir/ and answers POST /fhir with a 307 to it;
+# neither wrk nor the asyncio client follows redirects, so Bundles go straight there.
+SYSTEM_PATH = "/fhir/"
+
+
+# --- the workload ----------------------------------------------------------------------------
+
+
+def patient(n: int) -> dict[str, Any]:
+    """A Patient of about 500 bytes, like the ones an EHR feed creates."""
+    return {
+        "resourceType": "Patient",
+        "identifier": [{"system": "urn:oid:1.2.36.146.595.217.0.1", "value": f"MRN{n:08d}"}],
+        "active": True,
+        "name": [{"use": "official", "family": f"Chalmers{n}", "given": ["Peter", "James"]}],
+        "telecom": [{"system": "phone", "value": "(03) 5555 6473", "use": "work"}],
+        "gender": "male",
+        "birthDate": "1974-12-25",
+        "address": [
+            {
+                "use": "home",
+                "line": ["534 Erewhon St"],
+                "city": "PleasantVille",
+                "state": "Vic",
+                "postalCode": "3999",
+                "country": "AU",
+            }
+        ],
+    }
+
+
+def dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def transaction_bundle(start: int, size: int) -> dict[str, Any]:
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": f"urn:uuid:{uuid.UUID(int=start + i)}",
+                "resource": patient(start + i),
+                "request": {"method": "POST", "url": "Patient"},
+            }
+            for i in range(size)
+        ],
+    }
+
+
+# --- results ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Operations completed inside the measurement window, and their latencies."""
+
+    ops: int
+    seconds: float
+    p50_ms: float
+    p95_ms: float
+    errors: int
+    client: str
+
+    @property
+    def rate(self) -> float:
+        return self.ops / self.seconds if self.seconds else 0.0
+
+
+def measured(latencies: Sequence[float], seconds: float, errors: int, client: str) -> Measured:
+    ordered = sorted(latencies)
+
+    def pct(p: float) -> float:
+        return ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000 if ordered else 0.0
+
+    return Measured(len(ordered), seconds, pct(0.50), pct(0.95), errors, client)
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    unit: str
+    rows_per_op: int
+    target: float
+    hub: Measured
+    baseline: Measured
+
+    @property
+    def ratio(self) -> float:
+        return self.hub.rate / self.baseline.rate if self.baseline.rate else 0.0
+
+    @property
+    def met(self) -> bool:
+        return self.ratio >= self.target and not self.hub.errors and not self.baseline.errors
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return int(response.status), response.read()
+
+
+def http_post(url: str, body: bytes) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": FHIR_JSON}
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return int(response.status), response.read()
+
+
+class Server:
+    """A uvicorn server in its own process group, stopped with everything it spawned."""
+
+    def __init__(
+        self, name: str, argv: list[str], port: int, log: Path, env: dict[str, str]
+    ) -> None:
+        self.name, self.port, self.log = name, port, log
+        self._log = log.open("wb")
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def base(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                if http_get(self.base + "/healthz", timeout=1.0)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        tail = self.log.read_text(errors="replace")[-2000:]
+        raise SystemExit(f"{self.name} did not start on port {self.port}:\n{tail}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+
+
+def uvicorn_options(port: int, workers: int) -> list[str]:
+    """What `hub serve` passes to uvicorn (its defaults otherwise), for the baseline."""
+    return [
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+
+
+def start_hub(url: str, workers: int, tmp: Path) -> Server:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    argv = [
+        sys.executable,
+        "-m",
+        "hub.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--host",
+        HOST,
+        "--workers",
+        str(workers),
+        "--database-url",
+        url,
+        "--log-level",
+        "warning",
+    ]
+    server = Server("hub", argv, port, tmp / "hub.log", env)
+    server.wait_ready()
+    return server
+
+
+def start_baseline(data: Path, workers: int, tmp: Path) -> Server:
+    port = free_port()
+    env = {**os.environ, BASELINE_DATA_ENV: str(data)}
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "rest:baseline_app",
+        "--factory",
+        "--app-dir",
+        str(BENCH_DIR),
+        *uvicorn_options(port, workers),
+    ]
+    server = Server("baseline", argv, port, tmp / "baseline.log", env)
+    server.wait_ready()
+    return server
+
+
+def baseline_app() -> Any:
+    """The read baseline: a bare FastAPI endpoint answering stored bytes from a dict."""
+    from fastapi import FastAPI, Response
+
+    raw = json.loads(Path(os.environ[BASELINE_DATA_ENV]).read_text())
+    contents = {key: value.encode() for key, value in raw.items()}
+    app = FastAPI()
+
+    @app.get("/fhir/Patient/{resource_id}")
+    async def read(resource_id: str) -> Response:
+        content = contents.get(resource_id)
+        if content is None:
+            return Response(status_code=404)
+        return Response(content, media_type=FHIR_JSON)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+# --- the database ----------------------------------------------------------------------------
+
+
+def libpq_url(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def recreate_database(url: str) -> None:
+    parts = urlsplit(libpq_url(url))
+    name = parts.path.lstrip("/")
+    if "bench" not in name:
+        raise SystemExit(
+            f"refusing to drop database '{name}': the bench database's name must contain 'bench'"
+        )
+    admin = urlunsplit(parts._replace(path="/postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    subprocess.run(
+        [sys.executable, "-m", "hub.cli", "db", "upgrade", "--database-url", url],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        for table in ("raw_create", "raw_bundle"):
+            conn.execute(f"CREATE TABLE {table} (id text PRIMARY KEY, content bytea NOT NULL)")
+
+
+def drop_database(url: str) -> None:
+    parts = urlsplit(libpq_url(url))
+    admin = urlunsplit(parts._replace(path="/postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{parts.path.lstrip("/")}" WITH (FORCE)')
+
+
+def checkpoint(url: str) -> None:
+    """Start every measurement with no dirty buffers from the one before."""
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        conn.execute("CHECKPOINT")
+
+
+def count_rows(url: str, table: str) -> int:
+    with psycopg.connect(libpq_url(url)) as conn:
+        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+    return int(row[0]) if row else 0
+
+
+def raw_inserts(
+    url: str, table: str, clients: int, rows: Sequence[bytes], warmup: float, duration: float
+) -> Measured:
+    """`clients` threads, each inserting `rows` per commit (executemany when more than one)."""
+    sql = f"INSERT INTO {table} (id, content) VALUES (%s, %s)"
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    conns = [psycopg.connect(libpq_url(url)) for _ in range(clients)]
+    start = time.perf_counter() + 0.1
+    window = (start + warmup, start + warmup + duration)
+
+    def work(conn: psycopg.Connection[Any], out: list[float]) -> None:
+        with conn.cursor() as cur:
+            while time.perf_counter() < start:
+                time.sleep(0.001)
+            while (t0 := time.perf_counter()) < window[1]:
+                if len(rows) == 1:
+                    cur.execute(sql, (str(uuid.uuid4()), rows[0]))
+                else:
+                    cur.executemany(sql, [(str(uuid.uuid4()), row) for row in rows])
+                conn.commit()
+                t1 = time.perf_counter()
+                if window[0] <= t1 <= window[1]:
+                    out.append(t1 - t0)
+
+    threads = [
+        threading.Thread(target=work, args=(c, out))
+        for c, out in zip(conns, latencies, strict=True)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for c in conns:
+        c.close()
+    return measured([x for out in latencies for x in out], duration, 0, "psycopg threads")
+
+
+# --- HTTP load -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Load:
+    """Closed-loop HTTP load: `clients` connections, each sending the next request at once."""
+
+    method: str
+    paths: Sequence[str]
+    body: bytes | None
+    clients: int
+
+
+def raw_request(load: Load, path: str) -> bytes:
+    head = f"{load.method} {path} HTTP/1.1\r\nHost: {HOST}\r\nAccept: application/fhir+json\r\n"
+    if load.body is None:
+        return (head + "\r\n").encode()
+    head += f"Content-Type: {FHIR_JSON}\r\nContent-Length: {len(load.body)}\r\n\r\n"
+    return head.encode() + load.body
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> int:
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding":
+            raise RuntimeError("the asyncio client reads Content-Length bodies only")
+    if length:
+        await reader.readexactly(length)
+    return status
+
+
+async def _asyncio_load(port: int, load: Load, warmup: float, duration: float, ok: int) -> Measured:
+    requests = [raw_request(load, p) for p in load.paths]
+    start = time.perf_counter() + 0.2
+    window = (start + warmup, start + warmup + duration)
+    latencies: list[float] = []
+    errors = 0
+
+    async def client(offset: int) -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection(HOST, port, limit=1 << 20)
+        await asyncio.sleep(max(0.0, start - time.perf_counter()))
+        i = offset
+        while (t0 := time.perf_counter()) < window[1]:
+            status = await _exchange(reader, writer, requests[i % len(requests)])
+            i += 1
+            t1 = time.perf_counter()
+            if window[0] <= t1 <= window[1]:
+                latencies.append(t1 - t0)
+                errors += status != ok
+        writer.close()
+
+    step = max(1, len(requests) // load.clients)
+    await asyncio.gather(*(client(n * step) for n in range(load.clients)))
+    return measured(latencies, duration, errors, "asyncio")
+
+
+def asyncio_load(port: int, load: Load, warmup: float, duration: float, ok: int) -> Measured:
+    try:
+        import uvloop
+
+        runner: Callable[..., Any] = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    result: Measured = runner(_asyncio_load(port, load, warmup, duration, ok))
+    return result
+
+
+_WRK_SCRIPT = """\
+local paths = {%(paths)s}
+local method = "%(method)s"
+local headers = {["Content-Type"] = "%(content_type)s", ["Accept"] = "application/fhir+json"}
+local body = nil
+if "%(body)s" ~= "" then
+  local f = assert(io.open("%(body)s", "rb"))
+  body = f:read("*a")
+  f:close()
+end
+local i = 0
+setup = function(thread) thread:set("offset", math.random(#paths)) end
+request = function()
+  i = i + 1
+  return wrk.format(method, paths[((i + (offset or 0)) %% #paths) + 1], headers, body)
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "BENCH {\\"requests\\":%%d,\\"duration_us\\":%%d,\\"errors\\":%%d,"
+    .. "\\"p50_us\\":%%d,\\"p95_us\\":%%d}\\n",
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.status + e.timeout,
+    latency:percentile(50.0), latency:percentile(95.0)))
+end
+"""
+
+
+def wrk_load(
+    wrk: str, port: int, load: Load, warmup: float, duration: float, tmp: Path
+) -> Measured:
+    """wrk's own count; a response of status 400 or more is an error."""
+    body = ""
+    if load.body is not None:
+        body_file = tmp / f"body-{uuid.uuid4().hex}.json"
+        body_file.write_bytes(load.body)
+        body = str(body_file)
+    script = tmp / f"load-{uuid.uuid4().hex}.lua"
+    script.write_text(
+        _WRK_SCRIPT
+        % {
+            "paths": ",".join(f'"{p}"' for p in load.paths),
+            "method": load.method,
+            "content_type": FHIR_JSON,
+            "body": body,
+        }
+    )
+    url = f"http://{HOST}:{port}"
+    base = [wrk, "-t1", f"-c{load.clients}", "--timeout", "60s", "-s", str(script)]
+    if warmup > 0:
+        subprocess.run([*base, f"-d{warmup:g}s", url], check=True, capture_output=True)
+    out = subprocess.run(
+        [*base, f"-d{duration:g}s", url], check=True, capture_output=True, text=True
+    ).stdout
+    line = next(x for x in out.splitlines() if x.startswith("BENCH "))
+    r = json.loads(line.removeprefix("BENCH "))
+    return Measured(
+        r["requests"],
+        r["duration_us"] / 1e6,
+        r["p50_us"] / 1000,
+        r["p95_us"] / 1000,
+        r["errors"],
+        "wrk",
+    )
+
+
+class Loader:
+    def __init__(self, client: str, tmp: Path, warmup: float, duration: float) -> None:
+        self.wrk = shutil.which("wrk") if client in ("auto", "wrk") else None
+        if client == "wrk" and self.wrk is None:
+            raise SystemExit("--client wrk: wrk is not on PATH (apt-get install wrk)")
+        self.tmp, self.warmup, self.duration = tmp, warmup, duration
+
+    @property
+    def name(self) -> str:
+        return f"wrk ({self.wrk})" if self.wrk else "asyncio HTTP/1.1 client (wrk not found)"
+
+    def run(self, port: int, load: Load, ok: int, *, allow_wrk: bool = True) -> Measured:
+        if self.wrk and allow_wrk:
+            return wrk_load(self.wrk, port, load, self.warmup, self.duration, self.tmp)
+        return asyncio_load(port, load, self.warmup, self.duration, ok)
+
+
+# --- the figures -----------------------------------------------------------------------------
+
+
+def seed_patients(hub: Server, url: str, count: int) -> dict[str, str]:
+    """Create `count` Patients through the API; return their stored JSON by id."""
+    for start in range(0, count, 100):
+        status, _ = http_post(hub.base + SYSTEM_PATH, dumps(transaction_bundle(start, 100)))
+        if status != 200:
+            raise SystemExit(f"seeding failed with status {status}")
+    with psycopg.connect(libpq_url(url)) as conn:
+        rows = conn.execute(
+            "SELECT res_id, content FROM resources WHERE res_type = 'Patient'"
+        ).fetchall()
+    return {rid: bytes(content).decode() for rid, content in rows}
+
+
+def figure_reads(args: argparse.Namespace, loader: Loader, hub: Server, tmp: Path) -> Figure:
+    stored = seed_patients(hub, args.database_url, args.patients)
+    data = tmp / "patients.json"
+    data.write_text(json.dumps(stored))
+    baseline = start_baseline(data, args.workers, tmp)
+    try:
+        some = next(iter(stored))
+        path = f"/fhir/Patient/{some}"
+        if http_get(hub.base + path)[1] != http_get(baseline.base + path)[1]:
+            raise SystemExit("the baseline does not serve the hub's bytes")
+        load = Load("GET", [f"/fhir/Patient/{i}" for i in stored], None, args.read_clients)
+        checkpoint(args.database_url)
+        on_hub = loader.run(hub.port, load, 200)
+        on_baseline = loader.run(baseline.port, load, 200)
+    finally:
+        baseline.stop()
+    return Figure(
+        f"read by id, {args.read_clients} clients", "reads/s", 1, 0.60, on_hub, on_baseline
+    )
+
+
+def figure_creates(args: argparse.Namespace, loader: Loader, hub: Server) -> Figure:
+    body = dumps(patient(0))
+    load = Load("POST", ["/fhir/Patient"], body, args.create_clients)
+    checkpoint(args.database_url)
+    before = count_rows(args.database_url, "resources")
+    on_hub = loader.run(hub.port, load, 201)
+    stored = count_rows(args.database_url, "resources") - before
+    if stored < on_hub.ops:
+        raise SystemExit(f"the hub answered {on_hub.ops} creates but stored {stored}")
+    checkpoint(args.database_url)
+    on_baseline = raw_inserts(
+        args.database_url, "raw_create", args.create_clients, [body], args.warmup, args.duration
+    )
+    return Figure(
+        f"create, {args.create_clients} clients", "creates/s", 1, 0.50, on_hub, on_baseline
+    )
+
+
+def figure_bundles(args: argparse.Namespace, loader: Loader, hub: Server) -> Figure:
+    size = args.bundle_size
+    bundle = transaction_bundle(0, size)
+    rows = [dumps(e["resource"]) for e in bundle["entry"]]
+    load = Load("POST", [SYSTEM_PATH], dumps(bundle), args.bundle_clients)
+    checkpoint(args.database_url)
+    on_hub = loader.run(hub.port, load, 200, allow_wrk=False)
+    checkpoint(args.database_url)
+    on_baseline = raw_inserts(
+        args.database_url, "raw_bundle", args.bundle_clients, rows, args.warmup, args.duration
+    )
+    return Figure(
+        f"{size}-entry transaction, {args.bundle_clients} clients",
+        "bundles/s",
+        size,
+        0.25,
+        on_hub,
+        on_baseline,
+    )
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def report(figures: Sequence[Figure]) -> str:
+    head = (
+        f"{'figure':<34} {'hub/s':>9} {'p50 ms':>8} {'p95 ms':>8} | {'base/s':>9} "
+        f"{'p50 ms':>8} {'p95 ms':>8} | {'ratio':>6} {'target':>6}  result"
+    )
+    lines = [head, "-" * len(head)]
+    for f in figures:
+        h, b = f.hub, f.baseline
+        result = "met" if f.met else "MISSED"
+        if h.errors or b.errors:
+            result += f" ({h.errors} hub / {b.errors} baseline errors)"
+        lines.append(
+            f"{f.name:<34} {h.rate:>9.1f} {h.p50_ms:>8.2f} {h.p95_ms:>8.2f} | {b.rate:>9.1f} "
+            f"{b.p50_ms:>8.2f} {b.p95_ms:>8.2f} | {f.ratio:>6.1%} {f.target:>6.0%}  {result}"
+        )
+        if f.rows_per_op > 1:
+            lines.append(
+                f"{'  (resources/s)':<34} {h.rate * f.rows_per_op:>9.1f} {'':>17} | "
+                f"{b.rate * f.rows_per_op:>9.1f}"
+            )
+    return "\n".join(lines)
+
+
+@contextmanager
+def scratch() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="hub-bench-") as name:
+        yield Path(name)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per side")
+    p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="uvicorn workers, for the hub and the read baseline alike",
+    )
+    p.add_argument(
+        "--database-url",
+        default=DEFAULT_URL,
+        help="bench database: DROPPED and recreated (its name must contain 'bench')",
+    )
+    p.add_argument(
+        "--client",
+        choices=("auto", "wrk", "asyncio"),
+        default="auto",
+        help="HTTP load generator: wrk when on PATH (auto), or the asyncio client",
+    )
+    p.add_argument("--only", default="reads,creates,bundles", help="comma-separated figures to run")
+    p.add_argument("--patients", type=int, default=1000, help="Patients read in figure 1")
+    p.add_argument("--read-clients", type=int, default=32)
+    p.add_argument("--create-clients", type=int, default=8)
+    p.add_argument("--bundle-clients", type=int, default=8)
+    p.add_argument("--bundle-size", type=int, default=100)
+    p.add_argument("--keep-database", action="store_true", help="leave the bench database")
+    p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    args = p.parse_args(argv)
+    args.database_url = args.database_url.replace("postgresql://", "postgresql+psycopg://", 1)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    wanted = {x.strip() for x in args.only.split(",") if x.strip()}
+    unknown = wanted - {"reads", "creates", "bundles"}
+    if unknown:
+        raise SystemExit(f"--only: unknown figures {sorted(unknown)}")
+    with scratch() as tmp:
+        loader = Loader(args.client, tmp, args.warmup, args.duration)
+        print(
+            f"machine: {os.cpu_count()} CPUs; uvicorn workers: {args.workers}; "
+            f"{args.duration:g} s measured after {args.warmup:g} s warm-up",
+            flush=True,
+        )
+        print(f"HTTP load: {loader.name} (transaction Bundles: asyncio client)", flush=True)
+        print(f"database: {args.database_url.split('@')[-1]} (recreated)", flush=True)
+        recreate_database(args.database_url)
+        hub = start_hub(args.database_url, args.workers, tmp)
+        print(f"hub pid {hub.proc.pid} on port {hub.port}", flush=True)
+        figures: list[Figure] = []
+        try:
+            runs: dict[str, Callable[[], Figure]] = {
+                "reads": lambda: figure_reads(args, loader, hub, tmp),
+                "creates": lambda: figure_creates(args, loader, hub),
+                "bundles": lambda: figure_bundles(args, loader, hub),
+            }
+            for name, run in runs.items():
+                if name in wanted:
+                    figures.append(run())
+                    print("\n".join(report(figures[-1:]).splitlines()[2:]), flush=True)
+        finally:
+            hub.stop()
+            if not args.keep_database:
+                drop_database(args.database_url)
+    print()
+    print(report(figures))
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                [
+                    {
+                        **asdict(f),
+                        "ratio": f.ratio,
+                        "met": f.met,
+                        "hub_rate": f.hub.rate,
+                        "baseline_rate": f.baseline.rate,
+                    }
+                    for f in figures
+                ],
+                indent=2,
+            )
+        )
+    return 1 if args.check and not all(f.met for f in figures) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
