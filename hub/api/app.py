@@ -60,9 +60,18 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     async def system_history(request: Request) -> Response:
         return await handle(request, operation="_history")
 
-    @router.api_route("/", methods=["POST"], summary="Batch or transaction Bundle")
+    @router.api_route("", methods=["GET", "HEAD", "POST"], include_in_schema=False)
+    @router.api_route(
+        "/",
+        methods=["GET", "HEAD", "POST"],
+        summary="Batch or transaction Bundle (POST); system search (GET ?_type=)",
+    )
     async def system(request: Request) -> Response:
         return await handle(request)
+
+    @router.api_route("/_search", methods=["POST"], summary="System search by form post")
+    async def system_search(request: Request) -> Response:
+        return await handle(request, operation="_search")
 
     @router.api_route(
         "/{resource_type}",
@@ -94,6 +103,18 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     async def instance_history(request: Request, resource_type: str, resource_id: str) -> Response:
         return await handle(
             request, resource_type=resource_type, resource_id=resource_id, operation="_history"
+        )
+
+    @router.api_route(
+        "/{resource_type}/{resource_id}/{operation}",
+        methods=["GET", "HEAD", "POST"],
+        summary="Compartment search (Patient/1/Observation) or an operation (Patient/1/$everything)",
+    )
+    async def instance_operation(
+        request: Request, resource_type: str, resource_id: str, operation: str
+    ) -> Response:
+        return await handle(
+            request, resource_type=resource_type, resource_id=resource_id, operation=operation
         )
 
     @router.api_route(

@@ -56,10 +56,10 @@ def _parse_json(raw: bytes) -> Any:
         raise Invalid(f"The request body is not valid JSON: {e}") from None
 
 
-def _prefer(http: HttpRequest) -> str | None:
-    for part in http.headers.get("prefer", "").split(","):
+def _prefer(http: HttpRequest, wanted: str) -> str | None:
+    for part in http.headers.get("prefer", "").replace(";", ",").split(","):
         name, _, value = part.strip().partition("=")
-        if name.strip().lower() == "return":
+        if name.strip().lower() == wanted:
             return value.strip().strip('"')
     return None
 
@@ -98,9 +98,10 @@ async def to_request(
                 raise UnsupportedMediaType(
                     f"Content-Type '{media}' is not supported here; use {' or '.join(accepted[:2])}"
                 )
-            if not raw:
+            if raw:
+                body = _parse_json(raw)
+            elif not (operation or "").startswith("$"):
                 raise Invalid("The request has no body")
-            body = _parse_json(raw)
     return Request(
         method=method,
         base_url=base_url(http, settings),
@@ -114,7 +115,8 @@ async def to_request(
         if_none_exist=http.headers.get("if-none-exist"),
         if_none_match=http.headers.get("if-none-match"),
         if_modified_since=_http_date(http.headers.get("if-modified-since")),
-        prefer_return=_prefer(http),
+        prefer_return=_prefer(http, "return"),
+        prefer_handling=_prefer(http, "handling"),
     )
 
 

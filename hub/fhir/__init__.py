@@ -1,6 +1,14 @@
-"""FHIR R4 knowledge: resource types and validation."""
+"""FHIR R4 knowledge: resource types, validation and element facts."""
 
-from hub.fhir.models import ID_PATTERN, element_names, has_model, is_resource_type, validate
+from hub.fhir.models import (
+    ID_PATTERN,
+    element_names,
+    has_model,
+    is_resource_type,
+    mandatory_elements,
+    summary_elements,
+    validate,
+)
 from hub.fhir.types import R4_RESOURCE_TYPES
 
 __all__ = [
@@ -9,5 +17,7 @@ __all__ = [
     "element_names",
     "has_model",
     "is_resource_type",
+    "mandatory_elements",
+    "summary_elements",
     "validate",
 ]

@@ -117,3 +117,29 @@ def validate(resource: dict[str, Any], expected_type: str | None = None) -> str:
                 issues = _issues(resource_type, e, (element,))
                 raise Invalid(issues[0].diagnostics, issues=issues) from None
     return resource_type
+
+
+def _flagged(resource_type: str, flag: str) -> frozenset[str]:
+    model = _model(resource_type)
+    if model is None:
+        return frozenset({"id", "meta"})
+    names = set()
+    for name, f in model.model_fields.items():
+        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+        if extra.get(flag):
+            element = f.alias or name
+            names.add(element)
+            names.add(f"_{element}")  # the primitive's extensions travel with it
+    return frozenset(names)
+
+
+@cache
+def summary_elements(resource_type: str) -> frozenset[str]:
+    """Top-level elements marked isSummary, for `_summary=true`."""
+    return _flagged(resource_type, "summary_element_property") | {"resourceType", "id", "meta"}
+
+
+@cache
+def mandatory_elements(resource_type: str) -> frozenset[str]:
+    """Top-level elements with a minimum cardinality of one, kept by `_summary=text`."""
+    return _flagged(resource_type, "element_required") | {"resourceType", "id", "meta"}

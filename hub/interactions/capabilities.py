@@ -12,8 +12,8 @@ from typing import Any
 from hub import __version__
 from hub.fhir import R4_RESOURCE_TYPES
 from hub.interactions.context import Context, Request, Result
-from hub.interactions.routes import SYSTEM_INTERACTIONS, TYPE_INTERACTIONS
-from hub.search.registry import SPECIAL
+from hub.interactions.routes import OPERATIONS, SYSTEM_INTERACTIONS, TYPE_INTERACTIONS
+from hub.search.registry import COMMON, SPECIAL
 from hub.store.repository import Transaction
 
 _SPEC = "http://hl7.org/fhir/SearchParameter"
@@ -24,11 +24,14 @@ def _resource(ctx: Context, resource_type: str) -> dict[str, Any]:
         {"name": code, "definition": f"{_SPEC}/Resource-{code.lstrip('_')}", "type": kind}
         for code, kind in SPECIAL.items()
     ]
-    for param in sorted(ctx.registry.for_type(resource_type).values(), key=lambda p: p.code):
+    registered = ctx.registry.for_type(resource_type)
+    for param in sorted(registered.values(), key=lambda p: p.code):
         entry = {"name": param.code, "type": param.type}
-        entry["definition"] = param.url or f"{_SPEC}/{resource_type}-{param.code}"
+        base = "Resource" if param.base == (COMMON,) else resource_type
+        entry["definition"] = param.url or f"{_SPEC}/{base}-{param.code.lstrip('_')}"
         params.append(entry)
-    return {
+    references = sorted(p.code for p in registered.values() if p.type == "reference")
+    statement: dict[str, Any] = {
         "type": resource_type,
         "profile": f"http://hl7.org/fhir/StructureDefinition/{resource_type}",
         "interaction": [{"code": code} for code in TYPE_INTERACTIONS],
@@ -39,8 +42,21 @@ def _resource(ctx: Context, resource_type: str) -> dict[str, Any]:
         "conditionalRead": "not-supported",
         "conditionalUpdate": True,
         "conditionalDelete": "single",
+        "searchInclude": ["*", *(f"{resource_type}:{code}" for code in references)],
+        "searchRevInclude": sorted(
+            f"{source}:{p.code}"
+            for source, by_code in ctx.registry.by_type.items()
+            if source != COMMON
+            for p in by_code.values()
+            if p.type == "reference" and resource_type in p.target_types()
+        ),
         "searchParam": params,
     }
+    if resource_type == "Patient":
+        statement["operation"] = [
+            {"name": name, "definition": url} for name, url in OPERATIONS.items()
+        ]
+    return statement
 
 
 def capabilities(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:

@@ -60,6 +60,7 @@ class Request:
     if_none_match: str | None = None
     if_modified_since: datetime | None = None
     prefer_return: str | None = None
+    prefer_handling: str | None = None  # strict (the default) or lenient
 
     @property
     def conditional(self) -> bool:

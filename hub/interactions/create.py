@@ -23,7 +23,9 @@ def create(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
         if req.if_none_exist:
             # Two concurrent conditional creates with the same criteria must not both create.
             t.lock(f"create:{req.resource_type}?{req.if_none_exist}")
-            existing = single_match(ctx, t, req.resource_type, parse_qsl(req.if_none_exist))
+            existing = single_match(
+                ctx, t, req.resource_type, parse_qsl(req.if_none_exist), req.base_url
+            )
             if existing is not None:
                 return Result(200, version=existing)
         return save(ctx, t, req.resource_type, req.resource_id or new_id(), resource, method="POST")

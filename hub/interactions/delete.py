@@ -18,7 +18,7 @@ def delete(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
     with ctx.unit(tx) as t:
         if req.resource_id is None:
             # Several matches answer 412: deleting many at once is refused, not guessed at.
-            match = single_match(ctx, t, req.resource_type, req.params)
+            match = single_match(ctx, t, req.resource_type, req.params, req.base_url)
             if match is None:
                 return Result(204)
             target = match.resource_id

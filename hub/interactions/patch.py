@@ -30,7 +30,7 @@ def patch(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
     if_match = expected_version(req.if_match)
     with ctx.unit(tx) as t:
         if req.resource_id is None:
-            match = single_match(ctx, t, req.resource_type, req.params)
+            match = single_match(ctx, t, req.resource_type, req.params, req.base_url)
             if match is None:
                 raise NotFound(f"No {req.resource_type} matches the criteria")
             target = match.resource_id

@@ -26,7 +26,8 @@ TYPE_INTERACTIONS = (
     "create",
     "search-type",
 )
-SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system")
+SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system", "search-system")
+OPERATIONS = {"everything": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}
 
 
 def dispatch(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
@@ -54,6 +55,10 @@ def dispatch(ctx: Context, req: Request, tx: Transaction | None = None) -> Resul
             if tx is not None:
                 raise Invalid("A Bundle entry cannot post another batch or transaction")
             return transaction.process(ctx, req, dispatch)
+        if op is None and method == "GET":
+            return search.system_search(ctx, req, tx)
+        if op == "_search" and method == "POST":
+            return search.system_search(ctx, req, tx)
         raise MethodNotAllowed(f"{method} is not supported on {req.base_url}/{op or ''}")
     if not is_resource_type(req.resource_type):
         raise NotFound(f"Unknown resource type '{req.resource_type}'")
@@ -86,6 +91,14 @@ def dispatch(ctx: Context, req: Request, tx: Transaction | None = None) -> Resul
         }.get(method)
     elif op == "_history" and method == "GET":
         chosen = history.history if req.version_id is None else vread.vread
+    elif op == "$everything" and method in ("GET", "POST"):
+        chosen = search.everything
+    elif op is not None and (op == "*" or is_resource_type(op)) and method == "GET":
+        chosen = search.compartment_search
+    elif op is not None and op.startswith("$"):
+        raise NotFound(f"Unknown operation '{op}' on {req.resource_type}")
+    elif op is not None and op != "_history":
+        raise NotFound(f"No FHIR endpoint at {req.resource_type}/{req.resource_id}/{op}")
     if chosen is None:
         where = "/".join(p for p in (req.resource_type, req.resource_id, op, req.version_id) if p)
         raise MethodNotAllowed(f"{method} is not supported on {where}")

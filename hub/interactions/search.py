@@ -1,38 +1,182 @@
-"""search (type level): https://hl7.org/fhir/R4/search.html
+"""search: https://hl7.org/fhir/R4/search.html
 
-GET [type]?params and POST [type]/_search. Pages are cut on the resource id
-(keyset: the `_page_after` cursor of the `next` link), so a page never
-repeats or skips a row because of rows written before it.
+Type search (`GET [type]?…`, `POST [type]/_search`), system search
+(`GET [base]?_type=…`), compartment search (`GET Patient/123/Observation?…`)
+and `Patient/123/$everything`: one engine, different scopes.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Sequence
+from typing import Any
 
-from hub.interactions.bundles import bundle, full_url, link, stored
+import orjson
+from sqlalchemy import ColumnElement, and_, or_, select
+
+from hub.errors import Invalid, NotFound, operation_outcome
+from hub.fhir import R4_RESOURCE_TYPES, is_resource_type
+from hub.interactions.bundles import bundle, full_url, link
 from hub.interactions.context import Context, Request, Result
-from hub.interactions.paging import page_size
-from hub.search import build_query
-from hub.store.repository import Transaction
+from hub.search.engine import Page, SearchEngine
+from hub.search.parse import Include, SearchRequest, encode_cursor, parse
+from hub.search.shape import shape
+from hub.store.repository import Transaction, Version
+from hub.store.schema import resources, search_reference
+
+
+def _page_size(ctx: Context, request: SearchRequest) -> int:
+    if request.count is None:
+        return ctx.settings.default_page_size
+    return request.count
+
+
+def _request(
+    ctx: Context,
+    req: Request,
+    types: Sequence[str],
+    params: Sequence[tuple[str, str]] | None = None,
+) -> SearchRequest:
+    return parse(
+        ctx.registry,
+        types,
+        req.params if params is None else params,
+        strict=req.prefer_handling != "lenient",
+        max_count=ctx.settings.max_page_size,
+    )
+
+
+def _entry(req: Request, request: SearchRequest, v: Version, mode: str) -> dict[str, Any]:
+    assert v.content is not None
+    content = shape(v.content, request.summary, request.elements)
+    return {
+        "fullUrl": full_url(req.base_url, v),
+        "resource": orjson.Fragment(content),
+        "search": {"mode": mode},
+    }
+
+
+def _bundle(req: Request, request: SearchRequest, page: Page, url: str) -> dict[str, Any]:
+    kept = [(k, v) for k, v in req.params if k != "_cursor"]
+    links = [link("self", url, req.params)]
+    if page.previous_cursor is not None or page.next_cursor is not None or req.params != kept:
+        links.append(link("first", url, kept))
+    if page.previous_cursor is not None:
+        links.append(
+            link("previous", url, [*kept, ("_cursor", encode_cursor(page.previous_cursor))])
+        )
+    if page.next_cursor is not None:
+        links.append(link("next", url, [*kept, ("_cursor", encode_cursor(page.next_cursor))]))
+    entries = [_entry(req, request, v, "match") for v in page.matches]
+    entries += [_entry(req, request, v, "include") for v in page.included]
+    if request.warnings:
+        entries.append(
+            {"resource": operation_outcome(request.warnings), "search": {"mode": "outcome"}}
+        )
+    return bundle("searchset", entries, links, page.total)
+
+
+def _run(
+    ctx: Context,
+    req: Request,
+    tx: Transaction | None,
+    request: SearchRequest,
+    url: str,
+    extra: dict[str, Sequence[ColumnElement[bool]]] | None = None,
+) -> Result:
+    engine = SearchEngine(ctx.registry, req.base_url)
+    with ctx.reading(tx) as t:
+        page = engine.run(t, request, _page_size(ctx, request), extra)
+    return Result(200, body=_bundle(req, request, page, url))
 
 
 def search(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
-    assert req.resource_type is not None
-    query = build_query(ctx.registry, req.resource_type, req.params)
-    after = next((v for k, v in req.params if k == "_page_after"), None)
-    count = page_size(ctx, req.params)
-    only_total = ("_count", "0") in req.params  # R4: _count=0 means _summary=count
+    """Type search, and system search when the request names no type."""
+    if req.resource_type is None:
+        return system_search(ctx, req, tx)
+    request = _request(ctx, req, [req.resource_type])
+    return _run(ctx, req, tx, request, f"{req.base_url}/{req.resource_type}")
+
+
+def system_search(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
+    named = [t.strip() for k, v in req.params if k == "_type" for t in v.split(",") if t.strip()]
+    for t in named:
+        if not is_resource_type(t):
+            raise Invalid(f"_type names an unknown resource type '{t}'", expression=("_type",))
+    types = sorted(set(named)) if named else sorted(R4_RESOURCE_TYPES)
+    request = _request(ctx, req, types)
+    return _run(ctx, req, tx, request, req.base_url)
+
+
+def _in_compartment(
+    ctx: Context, compartment: str, owner: str, resource_type: str
+) -> ColumnElement[bool] | None:
+    """The condition putting a `resource_type` resource in compartment `compartment/owner`."""
+    r = search_reference
+    codes = ctx.registry.compartment(compartment, resource_type)
+    alternatives: list[ColumnElement[bool]] = []
+    if codes:
+        alternatives.append(
+            resources.c.res_id.in_(
+                select(r.c.res_id).where(
+                    r.c.res_type == resource_type,
+                    r.c.param.in_(codes),
+                    r.c.target_type == compartment,
+                    r.c.target_id == owner,
+                )
+            )
+        )
+    if resource_type == compartment:
+        alternatives.append(resources.c.res_id == owner)
+    return or_(*alternatives) if alternatives else None
+
+
+def compartment_search(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
+    """GET [compartment type]/[id]/[type]?… (or `*` for every type of the compartment)."""
+    assert req.resource_type is not None and req.resource_id is not None
+    compartment, owner, target = req.resource_type, req.resource_id, req.operation
+    if compartment not in ctx.registry.compartments:
+        raise NotFound(f"There is no {compartment} compartment")
+    members = ctx.registry.compartments[compartment]
+    types = sorted(t for t in members if ctx.registry.compartment(compartment, t)) + (
+        [compartment] if compartment not in members else []
+    )
+    if target != "*":
+        if target not in types:
+            raise NotFound(f"{target} resources are not in the {compartment} compartment")
+        types = [str(target)]
+    extra = {}
+    for t in types:
+        clause = _in_compartment(ctx, compartment, owner, t)
+        if clause is not None:
+            extra[t] = [clause]
+    request = _request(ctx, req, types)
+    return _run(ctx, req, tx, request, f"{req.base_url}/{compartment}/{owner}/{target}", extra)
+
+
+def everything(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
+    """Patient/[id]/$everything: the patient, its compartment and what those reference."""
+    assert req.resource_type is not None and req.resource_id is not None
+    if req.resource_type != "Patient":
+        raise NotFound(f"$everything is defined on Patient, not {req.resource_type}")
     with ctx.reading(tx) as t:
-        rows = [] if only_total else t.search(replace(query, after_id=after, limit=count + 1))
-        total = t.count(query)
-    url = f"{req.base_url}/{req.resource_type}"
-    keep = [(k, v) for k, v in req.params if k != "_page_after"]
-    links = [link("self", url, req.params)]
-    if len(rows) > count:
-        rows = rows[:count]
-        links.append(link("next", url, [*keep, ("_page_after", rows[-1].resource_id)]))
-    entries = [
-        {"fullUrl": full_url(req.base_url, v), "resource": stored(v), "search": {"mode": "match"}}
-        for v in rows
-    ]
-    return Result(200, body=bundle("searchset", entries, links, total))
+        patient = t.current("Patient", req.resource_id)
+    if patient is None or patient.deleted:
+        raise NotFound(f"Patient/{req.resource_id} is not known")
+    allowed = {"_count", "_cursor", "_format", "_pretty"}
+    for name, _ in req.params:
+        if name not in allowed:
+            raise Invalid(
+                f"$everything does not support the parameter '{name}'", expression=(name,)
+            )
+    members = ctx.registry.compartments["Patient"]
+    types = sorted({"Patient", *(t for t in members if ctx.registry.compartment("Patient", t))})
+    extra = {}
+    for t in types:
+        clause = _in_compartment(ctx, "Patient", req.resource_id, t)
+        if clause is not None:
+            extra[t] = [and_(clause)]
+    request = _request(ctx, req, types)
+    request.includes.append(Include("*", None, None, False))
+    return _run(
+        ctx, req, tx, request, f"{req.base_url}/Patient/{req.resource_id}/$everything", extra
+    )

@@ -234,7 +234,9 @@ def _transaction(ctx: Context, req: Request, entries: list[Any], dispatch: Dispa
                 return aliases[reference]
             type_, sep, query = reference.partition("?")
             if sep and is_resource_type(type_):
-                found = matches(ctx, tx, type_, parse_qsl(query, keep_blank_values=True))
+                found = matches(
+                    ctx, tx, type_, parse_qsl(query, keep_blank_values=True), req.base_url
+                )
                 if len(found) != 1:
                     raise PreconditionFailed(
                         f"The conditional reference '{reference}' matches {len(found)} resources; "
@@ -266,7 +268,9 @@ def _assign_id(
     if r.method == "POST":
         if r.if_none_exist:
             tx.lock(f"create:{r.resource_type}?{r.if_none_exist}")
-            existing = single_match(ctx, tx, r.resource_type, parse_qsl(r.if_none_exist))
+            existing = single_match(
+                ctx, tx, r.resource_type, parse_qsl(r.if_none_exist), r.base_url
+            )
             if existing is not None:
                 r.resource_id = existing.resource_id
                 results[i] = Result(200, version=existing)
@@ -274,7 +278,7 @@ def _assign_id(
         r.resource_id = new_id()
         r.if_none_exist = None
     elif r.resource_id is None and r.params:
-        found = single_match(ctx, tx, r.resource_type, r.params)
+        found = single_match(ctx, tx, r.resource_type, r.params, r.base_url)
         if found is not None:
             r.resource_id = found.resource_id
             if r.method == "PUT" and isinstance(r.body, dict) and "id" not in r.body:

@@ -18,7 +18,7 @@ def update(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
     if_match = expected_version(req.if_match)
     with ctx.unit(tx) as t:
         if req.resource_id is None:
-            match = single_match(ctx, t, req.resource_type, req.params)
+            match = single_match(ctx, t, req.resource_type, req.params, req.base_url)
             target = match.resource_id if match is not None else (body_id or new_id())
             if match is not None and body_id is not None and body_id != target:
                 raise Invalid(

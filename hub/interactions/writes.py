@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +18,9 @@ import orjson
 
 from hub.errors import Conflict, Invalid, MultipleMatches, PreconditionFailed
 from hub.interactions.context import Context, Result, parse_etag
-from hub.search import build_query, extract_tokens
+from hub.search.engine import SearchEngine
+from hub.search.extract import extract
+from hub.search.parse import parse
 from hub.store.repository import NewVersion, Transaction, Version
 
 
@@ -50,13 +51,16 @@ def content_hash(resource: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def stamp(resource: dict[str, Any], resource_id: str, version_id: int, at: datetime) -> bytes:
+def stamp(
+    resource: dict[str, Any], resource_id: str, version_id: int, at: datetime
+) -> dict[str, Any]:
+    """The resource as stored: server-set id, meta.versionId and meta.lastUpdated first."""
     meta = dict(resource.get("meta") or {})
     meta["versionId"] = str(version_id)
     meta["lastUpdated"] = instant(at)
     body = {"resourceType": resource["resourceType"], "id": resource_id, "meta": meta}
     body.update((k, v) for k, v in resource.items() if k not in body)
-    return orjson.dumps(body)
+    return body
 
 
 def expected_version(if_match: str | None) -> int | None:
@@ -99,7 +103,8 @@ def save(
         return Result(200, version=current)
     version_id = current.version_id + 1 if current is not None else 1
     at = now()
-    content = stamp(resource, resource_id, version_id, at)
+    stamped = stamp(resource, resource_id, version_id, at)
+    content = orjson.dumps(stamped)
     new = NewVersion(
         resource_type,
         resource_id,
@@ -108,7 +113,7 @@ def save(
         method,
         content,
         digest,
-        extract_tokens(ctx.registry, {**resource, "id": resource_id}),
+        extract(ctx.registry, stamped),
     )
     _write(tx, new, current, if_match)
     created = current is None or current.deleted
@@ -141,19 +146,29 @@ def _write(tx: Transaction, new: NewVersion, current: Version | None, if_match: 
 
 
 def matches(
-    ctx: Context, tx: Transaction, resource_type: str, params: Sequence[tuple[str, str]]
+    ctx: Context,
+    tx: Transaction,
+    resource_type: str,
+    params: Sequence[tuple[str, str]],
+    base_url: str = "",
 ) -> list[Version]:
     """Resources matching conditional criteria; at most two, enough to tell one from many."""
-    query = build_query(ctx.registry, resource_type, params)
-    if query.ids is None and not query.tokens:
+    request = parse(ctx.registry, [resource_type], params)
+    if not request.criteria:
         raise Invalid("A conditional request needs at least one search criterion")
-    return tx.search(replace(query, limit=2))
+    request.total = "none"
+    request.sort, request.includes, request.revincludes = [], [], []
+    return SearchEngine(ctx.registry, base_url).run(tx, request, 2, total_default="none").matches
 
 
 def single_match(
-    ctx: Context, tx: Transaction, resource_type: str, params: Sequence[tuple[str, str]]
+    ctx: Context,
+    tx: Transaction,
+    resource_type: str,
+    params: Sequence[tuple[str, str]],
+    base_url: str = "",
 ) -> Version | None:
-    found = matches(ctx, tx, resource_type, params)
+    found = matches(ctx, tx, resource_type, params, base_url)
     if len(found) > 1:
         raise MultipleMatches(
             f"More than one {resource_type} matches the criteria; the request needs exactly one"

@@ -1,25 +1,56 @@
 """The search parameter registry: which parameters each resource type has.
 
-Built once at start-up from data (the hub's compact definitions in
-`definitions.json`) and passed to whoever needs it; never a mutable global.
-A definition names its code, type, the resource types it applies to and the
-FHIRPath expression that extracts its values at write time.
+Built once at start-up from data and passed to whoever needs it, never a
+mutable global. Two sources feed it: the hub's compact definitions
+(`definitions.json`, one line per parameter: type, expression, reference
+targets or composite components) and SearchParameter resources, such as the
+official R4 bundle loaded with `hub definitions load` or ones created through
+the REST API.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources as package_files
 from typing import Any
 
-import fhirpathpy
+from hub.fhir import R4_RESOURCE_TYPES
+from hub.search.paths import Part, compile_expression, compile_relative, plain_path, split_union
 
+SUPPORTED_TYPES = frozenset(
+    {"string", "token", "date", "number", "quantity", "reference", "uri", "composite"}
+)
 # Parameters the store answers from its own columns, valid on every type.
 SPECIAL = {"_id": "token"}
 # Result parameters: they shape the answer, they are not filters.
-RESULT_PARAMETERS = frozenset({"_count", "_format", "_pretty", "_total", "_page_after"})
+RESULT_PARAMETERS = frozenset(
+    {
+        "_count",
+        "_format",
+        "_pretty",
+        "_total",
+        "_sort",
+        "_include",
+        "_revinclude",
+        "_summary",
+        "_elements",
+        "_page",
+        "_contained",
+        "_containedType",
+    }
+)
+COMMON = "Resource"
+
+
+@dataclass(frozen=True)
+class Component:
+    """A composite's component: its evaluation on the elements of each part of the base."""
+
+    code: str
+    type: str
+    per_part: tuple[tuple[Part, ...], ...]
 
 
 @dataclass(frozen=True)
@@ -28,58 +59,199 @@ class SearchParam:
     type: str
     expression: str
     base: tuple[str, ...]
+    targets: tuple[str, ...] = ()
     url: str | None = None
-    evaluate: Callable[[Any], list[Any]] = field(repr=False, compare=False, default=lambda r: [])
+    parts: tuple[Part, ...] = field(default=(), repr=False, compare=False)
+    components: tuple[Component, ...] = field(default=(), repr=False, compare=False)
+
+    def target_types(self) -> tuple[str, ...]:
+        return tuple(sorted(R4_RESOURCE_TYPES)) if "*" in self.targets else self.targets
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    """A definition the registry could not take, and why."""
+
+    code: str
+    base: tuple[str, ...]
+    reason: str
+    url: str | None = None
 
 
 @dataclass(frozen=True)
 class Registry:
     by_type: Mapping[str, Mapping[str, SearchParam]]
+    unsupported: tuple[Unsupported, ...] = ()
+    # Compartment type -> resource type -> the parameters that put a resource in it.
+    compartments: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
+
+    def compartment(self, compartment: str, resource_type: str) -> tuple[str, ...]:
+        """Parameters of `resource_type` linking it into a compartment (indexed ones only)."""
+        codes = self.compartments.get(compartment, {}).get(resource_type, ())
+        return tuple(c for c in codes if self.get(resource_type, c) is not None)
 
     def get(self, resource_type: str, code: str) -> SearchParam | None:
-        return self.by_type.get(resource_type, {}).get(code)
+        found = self.by_type.get(resource_type, {}).get(code)
+        return found if found is not None else self.by_type.get(COMMON, {}).get(code)
 
-    def for_type(self, resource_type: str) -> Mapping[str, SearchParam]:
-        return self.by_type.get(resource_type, {})
+    def for_type(self, resource_type: str) -> dict[str, SearchParam]:
+        return {**self.by_type.get(COMMON, {}), **self.by_type.get(resource_type, {})}
 
     def indexed(self, resource_type: str) -> Iterable[SearchParam]:
-        return self.by_type.get(resource_type, {}).values()
+        return self.for_type(resource_type).values()
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.by_type.values())
 
 
-def _compile(expression: str) -> Callable[[Any], list[Any]]:
-    compiled = fhirpathpy.compile(expression, None)
-    return lambda resource: compiled(resource, {})
+def _for_base(expression: str, resource_type: str) -> str:
+    """The parts of a multi-type expression that concern one type."""
+    keep = [
+        p
+        for p in split_union(expression)
+        if p.lstrip("(").startswith(f"{resource_type}.") or p.lstrip("(") == resource_type
+    ]
+    return " | ".join(keep)
 
 
-def build(definitions: Iterable[Mapping[str, Any]]) -> Registry:
+def make_param(
+    code: str,
+    kind: str,
+    expression: str,
+    base: str,
+    *,
+    targets: Iterable[str] = (),
+    components: Iterable[tuple[str, str]] = (),
+    url: str | None = None,
+    siblings: Mapping[str, tuple[str, ...]] | None = None,
+) -> SearchParam:
+    """One parameter for one base type; raises ValueError when it cannot be supported."""
+    if kind not in SUPPORTED_TYPES:
+        raise ValueError(f"search parameter type '{kind}' is not supported")
+    if not expression:
+        raise ValueError("the definition has no expression")
+    own = _for_base(expression, base)
+    if not own:
+        raise ValueError(f"the expression has no part for {base}")
+    try:
+        parts = tuple(compile_expression(own))
+    except Exception as e:  # fhirpathpy raises plain exceptions on syntax it lacks
+        raise ValueError(f"the expression cannot be evaluated: {e}") from None
+    comps: list[Component] = []
+    contexts = [plain_path(p) for p in split_union(own)]
+    for comp_code, comp_expr in components:
+        comp_type = (siblings or {}).get(comp_code, ("token",))[0]
+        if any(c is None for c in contexts):
+            raise ValueError("a composite's base must be a path")
+        per_part = tuple(tuple(compile_relative(str(c), comp_expr)) for c in contexts)
+        comps.append(Component(comp_code, comp_type, per_part))
+    if kind == "composite" and len(comps) != 2:
+        raise ValueError("only composites of two components are supported")
+    return SearchParam(code, kind, own, (base,), tuple(targets), url, parts, tuple(comps))
+
+
+def _compact(data: Mapping[str, Mapping[str, list[Any]]]) -> Iterator[SearchParam]:
+    for base, params in data.items():
+        siblings = {code: (spec[0],) for code, spec in params.items()}
+        for code, spec in params.items():
+            kind, expression = spec[0], spec[1]
+            extra = spec[2] if len(spec) > 2 else []
+            yield make_param(
+                code,
+                kind,
+                expression,
+                base,
+                targets=extra if kind == "reference" else (),
+                components=[tuple(c) for c in extra] if kind == "composite" else (),
+                siblings=siblings,
+            )
+
+
+def _assemble(params: Iterable[SearchParam], unsupported: Iterable[Unsupported] = ()) -> Registry:
     by_type: dict[str, dict[str, SearchParam]] = {}
-    for d in definitions:
-        base = tuple(d["base"])
-        param = SearchParam(
-            code=d["code"],
-            type=d["type"],
-            expression=d["expression"],
-            base=base,
-            url=d.get("url"),
-            evaluate=_compile(d["expression"]),
-        )
-        for resource_type in base:
-            by_type.setdefault(resource_type, {})[param.code] = param
-    return Registry(by_type)
+    for p in params:
+        for base in p.base:
+            by_type.setdefault(base, {})[p.code] = p
+    text = package_files.files("hub.search").joinpath("compartments.json").read_text()
+    compartments = {
+        name: {t: tuple(codes) for t, codes in members.items()}
+        for name, members in json.loads(text).items()
+    }
+    return Registry(by_type, tuple(unsupported), compartments)
 
 
-def load_default() -> Registry:
+def default_definitions() -> dict[str, dict[str, list[Any]]]:
     text = package_files.files("hub.search").joinpath("definitions.json").read_text()
-    return build(_expand(json.loads(text)))
+    data: dict[str, dict[str, list[Any]]] = json.loads(text)
+    return data
 
 
-def _expand(compact: Mapping[str, Mapping[str, list[str]]]) -> Iterable[dict[str, Any]]:
-    """Turn `{"Patient": {"identifier": ["token", "Patient.identifier"]}}` into definitions."""
-    for resource_type, params in compact.items():
-        for code, (param_type, expression) in params.items():
-            yield {
-                "code": code,
-                "type": param_type,
-                "expression": expression,
-                "base": [resource_type],
-            }
+def load_default(extra: Iterable[Mapping[str, Any]] = ()) -> Registry:
+    """The shipped definitions, plus SearchParameter resources (later ones win)."""
+    params = list(_compact(default_definitions()))
+    added, unsupported = from_resources(extra, params)
+    return _assemble([*params, *added], unsupported)
+
+
+def from_resources(
+    resources: Iterable[Mapping[str, Any]], known: Iterable[SearchParam] = ()
+) -> tuple[list[SearchParam], list[Unsupported]]:
+    """SearchParameter resources as registry entries, with the reason for each refused one."""
+    resources = list(resources)
+    by_url = {r.get("url"): r for r in resources if r.get("url")}
+    kinds: dict[tuple[str, str], tuple[str, ...]] = {}
+    for p in known:
+        for b in p.base:
+            kinds[(b, p.code)] = (p.type,)
+    for r in resources:
+        for b in r.get("base") or []:
+            kinds[(b, r.get("code", ""))] = (r.get("type", ""),)
+    params: list[SearchParam] = []
+    refused: list[Unsupported] = []
+    for r in resources:
+        code, kind = r.get("code", ""), r.get("type", "")
+        bases = tuple(r.get("base") or ())
+        url = r.get("url")
+        if not code or not bases:
+            refused.append(
+                Unsupported(code or "?", bases, "the definition has no code or base", url)
+            )
+            continue
+        if code in SPECIAL or code in RESULT_PARAMETERS:
+            refused.append(Unsupported(code, bases, "answered by the hub itself, not indexed", url))
+            continue
+        comps = []
+        for c in r.get("component") or []:
+            definition = by_url.get(c.get("definition"))
+            comp_code = definition.get("code") if definition else str(c.get("definition"))
+            comps.append((comp_code, c.get("expression", "")))
+        for base in bases:
+            base_name = COMMON if base in ("Resource", "DomainResource") else base
+            siblings = {k[1]: v for k, v in kinds.items() if k[0] in (base, base_name)}
+            try:
+                params.append(
+                    make_param(
+                        code,
+                        kind,
+                        r.get("expression") or "",
+                        base_name,
+                        targets=r.get("target") or (),
+                        components=comps,
+                        url=url,
+                        siblings=siblings,
+                    )
+                )
+            except ValueError as e:
+                refused.append(Unsupported(code, (base,), str(e), url))
+    return params, refused
+
+
+def bundle_resources(bundle: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The SearchParameter resources of a Bundle (or a single SearchParameter)."""
+    if bundle.get("resourceType") == "SearchParameter":
+        return [dict(bundle)]
+    return [
+        e["resource"]
+        for e in bundle.get("entry", [])
+        if isinstance(e, dict) and e.get("resource", {}).get("resourceType") == "SearchParameter"
+    ]

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
+
+from sqlalchemy import Executable, Row
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,11 +30,8 @@ class Version:
     seq: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class TokenRow:
-    param: str
-    system: str | None
-    code: str | None
+# Search index rows of one resource version, by index table name.
+IndexRows = dict[str, list[dict[str, Any]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,33 +43,16 @@ class NewVersion:
     method: str
     content: bytes | None
     content_hash: str | None
-    tokens: Sequence[TokenRow] = ()
+    index: IndexRows = field(default_factory=dict)
 
     @property
     def deleted(self) -> bool:
         return self.content is None
 
 
-@dataclass(frozen=True, slots=True)
-class TokenCriterion:
-    """Match resources having a token index row for `param` (any of `values`)."""
-
-    param: str
-    values: tuple[tuple[str | None, str | None], ...]  # (system or None for any, code or None)
-
-
-@dataclass(frozen=True, slots=True)
-class Query:
-    """A resolved search: what the store can answer without knowing FHIR."""
-
-    resource_type: str
-    ids: tuple[str, ...] | None = None
-    tokens: tuple[TokenCriterion, ...] = ()
-    after_id: str | None = None
-    limit: int | None = None
-
-
 class Transaction(Protocol):
+    dialect: str  # "postgresql" or "sqlite": lets search pick dialect-specific plans
+
     def current(self, resource_type: str, resource_id: str) -> Version | None: ...
 
     def version(self, resource_type: str, resource_id: str, version_id: int) -> Version | None: ...
@@ -83,7 +65,11 @@ class Transaction(Protocol):
         writer got there first, so two writers can never both win.
         """
 
-    def search(self, query: Query) -> list[Version]: ...
+    def rows(self, statement: Executable) -> Sequence[Row[Any]]:
+        """Run a query built by `hub.search` (a SELECT over the store's tables)."""
+
+    def load(self, keys: Sequence[tuple[str, str]]) -> list[Version]:
+        """The current, live versions of (type, id) pairs, in the order asked."""
 
     def lock(self, key: str) -> None:
         """Hold a lock named `key` until the transaction ends.
@@ -91,8 +77,6 @@ class Transaction(Protocol):
         Serialises check-then-write sequences (a conditional create) that no
         row lock covers, because the row they would lock does not exist yet.
         """
-
-    def count(self, query: Query) -> int: ...
 
     def history(
         self,

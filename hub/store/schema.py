@@ -9,11 +9,14 @@ replaced in the same transaction as each write.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
     DateTime,
+    Float,
     Index,
     Integer,
     LargeBinary,
@@ -58,14 +61,89 @@ resource_history = Table(
     Index("ix_history_updated", "last_updated"),
 )
 
-search_token = Table(
+
+def _index_table(name: str, *columns: Column[Any], lookups: tuple[tuple[str, ...], ...]) -> Table:
+    """A search index table: one row per (resource, parameter, value)."""
+    return Table(
+        name,
+        metadata,
+        Column("res_type", String(64), nullable=False),
+        Column("res_id", String(64), nullable=False),
+        Column("param", String(100), nullable=False),
+        *columns,
+        Index(f"ix_{name}_resource", "res_type", "res_id"),
+        *(Index(f"ix_{name}_{'_'.join(cols)}", "res_type", "param", *cols) for cols in lookups),
+    )
+
+
+search_token = _index_table(
     "search_token",
-    metadata,
-    Column("res_type", String(64), nullable=False),
-    Column("res_id", String(64), nullable=False),
-    Column("param", String(100), nullable=False),
     Column("system", String(500), nullable=True),
     Column("code", String(500), nullable=True),
-    Index("ix_token_lookup", "res_type", "param", "code", "system"),
-    Index("ix_token_resource", "res_type", "res_id"),
+    lookups=(("code", "system"),),
 )
+search_string = _index_table(
+    "search_string",
+    Column("value", String(500), nullable=False),  # normalised: case and accents folded
+    Column("exact", String(500), nullable=False),
+    lookups=(("value",),),
+)
+search_date = _index_table(
+    "search_date",
+    Column("low", DateTime(timezone=True), nullable=False),
+    Column("high", DateTime(timezone=True), nullable=False),
+    lookups=(("low",), ("high",)),
+)
+search_number = _index_table(
+    "search_number",
+    Column("value", Float, nullable=False),
+    lookups=(("value",),),
+)
+search_quantity = _index_table(
+    "search_quantity",
+    Column("value", Float, nullable=False),
+    Column("system", String(500), nullable=True),
+    Column("code", String(500), nullable=True),
+    Column("unit", String(500), nullable=True),
+    lookups=(("code", "value"),),
+)
+search_reference = _index_table(
+    "search_reference",
+    Column("target_type", String(64), nullable=True),
+    Column("target_id", String(500), nullable=False),
+    Column("url", String(500), nullable=False),
+    lookups=(("target_id",),),
+)
+search_uri = _index_table(
+    "search_uri",
+    Column("value", String(500), nullable=False),
+    lookups=(("value",),),
+)
+search_composite = _index_table(
+    "search_composite",
+    Column("c1_system", String(500), nullable=True),
+    Column("c1_code", String(500), nullable=True),
+    Column("c2_system", String(500), nullable=True),
+    Column("c2_code", String(500), nullable=True),
+    Column("c2_value", Float, nullable=True),
+    Column("c2_low", DateTime(timezone=True), nullable=True),
+    Column("c2_high", DateTime(timezone=True), nullable=True),
+    Column("c2_text", String(500), nullable=True),
+    lookups=(("c1_code",),),
+)
+# Reverse lookups (_revinclude, _has, compartments) go from the target to the source.
+Index("ix_search_reference_target", search_reference.c.target_id, search_reference.c.target_type)
+
+INDEX_TABLES: dict[str, Table] = {
+    t.name: t
+    for t in (
+        search_token,
+        search_string,
+        search_date,
+        search_number,
+        search_quantity,
+        search_reference,
+        search_uri,
+        search_composite,
+    )
+}

@@ -9,7 +9,7 @@ unique (type, id, version) is the second guard: version numbers never repeat.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -17,14 +17,14 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
-    and_,
+    Executable,
+    Row,
     bindparam,
     create_engine,
     delete,
     event,
     func,
     insert,
-    or_,
     select,
     text,
     update,
@@ -33,8 +33,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 
 from hub.errors import Busy, Conflict
-from hub.store.repository import NewVersion, Query, Version
-from hub.store.schema import resource_history, resources, search_token
+from hub.store.repository import NewVersion, Version
+from hub.store.schema import INDEX_TABLES, resource_history, resources
 
 _CURRENT_COLUMNS = (
     resources.c.res_type,
@@ -116,6 +116,7 @@ class SqlTransaction:
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        self.dialect = conn.dialect.name
 
     def current(self, resource_type: str, resource_id: str) -> Version | None:
         row = self.conn.execute(
@@ -193,67 +194,36 @@ class SqlTransaction:
         )
 
     def _replace_index(self, new: NewVersion) -> None:
-        where = and_(
-            search_token.c.res_type == new.resource_type, search_token.c.res_id == new.resource_id
-        )
         if new.version_id > 1:
-            self.conn.execute(delete(search_token).where(where))
-        if new.tokens:
-            self.conn.execute(
-                insert(search_token),
-                [
-                    {
-                        "res_type": new.resource_type,
-                        "res_id": new.resource_id,
-                        "param": t.param,
-                        "system": t.system,
-                        "code": t.code,
-                    }
-                    for t in new.tokens
-                ],
-            )
-
-    def _where(self, query: Query) -> list[ColumnElement[bool]]:
-        clauses: list[ColumnElement[bool]] = [
-            resources.c.res_type == query.resource_type,
-            resources.c.deleted.is_(False),
-        ]
-        if query.ids is not None:
-            clauses.append(resources.c.res_id.in_(query.ids))
-        for criterion in query.tokens:
-            alternatives = []
-            for system, code in criterion.values:
-                conds = [search_token.c.param == criterion.param]
-                if code is not None:
-                    conds.append(search_token.c.code == code)
-                if system is not None:
-                    conds.append(
-                        search_token.c.system.is_(None)
-                        if system == ""
-                        else search_token.c.system == system
-                    )
-                alternatives.append(and_(*conds))
-            clauses.append(
-                resources.c.res_id.in_(
-                    select(search_token.c.res_id).where(
-                        search_token.c.res_type == query.resource_type, or_(*alternatives)
+            for table in INDEX_TABLES.values():
+                self.conn.execute(
+                    delete(table).where(
+                        table.c.res_type == new.resource_type, table.c.res_id == new.resource_id
                     )
                 )
+        for name, rows in new.index.items():
+            if rows:
+                self.conn.execute(insert(INDEX_TABLES[name]), rows)
+
+    def rows(self, statement: Executable) -> Sequence[Row[Any]]:
+        return self.conn.execute(statement).all()
+
+    def load(self, keys: Sequence[tuple[str, str]]) -> list[Version]:
+        if not keys:
+            return []
+        found: dict[tuple[str, str], Version] = {}
+        by_type: dict[str, list[str]] = {}
+        for resource_type, resource_id in keys:
+            by_type.setdefault(resource_type, []).append(resource_id)
+        for resource_type, ids in by_type.items():
+            stmt = select(*_CURRENT_COLUMNS).where(
+                resources.c.res_type == resource_type,
+                resources.c.res_id.in_(ids),
+                resources.c.deleted.is_(False),
             )
-        return clauses
-
-    def search(self, query: Query) -> list[Version]:
-        clauses = self._where(query)
-        if query.after_id is not None:
-            clauses.append(resources.c.res_id > query.after_id)
-        stmt = select(*_CURRENT_COLUMNS).where(*clauses).order_by(resources.c.res_id)
-        if query.limit is not None:
-            stmt = stmt.limit(query.limit)
-        return [_version(r) for r in self.conn.execute(stmt)]
-
-    def count(self, query: Query) -> int:
-        stmt = select(func.count()).select_from(resources).where(*self._where(query))
-        return int(self.conn.execute(stmt).scalar_one())
+            for row in self.conn.execute(stmt):
+                found[(row[0], row[1])] = _version(row)
+        return [found[k] for k in keys if k in found]
 
     def _history_where(
         self, resource_type: str | None, resource_id: str | None, since: datetime | None

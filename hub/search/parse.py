@@ -1,0 +1,416 @@
+"""Reading a search's URL parameters: https://hl7.org/fhir/R4/search.html
+
+Everything is checked against the registry. A parameter the hub cannot
+apply is reported by name (400 by default and with `Prefer: handling=strict`;
+with `handling=lenient` it is skipped and listed in the result's
+OperationOutcome), because a silently ignored filter — a typo such as
+`familly=` — would return every resource of the type.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from hub.errors import Invalid, Issue, Unsupported
+from hub.fhir import is_resource_type
+from hub.search.registry import RESULT_PARAMETERS, SPECIAL, Registry, SearchParam
+from hub.search.values import date_range, decimal_range
+
+PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+_UNESCAPED_COMMA = re.compile(r"(?<!\\),")
+_UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
+_UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
+_MODIFIERS = {
+    "string": {"exact", "contains", "missing"},
+    "token": {"not", "text", "missing", "of-type"},
+    "date": {"missing"},
+    "number": {"missing"},
+    "quantity": {"missing"},
+    "reference": {"missing"},  # and a resource type, checked apart
+    "uri": {"below", "above", "missing"},
+    "composite": set(),
+}
+SUMMARY_MODES = ("true", "false", "text", "data", "count")
+TOTAL_MODES = ("none", "estimate", "accurate")
+
+
+def unescape(value: str) -> str:
+    return value.replace("\\,", ",").replace("\\|", "|").replace("\\$", "$").replace("\\\\", "\\")
+
+
+def split_or(value: str) -> list[str]:
+    return [unescape(v) for v in _UNESCAPED_COMMA.split(value)]
+
+
+def parse_token(value: str) -> tuple[str | None, str | None]:
+    """`code`, `system|code`, `|code` (no system: '') and `system|` (any code)."""
+    parts = _UNESCAPED_PIPE.split(value, maxsplit=1)
+    if len(parts) == 1:
+        return None, unescape(parts[0])
+    return unescape(parts[0]), (unescape(parts[1]) or None)
+
+
+@dataclass(frozen=True)
+class DateValue:
+    prefix: str
+    low: datetime
+    high: datetime
+
+
+@dataclass(frozen=True)
+class NumberValue:
+    prefix: str
+    value: Decimal
+    low: Decimal
+    high: Decimal
+    system: str | None = None
+    code: str | None = None  # quantity: code, or unit when no system was given
+    by_unit: bool = False
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One search parameter with its OR-ed values.
+
+    `chain` holds the reference parameters leading to `param` with the types
+    each one points to: `subject:Patient.name=x` has chain ((subject, (Patient,)),),
+    and `resource_types` are the types `param` is evaluated on (Patient).
+    """
+
+    resource_types: tuple[str, ...]
+    param: SearchParam | None  # None: _id
+    code: str
+    modifier: str | None
+    values: tuple[Any, ...]
+    chain: tuple[tuple[SearchParam, tuple[str, ...]], ...] = ()
+    has: tuple[tuple[str, SearchParam], ...] = ()  # _has: (source type, its reference param)
+    root: str = ""  # the searched type this criterion filters
+
+
+@dataclass(frozen=True)
+class Include:
+    source: str
+    param: SearchParam | None  # None: every reference parameter ('*')
+    target: str | None
+    iterate: bool
+
+
+@dataclass(frozen=True)
+class SortKey:
+    code: str
+    param: SearchParam | None  # None for _id and _lastUpdated
+    descending: bool
+
+
+@dataclass
+class SearchRequest:
+    resource_types: tuple[str, ...]
+    criteria: list[Criterion] = field(default_factory=list)
+    sort: list[SortKey] = field(default_factory=list)
+    count: int | None = None
+    includes: list[Include] = field(default_factory=list)
+    revincludes: list[Include] = field(default_factory=list)
+    total: str | None = None
+    summary: str | None = None
+    elements: tuple[str, ...] = ()
+    cursor: dict[str, Any] | None = None
+    warnings: list[Issue] = field(default_factory=list)
+
+
+def _prefixed(raw: str) -> tuple[str, str]:
+    if raw[:2] in PREFIXES and len(raw) > 2 and not raw[2].isalpha():
+        return raw[:2], raw[2:]
+    return "eq", raw
+
+
+def parse_value(param: SearchParam | None, kind: str, raw: str, name: str) -> Any:
+    """One value of a parameter, checked; a malformed one is a 400 naming the parameter."""
+    if kind == "token":
+        system, code = parse_token(raw)
+        if system is None and not code:
+            raise Invalid(f"Search parameter '{name}' has an empty value", expression=(name,))
+        return system, code
+    if kind == "date":
+        prefix, text = _prefixed(raw)
+        found = date_range(text)
+        if found is None:
+            raise Invalid(
+                f"Search parameter '{name}': '{raw}' is not a date, dateTime or "
+                "instant (with an optional prefix such as ge)",
+                expression=(name,),
+            )
+        return DateValue(prefix, *found)
+    if kind in ("number", "quantity"):
+        prefix, text = _prefixed(raw)
+        pieces = [unescape(p) for p in _UNESCAPED_PIPE.split(text)]
+        if kind == "number" and len(pieces) > 1 or len(pieces) not in (1, 3):
+            raise Invalid(
+                f"Search parameter '{name}': '{raw}' is not a "
+                f"{'number' if kind == 'number' else 'quantity (value|system|code)'}",
+                expression=(name,),
+            )
+        found = decimal_range(pieces[0])
+        if found is None:
+            raise Invalid(
+                f"Search parameter '{name}': '{pieces[0]}' is not a number", expression=(name,)
+            )
+        if len(pieces) == 3:
+            system, code = pieces[1] or None, pieces[2] or None
+            return NumberValue(prefix, *found, system=system, code=code, by_unit=system is None)
+        return NumberValue(prefix, *found)
+    if kind == "composite":
+        assert param is not None and len(param.components) == 2
+        halves = _UNESCAPED_DOLLAR.split(raw, maxsplit=1)
+        if len(halves) != 2:
+            raise Invalid(
+                f"Search parameter '{name}': a composite value is 'a$b', not '{raw}'",
+                expression=(name,),
+            )
+        first, second = param.components
+        return (
+            parse_value(None, first.type, halves[0], name),
+            parse_value(None, second.type, halves[1], name),
+        )
+    if not raw:
+        raise Invalid(f"Search parameter '{name}' has an empty value", expression=(name,))
+    return unescape(raw)
+
+
+def _strict_error(strict: bool, request: SearchRequest, error: Unsupported | Invalid) -> None:
+    if strict:
+        raise error
+    request.warnings.append(Issue("not-supported", error.message, "warning", error.expression))
+
+
+def _link(
+    registry: Registry,
+    resource_types: tuple[str, ...],
+    code: str,
+    type_hint: str | None,
+    next_code: str,
+    name: str,
+) -> tuple[SearchParam, tuple[str, ...]]:
+    """A chain link: the reference parameter and the types it may lead to.
+
+    Without a type (`subject.name`), every target type that has the next
+    parameter is searched.
+    """
+    params = [p for t in resource_types if (p := registry.get(t, code)) is not None]
+    if not params or any(p.type != "reference" for p in params):
+        raise Unsupported(
+            f"'{code}' in '{name}' is not a reference parameter of {', '.join(resource_types)}",
+            expression=(name,),
+        )
+    targets = sorted({t for p in params for t in p.target_types()})
+    if type_hint is not None:
+        if type_hint not in targets:
+            raise Invalid(f"'{name}': {code} does not point to {type_hint}", expression=(name,))
+        return params[0], (type_hint,)
+    reachable = tuple(
+        t for t in targets if next_code in ("_id", "_has") or registry.get(t, next_code)
+    )
+    if not reachable:
+        raise Unsupported(
+            f"'{name}': no type that {code} points to has '{next_code}'", expression=(name,)
+        )
+    return params[0], reachable
+
+
+def _criterion(registry: Registry, resource_type: str, name: str, value: str) -> Criterion:
+    if name.startswith("_has:"):
+        pieces = name.split(":")
+        if len(pieces) < 4 or not is_resource_type(pieces[1]):
+            raise Invalid(f"'{name}' is not _has:Type:reference:parameter", expression=(name,))
+        source, ref_code = pieces[1], pieces[2]
+        ref = registry.get(source, ref_code)
+        if ref is None or ref.type != "reference":
+            raise Unsupported(
+                f"'{ref_code}' is not a reference parameter of {source}", expression=(name,)
+            )
+        inner = _criterion(registry, source, ":".join(pieces[3:]), value)
+        return Criterion(
+            inner.resource_types,
+            inner.param,
+            inner.code,
+            inner.modifier,
+            inner.values,
+            inner.chain,
+            ((source, ref), *inner.has),
+        )
+    links = name.split(".")
+    chain: list[tuple[SearchParam, tuple[str, ...]]] = []
+    current: tuple[str, ...] = (resource_type,)
+    for i, link in enumerate(links[:-1]):
+        code, _, hint = link.partition(":")
+        next_code = links[i + 1].split(":")[0]
+        param_link, current = _link(registry, current, code, hint or None, next_code, name)
+        chain.append((param_link, current))
+    code, _, modifier = links[-1].partition(":")
+    if code == "_id":
+        if modifier:
+            raise Unsupported(
+                f"The modifier ':{modifier}' of '{name}' is not supported", expression=(name,)
+            )
+        return Criterion(current, None, code, None, tuple(split_or(value)), tuple(chain))
+    found = [p for t in current if (p := registry.get(t, code)) is not None]
+    if not found:
+        raise Unsupported(
+            f"Unknown search parameter '{code}' for resource type {', '.join(current)}",
+            expression=(name,),
+        )
+    param = found[0]
+    if modifier:
+        allowed = _MODIFIERS[param.type]
+        is_type = param.type == "reference" and modifier in param.target_types()
+        if modifier not in allowed and not is_type:
+            raise Unsupported(
+                f"The modifier ':{modifier}' is not supported on '{code}' ({param.type})",
+                expression=(name,),
+            )
+    if modifier == "missing":
+        if value not in ("true", "false"):
+            raise Invalid(f"'{name}' takes true or false", expression=(name,))
+        return Criterion(current, param, code, modifier, (value == "true",), tuple(chain))
+    kind = param.type
+    if modifier == "text":
+        kind = "string"
+    values = tuple(parse_value(param, kind, v, name) for v in split_or(value))
+    if param.type == "reference" and modifier and modifier != "missing":
+        values = tuple(v if "/" in v else f"{modifier}/{v}" for v in values)
+        modifier = None
+    if modifier == "of-type":
+        values = tuple(_of_type(v, name) for v in values)
+    return Criterion(current, param, code, modifier, values, tuple(chain))
+
+
+def _of_type(value: tuple[str | None, str | None], name: str) -> tuple[str | None, str]:
+    system, rest = value
+    pieces = (rest or "").split("|")
+    if system is None or len(pieces) != 2:
+        raise Invalid(f"'{name}' takes system|code|value", expression=(name,))
+    return system, f"{pieces[0]}|{pieces[1]}"
+
+
+def _include(registry: Registry, raw: str, name: str, reverse: bool) -> Include:
+    pieces = raw.split(":")
+    iterate = name.endswith(":iterate") or name.endswith(":recurse")
+    if pieces == ["*"]:
+        return Include("*", None, None, iterate)
+    if len(pieces) < 2 or not is_resource_type(pieces[0]):
+        raise Invalid(f"{name}={raw} is not Type:parameter[:targetType]", expression=(name,))
+    source, code = pieces[0], pieces[1]
+    target = pieces[2] if len(pieces) > 2 else None
+    if code == "*":
+        return Include(source, None, target, iterate)
+    param = registry.get(source, code)
+    if param is None or param.type != "reference":
+        raise Unsupported(
+            f"{name}: '{code}' is not a reference parameter of {source}", expression=(name,)
+        )
+    if target is not None and target not in param.target_types():
+        raise Invalid(f"{name}: {source}.{code} does not point to {target}", expression=(name,))
+    return Include(source, param, target, iterate)
+
+
+def decode_cursor(value: str) -> dict[str, Any]:
+    try:
+        data = orjson.loads(base64.urlsafe_b64decode(value.encode() + b"=="))
+    except (ValueError, orjson.JSONDecodeError):
+        raise Invalid(
+            "The paging cursor is damaged; start the search again", expression=("_cursor",)
+        ) from None
+    if not isinstance(data, dict):
+        raise Invalid("The paging cursor is damaged", expression=("_cursor",))
+    return data
+
+
+def encode_cursor(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(data)).decode().rstrip("=")
+
+
+def parse(
+    registry: Registry,
+    resource_types: Sequence[str],
+    params: Sequence[tuple[str, str]],
+    *,
+    strict: bool = True,
+    max_count: int = 1000,
+) -> SearchRequest:
+    request = SearchRequest(tuple(resource_types))
+    for name, value in params:
+        code = name.split(":")[0]
+        try:
+            if code in RESULT_PARAMETERS or code in ("_cursor", "_type"):
+                _result_parameter(registry, request, name, code, value, max_count)
+                continue
+            if value == "" and not name.startswith("_has"):
+                continue
+            for resource_type in resource_types:
+                found = _criterion(registry, resource_type, name, value)
+                request.criteria.append(replace(found, root=resource_type))
+        except Unsupported as e:
+            _strict_error(strict, request, e)
+    return request
+
+
+def _result_parameter(
+    registry: Registry, request: SearchRequest, name: str, code: str, value: str, max_count: int
+) -> None:
+    if code == "_count":
+        if not value.isdigit():
+            raise Invalid(
+                f"_count must be a non-negative integer, not '{value}'", expression=("_count",)
+            )
+        request.count = min(int(value), max_count)
+    elif code == "_sort":
+        for key in value.split(","):
+            descending = key.startswith("-")
+            key_code = key.lstrip("-")
+            if key_code in ("_id", "_lastUpdated"):
+                request.sort.append(SortKey(key_code, None, descending))
+                continue
+            params = [registry.get(t, key_code) for t in request.resource_types]
+            if not params or any(p is None for p in params):
+                raise Unsupported(
+                    f"_sort: unknown search parameter '{key_code}'", expression=("_sort",)
+                )
+            if any(p is not None and p.type == "composite" for p in params):
+                raise Unsupported(
+                    f"_sort: cannot sort by the composite '{key_code}'", expression=("_sort",)
+                )
+            request.sort.append(SortKey(key_code, params[0], descending))
+    elif code == "_include":
+        request.includes.append(_include(registry, value, name, False))
+    elif code == "_revinclude":
+        request.revincludes.append(_include(registry, value, name, True))
+    elif code == "_total":
+        if value not in TOTAL_MODES:
+            raise Invalid(
+                f"_total takes none, estimate or accurate, not '{value}'", expression=("_total",)
+            )
+        request.total = value
+    elif code == "_summary":
+        if value not in SUMMARY_MODES:
+            raise Invalid(
+                f"_summary takes true, text, data, count or false, not '{value}'",
+                expression=("_summary",),
+            )
+        request.summary = None if value == "false" else value
+    elif code == "_elements":
+        request.elements = tuple(e.strip() for e in value.split(",") if e.strip())
+    elif code == "_cursor":
+        request.cursor = decode_cursor(value)
+    elif code in ("_contained", "_containedType"):
+        raise Unsupported(f"{code} is not supported", expression=(code,))
+    # _format, _pretty, _type and _page are read elsewhere or do not change the result.
+
+
+__all__ = ["SPECIAL", "Criterion", "Include", "SearchRequest", "SortKey", "parse"]

@@ -1,0 +1,394 @@
+"""Building SQL from a parsed search: one clause per criterion, then order and page.
+
+Every criterion becomes `resources.res_id IN (ids of matching index rows)`;
+chains, `_has`, `:missing` and `:not` compose the same sub-selects. Values
+are always bound parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    case,
+    false,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    true,
+)
+
+from hub.search.parse import Criterion, DateValue, NumberValue, SearchRequest, SortKey
+from hub.search.registry import SearchParam
+from hub.search.values import normalise
+from hub.store.schema import (
+    resources,
+    search_composite,
+    search_date,
+    search_number,
+    search_quantity,
+    search_reference,
+    search_string,
+    search_token,
+    search_uri,
+)
+
+_TABLES = {
+    "string": search_string,
+    "token": search_token,
+    "date": search_date,
+    "number": search_number,
+    "quantity": search_quantity,
+    "reference": search_reference,
+    "uri": search_uri,
+    "composite": search_composite,
+}
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _starts(column: Any, text: str) -> ColumnElement[bool]:
+    return column.like(_like_escape(text) + "%", escape="\\")
+
+
+def _token_match(
+    system_col: Any, code_col: Any, value: tuple[str | None, str | None]
+) -> ColumnElement[bool]:
+    system, code = value
+    conds = []
+    if code is not None:
+        conds.append(code_col == code)
+    if system == "":
+        conds.append(system_col.is_(None))
+    elif system is not None:
+        conds.append(system_col == system)
+    return and_(*conds) if conds else true()
+
+
+def _date_match(low: Any, high: Any, v: DateValue) -> ColumnElement[bool]:
+    contained = and_(low >= v.low, high <= v.high)
+    if v.prefix == "eq":
+        return contained
+    if v.prefix == "ne":
+        return or_(low < v.low, high > v.high)
+    if v.prefix == "gt":
+        return high > v.high
+    if v.prefix == "lt":
+        return low < v.low
+    if v.prefix == "ge":
+        return or_(high > v.high, contained)
+    if v.prefix == "le":
+        return or_(low < v.low, contained)
+    if v.prefix == "sa":
+        return low >= v.high
+    if v.prefix == "eb":
+        return high <= v.low
+    # ap: overlap with the value widened by a tenth of its distance from now (at least a day).
+    gap = max(abs(datetime.now(UTC) - v.low) / 10, timedelta(days=1))
+    return and_(low < v.high + gap, high > v.low - gap)
+
+
+def _number_match(column: Any, v: NumberValue) -> ColumnElement[bool]:
+    value, low, high = float(v.value), float(v.low), float(v.high)
+    if v.prefix == "eq":
+        return and_(column >= low, column < high)
+    if v.prefix == "ne":
+        return or_(column < low, column >= high)
+    if v.prefix in ("gt", "sa"):
+        return column > value
+    if v.prefix in ("lt", "eb"):
+        return column < value
+    if v.prefix == "ge":
+        return column >= value
+    if v.prefix == "le":
+        return column <= value
+    spread = abs(value) * 0.1
+    return and_(column >= value - spread, column <= value + spread)
+
+
+def _quantity_match(table: Any, v: NumberValue, prefix: str = "") -> ColumnElement[bool]:
+    value_col = table.c[f"{prefix}value"]
+    conds = [_number_match(value_col, v)]
+    system_col, code_col = table.c[f"{prefix}system"], table.c[f"{prefix}code"]
+    if v.by_unit and v.code:
+        unit = table.c.unit if not prefix else code_col
+        conds.append(or_(code_col == v.code, unit == v.code))
+    else:
+        if v.system:
+            conds.append(system_col == v.system)
+        if v.code:
+            conds.append(code_col == v.code)
+    return and_(*conds)
+
+
+class QueryBuilder:
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url.rstrip("/")
+
+    # -- values of one parameter on one resource type ------------------------------------------
+
+    def _value_clause(
+        self, param: SearchParam, modifier: str | None, value: Any
+    ) -> tuple[Any, ColumnElement[bool]]:
+        """(index table, the row condition) for one value."""
+        if modifier == "text":
+            t = search_string
+            return t, and_(t.c.param == f"{param.code}:text", _starts(t.c.value, normalise(value)))
+        if modifier == "of-type":
+            t = search_token
+            return t, and_(
+                t.c.param == f"{param.code}:of-type", _token_match(t.c.system, t.c.code, value)
+            )
+        kind = param.type
+        t = _TABLES[kind]
+        if kind == "string":
+            if modifier == "exact":
+                cond = t.c.exact == value
+            elif modifier == "contains":
+                cond = t.c.value.like("%" + _like_escape(normalise(value)) + "%", escape="\\")
+            else:
+                cond = _starts(t.c.value, normalise(value))
+        elif kind == "token":
+            cond = _token_match(t.c.system, t.c.code, value)
+        elif kind == "date":
+            cond = _date_match(t.c.low, t.c.high, value)
+        elif kind == "number":
+            cond = _number_match(t.c.value, value)
+        elif kind == "quantity":
+            cond = _quantity_match(t, value)
+        elif kind == "reference":
+            cond = self._reference_match(param, value)
+        elif kind == "uri":
+            if modifier == "below":
+                cond = _starts(t.c.value, value)
+            elif modifier == "above":
+                cond = literal(value).like(t.c.value + "%")
+            else:
+                cond = t.c.value == value
+        else:  # composite
+            cond = self._composite_match(param, value)
+        return t, and_(t.c.param == param.code, cond)
+
+    def _reference_match(self, param: SearchParam, value: str) -> ColumnElement[bool]:
+        t = search_reference
+        if value.startswith(self.base_url + "/"):
+            value = value[len(self.base_url) + 1 :]
+        pieces = value.split("/")
+        if "://" not in value and len(pieces) == 2 and pieces[0][:1].isupper():
+            return and_(t.c.target_type == pieces[0], t.c.target_id == pieces[1])
+        if "://" in value or "|" in value:
+            return t.c.url == value
+        targets = param.target_types()
+        cond = t.c.target_id == value
+        return and_(cond, t.c.target_type.in_(targets)) if len(targets) < 100 else cond
+
+    def _composite_match(self, param: SearchParam, value: tuple[Any, Any]) -> ColumnElement[bool]:
+        t = search_composite
+        first, second = value
+        kind = param.components[1].type
+        conds = [_token_match(t.c.c1_system, t.c.c1_code, first)]
+        if kind == "quantity":
+            conds.append(_quantity_match(t, second, prefix="c2_"))
+        elif kind == "number":
+            conds.append(_number_match(t.c.c2_value, second))
+        elif kind == "date":
+            conds.append(_date_match(t.c.c2_low, t.c.c2_high, second))
+        elif kind == "string":
+            conds.append(_starts(t.c.c2_text, normalise(second)))
+        elif kind == "reference":
+            conds.append(t.c.c2_code == second)
+        else:
+            conds.append(_token_match(t.c.c2_system, t.c.c2_code, second))
+        return and_(*conds)
+
+    def _ids(self, resource_type: str, c: Criterion) -> Select[Any]:
+        """ids of `resource_type` resources matching the final parameter of `c`."""
+        if c.param is None:  # _id
+            return select(resources.c.res_id).where(
+                resources.c.res_type == resource_type, resources.c.res_id.in_(c.values)
+            )
+        if c.modifier == "missing":
+            t = _TABLES[c.param.type]
+            having = select(t.c.res_id).where(
+                t.c.res_type == resource_type, t.c.param == c.param.code
+            )
+            live = resources.c.res_type == resource_type
+            if c.values[0]:
+                return select(resources.c.res_id).where(
+                    live, resources.c.deleted.is_(False), resources.c.res_id.not_in(having)
+                )
+            return having
+        if c.modifier == "not":
+            t = search_token
+            positive = select(t.c.res_id).where(
+                t.c.res_type == resource_type,
+                t.c.param == c.param.code,
+                or_(*[_token_match(t.c.system, t.c.code, v) for v in c.values]),
+            )
+            return select(resources.c.res_id).where(
+                resources.c.res_type == resource_type,
+                resources.c.deleted.is_(False),
+                resources.c.res_id.not_in(positive),
+            )
+        table = None
+        alternatives = []
+        for value in c.values:
+            table, cond = self._value_clause(c.param, c.modifier, value)
+            alternatives.append(cond)
+        assert table is not None
+        return select(table.c.res_id).where(table.c.res_type == resource_type, or_(*alternatives))
+
+    def criterion(self, resource_type: str, c: Criterion) -> ColumnElement[bool]:
+        """The condition on `resources.res_id` (of `resource_type`) for one criterion."""
+        return resources.c.res_id.in_(self.matching(resource_type, c))
+
+    def matching(self, resource_type: str, c: Criterion) -> Select[Any]:
+        r = search_reference
+        # The type the chain starts from: the searched type, or the innermost _has source.
+        origin = c.has[-1][0] if c.has else resource_type
+        # The final parameter, on each type it is evaluated on...
+        per_type = {t: self._ids(t, c) for t in c.resource_types}
+        # ...then back along the chain: ids of the resources referencing those.
+        for i in reversed(range(len(c.chain))):
+            link, types = c.chain[i]
+            sources = (origin,) if i == 0 else c.chain[i - 1][1]
+            per_type = {
+                s: select(r.c.res_id).where(
+                    r.c.res_type == s,
+                    r.c.param == link.code,
+                    or_(
+                        *[
+                            and_(r.c.target_type == t, r.c.target_id.in_(per_type[t]))
+                            for t in types
+                            if t in per_type
+                        ]
+                    ),
+                )
+                for s in sources
+            }
+        ids = per_type[origin]
+        # _has: from the innermost source out to the searched type.
+        for j in reversed(range(len(c.has))):
+            source, ref = c.has[j]
+            target = resource_type if j == 0 else c.has[j - 1][0]
+            ids = select(r.c.target_id).where(
+                r.c.res_type == source,
+                r.c.param == ref.code,
+                r.c.target_type == target,
+                r.c.res_id.in_(ids),
+            )
+        return ids
+
+    # -- the whole search -----------------------------------------------------------------------
+
+    def where(
+        self, resource_type: str, request: SearchRequest, extra: Sequence[ColumnElement[bool]] = ()
+    ) -> list[ColumnElement[bool]]:
+        clauses: list[ColumnElement[bool]] = [
+            resources.c.res_type == resource_type,
+            resources.c.deleted.is_(False),
+            *extra,
+        ]
+        for c in request.criteria:
+            if c.root == resource_type:
+                clauses.append(self.criterion(resource_type, c))
+        return clauses
+
+    def count(
+        self, resource_type: str, request: SearchRequest, extra: Sequence[ColumnElement[bool]] = ()
+    ) -> Select[Any]:
+        return (
+            select(func.count())
+            .select_from(resources)
+            .where(*self.where(resource_type, request, extra))
+        )
+
+    def sort_keys(
+        self, resource_type: str, keys: Sequence[SortKey]
+    ) -> list[tuple[ColumnElement[Any], bool]]:
+        """(expression, descending) pairs ending with the id, which makes the order total."""
+        out: list[tuple[ColumnElement[Any], bool]] = []
+        for key in keys:
+            if key.code == "_id":
+                continue
+            if key.code == "_lastUpdated":
+                out.append((resources.c.last_updated, key.descending))
+                continue
+            assert key.param is not None
+            t = _TABLES[key.param.type]
+            column = {
+                "string": t.c.get("value"),
+                "token": t.c.get("code"),
+                "number": t.c.get("value"),
+                "quantity": t.c.get("value"),
+                "uri": t.c.get("value"),
+                "reference": t.c.get("target_id"),
+                "date": t.c.get("high") if key.descending else t.c.get("low"),
+            }[key.param.type]
+            aggregate = func.max(column) if key.descending else func.min(column)
+            value = (
+                select(aggregate)
+                .where(
+                    t.c.res_type == resource_type,
+                    t.c.res_id == resources.c.res_id,
+                    t.c.param == key.param.code,
+                )
+                .scalar_subquery()
+            )
+            # Resources without a value come last, whichever the direction.
+            out.append((case((value.is_(None), 1), else_=0), False))
+            out.append((value, key.descending))
+        descending_id = next((k.descending for k in keys if k.code == "_id"), False)
+        out.append((resources.c.res_id, descending_id))
+        return out
+
+
+def keyset(
+    keys: Sequence[tuple[ColumnElement[Any], bool]], last: Sequence[Any], backward: bool
+) -> ColumnElement[bool]:
+    """Rows strictly after `last` in the order of `keys` (before it when `backward`)."""
+    alternatives = []
+    for i, (expr, descending) in enumerate(keys):
+        value = last[i]
+        earlier = [
+            keys[j][0].is_(None) if last[j] is None else keys[j][0] == last[j] for j in range(i)
+        ]
+        forward = descending == backward
+        if value is None:
+            # Nothing is after NULL among values (NULLs are grouped by their flag key).
+            continue
+        step = expr > value if forward else expr < value
+        alternatives.append(and_(*earlier, step))
+    return or_(*alternatives) if alternatives else false()
+
+
+def order(keys: Sequence[tuple[ColumnElement[Any], bool]], backward: bool) -> list[Any]:
+    return [e.desc() if d != backward else e.asc() for e, d in keys]
+
+
+def cursor_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"t": value.isoformat()}
+    if isinstance(value, Decimal):
+        return float(value)
+    return value
+
+
+def from_cursor(value: Any) -> Any:
+    if isinstance(value, dict) and "t" in value:
+        parsed = datetime.fromisoformat(value["t"])
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return value
+
+
+__all__ = ["QueryBuilder", "cursor_value", "from_cursor", "keyset", "not_", "order"]
