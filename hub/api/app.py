@@ -108,7 +108,7 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     @router.api_route(
         "/{resource_type}/{resource_id}/{operation}",
         methods=["GET", "HEAD", "POST"],
-        summary="Compartment search (Patient/1/Observation) or an operation (Patient/1/$everything)",
+        summary="Compartment search (Patient/1/Observation) or an operation ($everything)",
     )
     async def instance_operation(
         request: Request, resource_type: str, resource_id: str, operation: str

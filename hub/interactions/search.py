@@ -7,7 +7,7 @@ and `Patient/123/$everything`: one engine, different scopes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -81,7 +81,7 @@ def _run(
     tx: Transaction | None,
     request: SearchRequest,
     url: str,
-    extra: dict[str, Sequence[ColumnElement[bool]]] | None = None,
+    extra: Mapping[str, Sequence[ColumnElement[bool]]] | None = None,
 ) -> Result:
     engine = SearchEngine(ctx.registry, req.base_url)
     with ctx.reading(tx) as t:
@@ -144,7 +144,7 @@ def compartment_search(ctx: Context, req: Request, tx: Transaction | None = None
         if target not in types:
             raise NotFound(f"{target} resources are not in the {compartment} compartment")
         types = [str(target)]
-    extra = {}
+    extra: dict[str, Sequence[ColumnElement[bool]]] = {}
     for t in types:
         clause = _in_compartment(ctx, compartment, owner, t)
         if clause is not None:
@@ -158,8 +158,8 @@ def everything(ctx: Context, req: Request, tx: Transaction | None = None) -> Res
     assert req.resource_type is not None and req.resource_id is not None
     if req.resource_type != "Patient":
         raise NotFound(f"$everything is defined on Patient, not {req.resource_type}")
-    with ctx.reading(tx) as t:
-        patient = t.current("Patient", req.resource_id)
+    with ctx.reading(tx) as unit:
+        patient = unit.current("Patient", req.resource_id)
     if patient is None or patient.deleted:
         raise NotFound(f"Patient/{req.resource_id} is not known")
     allowed = {"_count", "_cursor", "_format", "_pretty"}
@@ -170,7 +170,7 @@ def everything(ctx: Context, req: Request, tx: Transaction | None = None) -> Res
             )
     members = ctx.registry.compartments["Patient"]
     types = sorted({"Patient", *(t for t in members if ctx.registry.compartment("Patient", t))})
-    extra = {}
+    extra: dict[str, Sequence[ColumnElement[bool]]] = {}
     for t in types:
         clause = _in_compartment(ctx, "Patient", req.resource_id, t)
         if clause is not None:

@@ -8,7 +8,7 @@ page repeat or skip a row that was already in place.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +42,7 @@ class SearchEngine:
         tx: Transaction,
         request: SearchRequest,
         count: int,
-        extra: dict[str, Sequence[ColumnElement[bool]]] | None = None,
+        extra: Mapping[str, Sequence[ColumnElement[bool]]] | None = None,
         total_default: str = "accurate",
     ) -> Page:
         """One page of `request`; `extra` adds conditions per type (compartments)."""
@@ -169,7 +169,7 @@ class SearchEngine:
             if inc.target is not None:
                 conds.append(r.c.target_type == inc.target)
             keys += [
-                (row[0], row[1])
+                (str(row[0]), str(row[1]))
                 for row in tx.rows(select(r.c.target_type, r.c.target_id).where(*conds))
             ]
         return keys
@@ -190,6 +190,7 @@ class SearchEngine:
             if inc.param is not None:
                 conds.append(r.c.param == inc.param.code)
             keys += [
-                (row[0], row[1]) for row in tx.rows(select(r.c.res_type, r.c.res_id).where(*conds))
+                (str(row[0]), str(row[1]))
+                for row in tx.rows(select(r.c.res_type, r.c.res_id).where(*conds))
             ]
         return keys

@@ -208,9 +208,8 @@ def _add(
                 target_id=found[1],
                 url=found[2][:MAX_STRING],
             )
-    elif kind == "uri":
-        if isinstance(value, str):
-            rows.add("search_uri", param=code, value=value[:MAX_STRING])
+    elif kind == "uri" and isinstance(value, str):
+        rows.add("search_uri", param=code, value=value[:MAX_STRING])
 
 
 def _component_row(kind: str, value: Any) -> list[dict[str, Any]]:

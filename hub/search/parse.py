@@ -151,21 +151,21 @@ def parse_value(param: SearchParam | None, kind: str, raw: str, name: str) -> An
     if kind in ("number", "quantity"):
         prefix, text = _prefixed(raw)
         pieces = [unescape(p) for p in _UNESCAPED_PIPE.split(text)]
-        if kind == "number" and len(pieces) > 1 or len(pieces) not in (1, 3):
+        if (kind == "number" and len(pieces) > 1) or len(pieces) not in (1, 3):
             raise Invalid(
                 f"Search parameter '{name}': '{raw}' is not a "
                 f"{'number' if kind == 'number' else 'quantity (value|system|code)'}",
                 expression=(name,),
             )
-        found = decimal_range(pieces[0])
-        if found is None:
+        number = decimal_range(pieces[0])
+        if number is None:
             raise Invalid(
                 f"Search parameter '{name}': '{pieces[0]}' is not a number", expression=(name,)
             )
         if len(pieces) == 3:
             system, code = pieces[1] or None, pieces[2] or None
-            return NumberValue(prefix, *found, system=system, code=code, by_unit=system is None)
-        return NumberValue(prefix, *found)
+            return NumberValue(prefix, *number, system=system, code=code, by_unit=system is None)
+        return NumberValue(prefix, *number)
     if kind == "composite":
         assert param is not None and len(param.components) == 2
         halves = _UNESCAPED_DOLLAR.split(raw, maxsplit=1)
@@ -285,10 +285,10 @@ def _criterion(registry: Registry, resource_type: str, name: str, value: str) ->
     values = tuple(parse_value(param, kind, v, name) for v in split_or(value))
     if param.type == "reference" and modifier and modifier != "missing":
         values = tuple(v if "/" in v else f"{modifier}/{v}" for v in values)
-        modifier = None
+        return Criterion(current, param, code, None, values, tuple(chain))
     if modifier == "of-type":
         values = tuple(_of_type(v, name) for v in values)
-    return Criterion(current, param, code, modifier, values, tuple(chain))
+    return Criterion(current, param, code, modifier or None, values, tuple(chain))
 
 
 def _of_type(value: tuple[str | None, str | None], name: str) -> tuple[str | None, str]:

@@ -45,7 +45,9 @@ class Part:
 
 
 def split_union(expression: str) -> list[str]:
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
     for ch in expression:
         depth += ch == "("
         depth -= ch == ")"

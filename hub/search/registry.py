@@ -220,11 +220,11 @@ def from_resources(
         if code in SPECIAL or code in RESULT_PARAMETERS:
             refused.append(Unsupported(code, bases, "answered by the hub itself, not indexed", url))
             continue
-        comps = []
+        comps: list[tuple[str, str]] = []
         for c in r.get("component") or []:
             definition = by_url.get(c.get("definition"))
             comp_code = definition.get("code") if definition else str(c.get("definition"))
-            comps.append((comp_code, c.get("expression", "")))
+            comps.append((str(comp_code), str(c.get("expression", ""))))
         for base in bases:
             base_name = COMMON if base in ("Resource", "DomainResource") else base
             siblings = {k[1]: v for k, v in kinds.items() if k[0] in (base, base_name)}

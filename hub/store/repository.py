@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Executable, Row
+from sqlalchemy import Executable
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +65,7 @@ class Transaction(Protocol):
         writer got there first, so two writers can never both win.
         """
 
-    def rows(self, statement: Executable) -> Sequence[Row[Any]]:
+    def rows(self, statement: Executable) -> Sequence[Any]:
         """Run a query built by `hub.search` (a SELECT over the store's tables)."""
 
     def load(self, keys: Sequence[tuple[str, str]]) -> list[Version]:

@@ -18,7 +18,6 @@ from sqlalchemy import (
     Connection,
     Engine,
     Executable,
-    Row,
     bindparam,
     create_engine,
     delete,
@@ -205,7 +204,7 @@ class SqlTransaction:
             if rows:
                 self.conn.execute(insert(INDEX_TABLES[name]), rows)
 
-    def rows(self, statement: Executable) -> Sequence[Row[Any]]:
+    def rows(self, statement: Executable) -> Sequence[Any]:
         return self.conn.execute(statement).all()
 
     def load(self, keys: Sequence[tuple[str, str]]) -> list[Version]:
