@@ -1,0 +1,1 @@
+"""Built-in feed adapters, one package per feed kind."""

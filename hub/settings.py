@@ -15,6 +15,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def _default_folder(name: str) -> Path:
+    beside = _REPO_ROOT / name
+    return beside if beside.is_dir() else Path.cwd() / name
+
+
 def _default_migrations() -> Path:
     # A source checkout (or editable install) keeps alembic/ beside hub/; a
     # regular install does not, and then ./alembic (or HUB_MIGRATIONS_DIR) is used.
@@ -54,9 +59,40 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=20, ge=1, description="PostgreSQL connection pool size.")
     workers: int = Field(default=1, ge=1, description="uvicorn worker processes for `hub serve`.")
     log_level: str = Field(default="info", description="uvicorn log level.")
+    registry_refresh_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How often each process checks whether the stored SearchParameters "
+        "changed (0: on every use); a reindex waits this long for every process to see them.",
+    )
     migrations_dir: Path = Field(
         default_factory=_default_migrations,
         description="Folder holding the Alembic migration scripts.",
+    )
+
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker (redis://127.0.0.1:6379/0). Unset: feed messages are "
+        "processed by a thread pool inside `hub serve` (the embedded default).",
+    )
+    mappings_dir: Path = Field(
+        default_factory=lambda: _default_folder("mappings"),
+        description="Folder of mapping files (<adapter>/<name>.yaml).",
+    )
+    adapters: list[str] = Field(
+        default=["csv"], description="Adapters to enable; an unknown name stops start-up."
+    )
+    ingest_threads: int = Field(
+        default=2, ge=1, description="Threads processing feed messages in the embedded mode."
+    )
+    ingest_max_attempts: int = Field(
+        default=5, ge=1, description="Attempts before a message with transient errors is dead."
+    )
+    ingest_stale_seconds: float = Field(
+        default=60.0, gt=0, description="A message open this long without progress is re-sent."
+    )
+    ingest_sweep_seconds: float = Field(
+        default=15.0, gt=0, description="How often the sweeper looks for such messages."
     )
 
     @field_validator("database_url")

@@ -28,6 +28,8 @@ TYPE_INTERACTIONS = (
 )
 SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system", "search-system")
 OPERATIONS = {"everything": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}
+# Operations of the hub's own, on every type.
+INSTANCE_OPERATIONS = ("lineage",)
 
 
 def dispatch(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
@@ -93,6 +95,10 @@ def dispatch(ctx: Context, req: Request, tx: Transaction | None = None) -> Resul
         chosen = history.history if req.version_id is None else vread.vread
     elif op == "$everything" and method in ("GET", "POST"):
         chosen = search.everything
+    elif op == "$lineage" and method == "GET":
+        from hub.interactions.lineage import lineage_of
+
+        chosen = lineage_of
     elif op is not None and (op == "*" or is_resource_type(op)) and method == "GET":
         chosen = search.compartment_search
     elif op is not None and op.startswith("$"):

@@ -6,7 +6,7 @@ SQLAlchemy for PostgreSQL and SQLite.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -67,6 +67,15 @@ class Transaction(Protocol):
 
     def rows(self, statement: Executable) -> Sequence[Any]:
         """Run a query built by `hub.search` (a SELECT over the store's tables)."""
+
+    def execute(self, statement: Executable) -> int:
+        """Run a write of another part of the hub (the message store) in this transaction."""
+
+    def lock_row(self, statement: Executable) -> Sequence[Any]:
+        """SELECT … FOR UPDATE (PostgreSQL); SQLite writers are serialised already."""
+
+    def replace_index(self, resource_type: str, index: Mapping[str, IndexRows]) -> None:
+        """Replace the search index rows of resources of one type (id -> rows): a reindex."""
 
     def load(self, keys: Sequence[tuple[str, str]]) -> list[Version]:
         """The current, live versions of (type, id) pairs, in the order asked."""

@@ -23,6 +23,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
 )
 
@@ -147,3 +148,78 @@ INDEX_TABLES: dict[str, Table] = {
         search_composite,
     )
 }
+
+# -- search parameters stored as data (hub.search.stored, hub.search.reindex) -----------------
+
+# One row per stored SearchParameter the registry can take: `pending` until a reindex job
+# has extracted it from every resource of its bases, then `indexed`.
+search_param_state = Table(
+    "search_param_state",
+    metadata,
+    Column("resource_id", String(64), primary_key=True),
+    Column("url", String(500), nullable=False),
+    Column("version_id", Integer, nullable=False),
+    Column("definition_hash", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("updated", DateTime(timezone=True), nullable=False),
+)
+# One row (id 1): its version changes whenever the stored parameters or their states do.
+search_registry = Table(
+    "search_registry",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("version", BigInteger, nullable=False),
+)
+reindex_jobs = Table(
+    "reindex_jobs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("status", String(16), nullable=False),  # queued, running, completed, failed
+    Column("resource_types", Text, nullable=False),  # space-separated; empty: not chosen yet
+    Column("total", Integer, nullable=False),
+    Column("done", Integer, nullable=False),
+    Column("started", DateTime(timezone=True), nullable=False),
+    Column("finished", DateTime(timezone=True), nullable=True),
+    Column("error", Text, nullable=True),
+    Index("ix_reindex_jobs_started", "started"),
+)
+
+# -- the message store: every inbound feed unit, raw, before it is acknowledged ----------------
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("source", String(100), nullable=False),
+    Column("adapter", String(50), nullable=False),
+    Column("mapping", String(100), nullable=True),
+    Column("external_id", String(200), nullable=False),
+    Column("content_type", String(100), nullable=True),
+    Column("origin", String(500), nullable=True),  # e.g. file and line of a CSV row
+    Column("order_key", String(200), nullable=True),  # same source + key: applied in id order
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("event_time", DateTime(timezone=True), nullable=True),
+    Column("raw", LargeBinary, nullable=False),
+    Column("status", String(12), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("error", Text, nullable=True),
+    Column("produced", Text, nullable=True),  # JSON list of "Type/id/_history/n"
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("source", "external_id", name="uq_messages_source_external"),
+    Index("ix_messages_status_updated", "status", "updated_at"),
+    Index("ix_messages_order", "source", "order_key", "id"),
+)
+
+# Which source field produced which element of which resource version.
+lineage = Table(
+    "lineage",
+    metadata,
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    Column("version_id", Integer, nullable=False),
+    Column("element", String(300), nullable=False),
+    Column("source_field", String(300), nullable=False),
+    Column("message_id", BigId, nullable=False),
+    Index("ix_lineage_resource", "res_type", "res_id", "version_id"),
+    Index("ix_lineage_message", "message_id"),
+)

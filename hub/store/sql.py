@@ -9,7 +9,7 @@ unique (type, id, version) is the second guard: version numbers never repeat.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +32,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 
 from hub.errors import Busy, Conflict
-from hub.store.repository import NewVersion, Version
+from hub.store.repository import IndexRows, NewVersion, Version
 from hub.store.schema import INDEX_TABLES, resource_history, resources
 
 _CURRENT_COLUMNS = (
@@ -206,6 +206,27 @@ class SqlTransaction:
 
     def rows(self, statement: Executable) -> Sequence[Any]:
         return self.conn.execute(statement).all()
+
+    def execute(self, statement: Executable) -> int:
+        return int(self.conn.execute(statement).rowcount or 0)
+
+    def lock_row(self, statement: Executable) -> Sequence[Any]:
+        if self.dialect == "postgresql":
+            statement = statement.with_for_update()  # type: ignore[attr-defined]
+        return self.conn.execute(statement).all()
+
+    def replace_index(self, resource_type: str, index: Mapping[str, IndexRows]) -> None:
+        ids = list(index)
+        if not ids:
+            return
+        for table in INDEX_TABLES.values():
+            self.conn.execute(
+                delete(table).where(table.c.res_type == resource_type, table.c.res_id.in_(ids))
+            )
+        for name, table in INDEX_TABLES.items():
+            rows = [row for by_table in index.values() for row in by_table.get(name, ())]
+            if rows:
+                self.conn.execute(insert(table), rows)
 
     def load(self, keys: Sequence[tuple[str, str]]) -> list[Version]:
         if not keys:

@@ -1,0 +1,110 @@
+"""Feed adapters: the protocol every feed kind implements, and the registry that finds them.
+
+An adapter only knows its wire format: how a stream splits into units (one
+message, one CSV row), and how a unit's raw bytes parse into a record (field
+name -> text). Meaning comes from the mapping files; writing goes through the
+same repository the REST API uses.
+
+Built-in adapters are named lazily as "module:Class"; third-party ones
+register through the entry-point group `fhir_hub.adapters`. An unknown name
+fails at start-up with a message that names it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import IO, Any, Protocol, runtime_checkable
+
+from hub.ingest.mapping import Mapped, Mapper
+
+BUILTINS: dict[str, str] = {
+    "csv": "adapters.csv:CsvAdapter",
+}
+ENTRY_POINT_GROUP = "fhir_hub.adapters"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One inbound unit as it will be stored: raw bytes and where they came from."""
+
+    raw: bytes
+    external_id: str
+    origin: str | None = None
+    event_time: datetime | None = None
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    name: str
+    field_label: str  # what errors call a source field: "column", "field", ...
+    content_types: tuple[str, ...]
+    # Mapping files an adapter package ships (besides the hub's mappings/ folder).
+    mappings_dir: Path | None
+
+    def split(self, stream: IO[bytes], origin: str, mapping: str) -> Iterator[Unit]:
+        """Frame a stream into units, without interpreting them."""
+
+    def parse(self, raw: bytes) -> Mapping[str, str]:
+        """One unit's raw bytes as a record of field name -> text."""
+
+    def map(self, record: Mapping[str, str], mapper: Mapper) -> Mapped:
+        """The record as FHIR resources; most adapters just call `mapper.map`."""
+
+
+class UnknownAdapter(LookupError):
+    def __init__(self, name: str, known: Iterable[str]) -> None:
+        super().__init__(
+            f"unknown adapter '{name}'; known adapters: {', '.join(sorted(known)) or 'none'}"
+        )
+        self.name = name
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    name: str
+    origin: str  # "built-in" or the distribution that registered it
+    target: str
+
+
+class AdapterRegistry:
+    """Adapters by name, loaded on first use."""
+
+    def __init__(self, available: Mapping[str, AdapterInfo]) -> None:
+        self.available = dict(available)
+        self._loaded: dict[str, Adapter] = {}
+
+    @classmethod
+    def discover(cls, required: Iterable[str] = ()) -> AdapterRegistry:
+        available = {n: AdapterInfo(n, "built-in", t) for n, t in BUILTINS.items()}
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            dist = ep.dist.name if ep.dist is not None else "entry point"
+            available[ep.name] = AdapterInfo(ep.name, dist, ep.value)
+        registry = cls(available)
+        for name in required:
+            registry.get(name)  # fail now, naming it, rather than at the first message
+        return registry
+
+    def get(self, name: str) -> Adapter:
+        if name in self._loaded:
+            return self._loaded[name]
+        info = self.available.get(name)
+        if info is None:
+            raise UnknownAdapter(name, self.available)
+        module_name, _, attr = info.target.partition(":")
+        try:
+            factory: Any = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise UnknownAdapter(name, self.available) from e
+        adapter = factory()
+        if not isinstance(adapter, Adapter):
+            raise TypeError(f"adapter '{name}' ({info.target}) does not implement the protocol")
+        self._loaded[name] = adapter
+        return adapter
+
+    def names(self) -> list[str]:
+        return sorted(self.available)

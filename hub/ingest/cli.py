@@ -1,0 +1,192 @@
+"""`hub ingest`, `hub worker`, `hub beat`, `hub messages …`, `hub adapters …`, `hub mappings …`."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def _service(dispatcher: str | None = None) -> Any:
+    from hub.api.app import build_context
+    from hub.cli import _settings
+    from hub.ingest.adapters import UnknownAdapter
+    from hub.ingest.service import IngestService
+
+    settings = _settings()
+    try:
+        return IngestService(build_context(settings), settings, dispatcher=dispatcher)
+    except UnknownAdapter as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _progress(label: str) -> Any:
+    def show(summary: Any) -> None:
+        click.echo(
+            f"\r{label}: {summary.units} rows, {summary.accepted} new, "
+            f"{summary.duplicates} duplicates, {summary.done} done, {summary.rejected} rejected, "
+            f"{summary.open} open   ",
+            nl=False, err=True,
+        )
+    return show
+
+
+@click.command(help="Ingest feed files: each unit (CSV row, HL7 message) is stored, then "
+               "processed. Without HUB_BROKER_URL the processing happens here; with it, Celery "
+               "workers do it and this command waits for them.")
+@click.option("--adapter", required=True, help="Adapter name (see `hub adapters list`).")
+@click.option("--mapping", required=True, help="Mapping name (see `hub adapters list`).")
+@click.option("--source", help="Source system id (default: the mapping's).")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Wait until every unit is processed and print the outcome.")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False,
+                                                                  path_type=Path))
+def ingest(adapter: str, mapping: str, source: str | None, wait: bool, files: tuple[Path, ...]
+           ) -> None:
+    from hub.errors import HubError
+
+    service = _service(dispatcher=None if _broker() else "inline")
+    totals = {"rows": 0, "accepted": 0, "duplicates": 0, "done": 0, "rejected": 0,
+              "resources": 0}
+    started = datetime.now()
+    errors: list[str] = []
+    try:
+        for path in files:
+            with path.open("rb") as stream:
+                summary = service.ingest(adapter, mapping, stream, path.name, source=source,
+                                         wait=wait, progress=_progress(path.name))
+            click.echo("", err=True)
+            totals["rows"] += summary.units
+            totals["accepted"] += summary.accepted
+            totals["duplicates"] += summary.duplicates
+            totals["done"] += summary.done
+            totals["rejected"] += summary.rejected
+            totals["resources"] += summary.resources
+            errors += summary.errors
+    except HubError as e:
+        raise click.ClickException(e.message) from None
+    finally:
+        service.close()
+    seconds = (datetime.now() - started).total_seconds() or 1e-9
+    for error in errors[:20]:
+        click.echo(f"rejected: {error}", err=True)
+    if len(errors) > 20:
+        click.echo(f"... and {len(errors) - 20} more (hub messages list --status failed)", err=True)
+    click.echo(
+        f"{totals['rows']} rows ({totals['duplicates']} duplicates), "
+        f"{totals['resources']} resources written, {totals['rejected']} rows rejected, "
+        f"{totals['rows'] / seconds:.0f} rows/s"
+    )
+    sys.exit(1 if totals["rejected"] else 0)
+
+
+def _broker() -> str | None:
+    from hub.cli import _settings
+
+    return _settings().broker_url
+
+
+@click.command(help="Start a Celery worker that processes feed messages (needs HUB_BROKER_URL).")
+@click.option("--concurrency", type=int, default=2, show_default=True, help="Worker processes.")
+@click.option("--loglevel", default="info", show_default=True, help="Celery log level.")
+def worker(concurrency: int, loglevel: str) -> None:
+    if not _broker():
+        raise click.ClickException("HUB_BROKER_URL is not set; `hub serve` processes feeds itself")
+    from hub.ingest.tasks import app
+
+    app.worker_main(["worker", f"--concurrency={concurrency}", f"--loglevel={loglevel}",
+                     "--without-gossip", "--without-mingle"])
+
+
+@click.command(help="Start Celery beat: it runs the sweeper that re-sends unfinished messages.")
+@click.option("--loglevel", default="info", show_default=True, help="Celery log level.")
+def beat(loglevel: str) -> None:
+    if not _broker():
+        raise click.ClickException("HUB_BROKER_URL is not set; `hub serve` sweeps by itself")
+    from hub.ingest.tasks import app
+
+    app.start(["beat", f"--loglevel={loglevel}", "--schedule=/tmp/hub-beat-schedule"])
+
+
+@click.group(help="Inspect, retry and replay stored feed messages.")
+def messages() -> None:
+    pass
+
+
+@messages.command("list", help="List messages, newest first.")
+@click.option("--status", type=click.Choice(["received", "processing", "done", "failed", "dead"]))
+@click.option("--source", help="Only this source system.")
+@click.option("--limit", type=int, default=50, show_default=True)
+def list_messages(status: str | None, source: str | None, limit: int) -> None:
+    service = _service("inline")
+    for m in service.store.find(status, source, limit):
+        error = f"  {m.error}" if m.error else ""
+        click.echo(f"{m.id:>8}  {m.status:<10} {m.source:<12} {m.adapter:<6} "
+                   f"{m.origin or m.external_id}{error}")
+
+
+@messages.command(help="Show one message: raw content, error, produced resources, lineage.")
+@click.argument("message_id", type=int)
+def show(message_id: int) -> None:
+    service = _service("inline")
+    message = service.store.get(message_id)
+    if message is None:
+        raise click.ClickException(f"message {message_id} is not known")
+    for key, value in message.summary().items():
+        click.echo(f"{key}: {value}")
+    click.echo("raw:")
+    click.echo(message.raw.decode("utf-8", "replace"))
+    for line in service.store.lineage_for_message(message_id):
+        click.echo(f"lineage: {line['source']} -> {line['element']} ({line['resource']})")
+
+
+@messages.command(help="Retry failed or dead messages (processed here, or by the workers).")
+@click.argument("message_ids", type=int, nargs=-1, required=True)
+def retry(message_ids: tuple[int, ...]) -> None:
+    service = _service(None if _broker() else "inline")
+    reopened = service.retry(list(message_ids))
+    click.echo(f"{len(reopened)} messages retried")
+
+
+@messages.command(help="Run stored messages again through the current mappings: by id, or all "
+                  "of a source received in a time window. Idempotent.")
+@click.argument("message_ids", type=int, nargs=-1)
+@click.option("--source", help="Every message of this source system…")
+@click.option("--since", type=click.DateTime(), help="…received at or after this time…")
+@click.option("--until", type=click.DateTime(), help="…and before this one.")
+def replay(message_ids: tuple[int, ...], source: str | None, since: datetime | None,
+           until: datetime | None) -> None:
+    service = _service(None if _broker() else "inline")
+    ids = list(message_ids) or service.store.ids(source=source, since=since, until=until)
+    if not ids:
+        raise click.ClickException("no message matches")
+    reopened = service.replay(ids)
+    click.echo(f"{len(reopened)} messages replayed")
+
+
+@click.group(help="Feed adapters.")
+def adapters() -> None:
+    pass
+
+
+@adapters.command("list", help="Every adapter, where it comes from and its mappings.")
+def list_adapters() -> None:
+    service = _service("inline")
+    for name in service.adapters.names():
+        info = service.adapters.available[name]
+        names = sorted(m.name for m in service.mappings.values() if m.adapter == name)
+        click.echo(f"{name:<10} {info.origin:<16} {info.target}")
+        for mapping in names:
+            m = service.mappings[mapping]
+            click.echo(f"    {mapping:<28} v{m.version}  {m.description}")
+
+
+@click.group(help="Mapping files.")
+def mappings() -> None:
+    pass
+
+
+COMMANDS = [ingest, worker, beat, messages, adapters, mappings]

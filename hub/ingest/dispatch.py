@@ -1,0 +1,139 @@
+"""Delivering message ids to the pipeline: Celery, an embedded thread pool, or inline.
+
+Delivery is never the record: the message store is. Whatever a dispatcher
+loses (a killed worker, a restarted broker), the sweeper finds again as an
+open message that has not moved for a while, and sends it once more.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Protocol
+
+from hub.ingest.messages import MessageStore
+from hub.ingest.pipeline import Outcome, Pipeline
+
+log = logging.getLogger("hub.ingest")
+
+
+def backoff(attempt: int) -> float:
+    """Seconds before retry `attempt`: 1, 2, 4, … capped at a minute."""
+    return float(min(60, 2 ** max(0, attempt - 1)))
+
+
+class Dispatcher(Protocol):
+    def submit(self, message_ids: Sequence[int]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class InlineDispatcher:
+    """Processes at once, in the caller's thread (`hub ingest` without a broker, tests)."""
+
+    def __init__(self, pipeline: Pipeline, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.pipeline = pipeline
+        self.sleep = sleep
+
+    def submit(self, message_ids: Sequence[int]) -> None:
+        pending = list(message_ids)
+        rounds = 0
+        while pending:
+            later = []
+            for message_id in pending:
+                outcome = self.pipeline.process(message_id)
+                if outcome in (Outcome.RETRY, Outcome.DEFERRED):
+                    later.append(message_id)
+            pending = later
+            rounds += 1
+            if pending:
+                self.sleep(min(backoff(rounds), 5))
+
+    def close(self) -> None:
+        pass
+
+
+class ThreadDispatcher:
+    """The embedded mode: a pool of threads inside `hub serve`."""
+
+    def __init__(self, pipeline: Pipeline, threads: int = 2) -> None:
+        self.pipeline = pipeline
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ingest")
+        self._closed = False
+
+    def submit(self, message_ids: Sequence[int]) -> None:
+        for message_id in message_ids:
+            self._schedule(message_id, 0.0, 1)
+
+    def _schedule(self, message_id: int, delay: float, round_: int) -> None:
+        if self._closed:
+            return
+        if delay:
+            timer = threading.Timer(delay, self._schedule, (message_id, 0.0, round_))
+            timer.daemon = True
+            timer.start()
+            return
+        self.pool.submit(self._run, message_id, round_)
+
+    def _run(self, message_id: int, round_: int) -> None:
+        try:
+            outcome = self.pipeline.process(message_id)
+        except Exception:  # the sweeper will send it again
+            log.exception("processing message %s failed", message_id)
+            return
+        if outcome == Outcome.DEFERRED:
+            self._schedule(message_id, 0.2, round_)
+        elif outcome == Outcome.RETRY:
+            self._schedule(message_id, backoff(round_), round_ + 1)
+
+    def close(self) -> None:
+        self._closed = True
+        self.pool.shutdown(wait=True, cancel_futures=False)
+
+
+class CeleryDispatcher:
+    """Production: hand ids to Celery workers through the broker."""
+
+    def submit(self, message_ids: Sequence[int]) -> None:
+        from hub.ingest.tasks import process_message
+
+        for message_id in message_ids:
+            process_message.delay(message_id)
+
+    def close(self) -> None:
+        pass
+
+
+def sweep(store: MessageStore, dispatcher: Dispatcher, stale_after: timedelta) -> int:
+    """Send again every open message that has not moved for `stale_after`."""
+    ids = store.stale(stale_after)
+    if ids:
+        store.touch(ids)
+        dispatcher.submit(ids)
+        log.info("sweeper re-sent %s messages", len(ids))
+    return len(ids)
+
+
+class Sweeper(threading.Thread):
+    """The embedded mode's periodic sweep (Celery beat runs it in production)."""
+
+    def __init__(self, store: MessageStore, dispatcher: Dispatcher, stale_after: timedelta,
+                 every: float) -> None:
+        super().__init__(name="ingest-sweeper", daemon=True)
+        self.store, self.dispatcher = store, dispatcher
+        self.stale_after, self.every = stale_after, every
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.every):
+            try:
+                sweep(self.store, self.dispatcher, self.stale_after)
+            except Exception:
+                log.exception("sweep failed")
+
+    def stop(self) -> None:
+        self.stopped.set()

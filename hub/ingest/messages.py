@@ -1,0 +1,231 @@
+"""The message store: every inbound unit, committed raw before it is acknowledged.
+
+It is the queue of record. Status moves received -> processing -> done, or
+to failed (the mapping or validation rejected it: kept for a replay after a
+fix) or dead (a transient error outlasted the retries). Celery only delivers
+message ids; the sweeper re-delivers what was left behind.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, and_, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from hub.ingest.adapters import Unit
+from hub.store.schema import lineage, messages
+
+RECEIVED, PROCESSING, DONE, FAILED, DEAD = "received", "processing", "done", "failed", "dead"
+STATUSES = (RECEIVED, PROCESSING, DONE, FAILED, DEAD)
+OPEN = (RECEIVED, PROCESSING)
+
+
+@dataclass(frozen=True)
+class Message:
+    id: int
+    source: str
+    adapter: str
+    mapping: str | None
+    external_id: str
+    content_type: str | None
+    origin: str | None
+    order_key: str | None
+    received_at: datetime
+    event_time: datetime | None
+    raw: bytes
+    status: str
+    attempts: int
+    error: str | None
+    produced: list[str]
+    updated_at: datetime
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "source": self.source, "adapter": self.adapter,
+            "mapping": self.mapping, "externalId": self.external_id, "origin": self.origin,
+            "status": self.status, "attempts": self.attempts, "error": self.error,
+            "receivedAt": _iso(self.received_at), "updatedAt": _iso(self.updated_at),
+            "produced": self.produced,
+        }
+
+
+def _iso(t: datetime | None) -> str | None:
+    return _utc(t).isoformat().replace("+00:00", "Z") if t else None
+
+
+def _utc(t: datetime) -> datetime:
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _message(row: Any) -> Message:
+    m = row._mapping
+    return Message(
+        id=m["id"], source=m["source"], adapter=m["adapter"], mapping=m["mapping"],
+        external_id=m["external_id"], content_type=m["content_type"], origin=m["origin"],
+        order_key=m["order_key"], received_at=_utc(m["received_at"]),
+        event_time=_utc(m["event_time"]) if m["event_time"] else None, raw=m["raw"],
+        status=m["status"], attempts=m["attempts"], error=m["error"],
+        produced=json.loads(m["produced"]) if m["produced"] else [],
+        updated_at=_utc(m["updated_at"]),
+    )
+
+
+class MessageStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def receive(self, units: Sequence[Unit], *, source: str, adapter: str, mapping: str | None,
+                content_type: str | None = None) -> list[tuple[int | None, bool]]:
+        """Commit units raw; answer (id, new) for each — a duplicate answers its first id."""
+        at = now()
+        rows = [
+            {
+                "source": source, "adapter": adapter, "mapping": mapping,
+                "external_id": u.external_id, "content_type": content_type, "origin": u.origin,
+                "order_key": None, "received_at": at, "event_time": u.event_time, "raw": u.raw,
+                "status": RECEIVED, "attempts": 0, "error": None, "produced": None,
+                "updated_at": at,
+            }
+            for u in units
+        ]
+        if not rows:
+            return []
+        dialect = self.engine.dialect.name
+        stmt: Any
+        if dialect == "postgresql":
+            stmt = postgresql.insert(messages).on_conflict_do_nothing(
+                constraint="uq_messages_source_external")
+        else:
+            stmt = sqlite.insert(messages).on_conflict_do_nothing()
+        with self.engine.connect().execution_options(hub_write=True) as conn, conn.begin():
+            conn.execute(stmt, rows)
+            found = conn.execute(
+                select(messages.c.external_id, messages.c.id, messages.c.received_at).where(
+                    messages.c.source == source,
+                    messages.c.external_id.in_([u.external_id for u in units]),
+                )
+            ).all()
+        by_external = {r[0]: (r[1], _utc(r[2]) == at) for r in found}
+        return [by_external.get(u.external_id, (None, False)) for u in units]
+
+    def get(self, message_id: int) -> Message | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(messages).where(messages.c.id == message_id)).first()
+        return _message(row) if row else None
+
+    def find(self, status: str | None = None, source: str | None = None, limit: int = 100,
+             before: int | None = None) -> list[Message]:
+        stmt = select(messages).order_by(messages.c.id.desc()).limit(limit)
+        if status:
+            stmt = stmt.where(messages.c.status == status)
+        if source:
+            stmt = stmt.where(messages.c.source == source)
+        if before:
+            stmt = stmt.where(messages.c.id < before)
+        with self.engine.connect() as conn:
+            return [_message(r) for r in conn.execute(stmt)]
+
+    def counts(self, ids: Iterable[int] | None = None) -> dict[str, int]:
+        stmt = select(messages.c.status, func.count()).group_by(messages.c.status)
+        if ids is not None:
+            stmt = stmt.where(messages.c.id.in_(list(ids)))
+        with self.engine.connect() as conn:
+            return {r[0]: int(r[1]) for r in conn.execute(stmt)}
+
+    def results(self, ids: Sequence[int]) -> list[tuple[str, list[str], str | None]]:
+        stmt = select(messages.c.status, messages.c.produced, messages.c.error).where(
+            messages.c.id.in_(list(ids)))
+        with self.engine.connect() as conn:
+            return [(r[0], json.loads(r[1]) if r[1] else [], r[2]) for r in conn.execute(stmt)]
+
+    def note_attempt(self, message_id: int) -> int:
+        """Count an attempt in its own transaction, so a crash mid-processing still counts."""
+        with self.engine.connect().execution_options(hub_write=True) as conn, conn.begin():
+            conn.execute(
+                update(messages)
+                .where(messages.c.id == message_id, messages.c.status.in_(OPEN))
+                .values(status=PROCESSING, attempts=messages.c.attempts + 1, updated_at=now())
+            )
+            row = conn.execute(
+                select(messages.c.attempts).where(messages.c.id == message_id)).first()
+        return int(row[0]) if row else 0
+
+    def set_status(self, message_id: int, status: str, error: str | None = None) -> None:
+        with self.engine.connect().execution_options(hub_write=True) as conn, conn.begin():
+            conn.execute(update(messages).where(messages.c.id == message_id)
+                         .values(status=status, error=error, updated_at=now()))
+
+    def reopen(self, message_ids: Sequence[int], *, statuses: Sequence[str]) -> list[int]:
+        """Put messages back to received (retry: failed/dead ones; replay: any)."""
+        with self.engine.connect().execution_options(hub_write=True) as conn, conn.begin():
+            ids = [r[0] for r in conn.execute(select(messages.c.id).where(
+                messages.c.id.in_(list(message_ids)), messages.c.status.in_(list(statuses))))]
+            if ids:
+                conn.execute(update(messages).where(messages.c.id.in_(ids)).values(
+                    status=RECEIVED, attempts=0, error=None, updated_at=now()))
+        return ids
+
+    def stale(self, older_than: timedelta, limit: int = 1000) -> list[int]:
+        """Open messages nobody finished: lost tasks, killed workers, a restarted broker."""
+        cutoff = now() - older_than
+        with self.engine.connect() as conn:
+            return [r[0] for r in conn.execute(
+                select(messages.c.id)
+                .where(messages.c.status.in_(OPEN), messages.c.updated_at < cutoff)
+                .order_by(messages.c.id).limit(limit))]
+
+    def touch(self, message_ids: Sequence[int]) -> None:
+        if not message_ids:
+            return
+        with self.engine.connect().execution_options(hub_write=True) as conn, conn.begin():
+            conn.execute(update(messages).where(messages.c.id.in_(list(message_ids)),
+                                                 messages.c.status.in_(OPEN))
+                         .values(updated_at=now()))
+
+    def ids(self, *, source: str | None = None, since: datetime | None = None,
+            until: datetime | None = None, statuses: Sequence[str] = ()) -> list[int]:
+        conds = []
+        if source:
+            conds.append(messages.c.source == source)
+        if since:
+            conds.append(messages.c.received_at >= since)
+        if until:
+            conds.append(messages.c.received_at < until)
+        if statuses:
+            conds.append(messages.c.status.in_(list(statuses)))
+        with self.engine.connect() as conn:
+            return [r[0] for r in conn.execute(
+                select(messages.c.id).where(and_(*conds)).order_by(messages.c.id))]
+
+    def lineage_of(self, resource_type: str, resource_id: str,
+                   version_id: int | None = None) -> list[dict[str, Any]]:
+        stmt = select(lineage).where(lineage.c.res_type == resource_type,
+                                     lineage.c.res_id == resource_id)
+        if version_id is not None:
+            stmt = stmt.where(lineage.c.version_id == version_id)
+        stmt = stmt.order_by(lineage.c.version_id, lineage.c.element)
+        with self.engine.connect() as conn:
+            return [
+                {"version": r.version_id, "element": r.element, "source": r.source_field,
+                 "message": r.message_id}
+                for r in conn.execute(stmt)
+            ]
+
+    def lineage_for_message(self, message_id: int) -> list[dict[str, Any]]:
+        stmt = select(lineage).where(lineage.c.message_id == message_id).order_by(
+            lineage.c.res_type, lineage.c.res_id, lineage.c.element)
+        with self.engine.connect() as conn:
+            return [
+                {"resource": f"{r.res_type}/{r.res_id}/_history/{r.version_id}",
+                 "element": r.element, "source": r.source_field}
+                for r in conn.execute(stmt)
+            ]

@@ -1,0 +1,187 @@
+"""Processing one stored message: parse, map, validate, write — one transaction.
+
+A plain function of a message id, idempotent: a message already done is
+skipped, a redelivered one finds its row locked or done, and the resource
+ids are deterministic, so a replay updates instead of duplicating. Tasks
+(Celery or the embedded thread pool) only call `Pipeline.process`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import DBAPIError
+
+from hub.errors import Busy, Conflict, HubError, Invalid
+from hub.fhir import validate
+from hub.ingest.adapters import AdapterRegistry
+from hub.ingest.mapping import Mapper, Mapping_
+from hub.ingest.messages import DONE, FAILED, OPEN, Message, MessageStore, now
+from hub.interactions.context import Context
+from hub.interactions.writes import instant, save
+from hub.store.repository import Transaction, Version
+from hub.store.schema import lineage, messages
+
+log = logging.getLogger("hub.ingest")
+MESSAGE_SYSTEM = "urn:fhir-hub:message"
+
+
+class Outcome(StrEnum):
+    DONE = "done"
+    FAILED = "failed"  # the input is wrong: kept, not retried
+    RETRY = "retry"  # a transient error: try again later
+    DEAD = "dead"  # transient errors outlasted the attempts
+    DEFERRED = "deferred"  # an earlier message about the same subject is still open
+    SKIPPED = "skipped"  # already finished, or unknown
+
+
+@dataclass(frozen=True)
+class Written:
+    version: Version
+    lineage: list[tuple[str, str]]
+
+
+class Pipeline:
+    def __init__(self, ctx: Context, store: MessageStore, adapters: AdapterRegistry,
+                 mappings: Mapping[str, Mapping_], max_attempts: int = 5) -> None:
+        self.ctx = ctx
+        self.store = store
+        self.adapters = adapters
+        self.mappings = mappings
+        self.max_attempts = max_attempts
+
+    def mapper(self, message: Message) -> Mapper:
+        if message.mapping is None or message.mapping not in self.mappings:
+            raise Invalid(f"mapping '{message.mapping}' is not known")
+        return Mapper(self.mappings[message.mapping], source=message.source)
+
+    def order_key(self, adapter: str, mapping: str | None, raw: bytes, source: str) -> str | None:
+        """The subject a unit is about (e.g. the patient), for in-order application."""
+        if mapping is None or mapping not in self.mappings:
+            return None
+        try:
+            a = self.adapters.get(adapter)
+            return a.map(a.parse(raw), Mapper(self.mappings[mapping], source)).order_key
+        except HubError:
+            return None
+
+    def _earlier_open(self, message: Message) -> bool:
+        if not message.order_key:
+            return False
+        with self.store.engine.connect() as conn:
+            row = conn.execute(select(messages.c.id).where(
+                messages.c.source == message.source, messages.c.order_key == message.order_key,
+                messages.c.id < message.id, messages.c.status.in_(OPEN)).limit(1)).first()
+        return row is not None
+
+    def process(self, message_id: int) -> Outcome:
+        message = self.store.get(message_id)
+        if message is None or message.status not in OPEN:
+            return Outcome.SKIPPED
+        if self._earlier_open(message):
+            return Outcome.DEFERRED
+        attempts = self.store.note_attempt(message_id)
+        try:
+            adapter = self.adapters.get(message.adapter)
+            record = adapter.parse(message.raw)
+            mapped = adapter.map(record, self.mapper(message))
+            for resource in mapped.resources:
+                validate(resource)
+        except (Invalid, LookupError) as e:
+            return self._fail(message, e)
+        try:
+            with self.ctx.repo.transaction() as tx:
+                if not self._claim(tx, message_id):
+                    return Outcome.SKIPPED
+                written = [
+                    Written(self._write(tx, resource), lines)
+                    for resource, lines in zip(mapped.resources, mapped.lineage, strict=True)
+                ]
+                provenance = self._provenance(tx, message, [w.version for w in written])
+                self._record(tx, message, written, provenance)
+            return Outcome.DONE
+        except Invalid as e:
+            return self._fail(message, e)
+        except (Busy, Conflict, DBAPIError) as e:
+            error = f"{type(e).__name__}: {e}"
+            if attempts >= self.max_attempts:
+                self.store.set_status(message_id, "dead", f"after {attempts} attempts: {error}")
+                log.error("message %s is dead after %s attempts: %s", message_id, attempts, error)
+                return Outcome.DEAD
+            log.warning("message %s attempt %s failed, will retry: %s", message_id, attempts,
+                        error)
+            return Outcome.RETRY
+
+    def _fail(self, message: Message, error: Exception) -> Outcome:
+        field = getattr(error, "field", None)
+        label = getattr(self.adapters.available.get(message.adapter), "name", "")
+        try:
+            label = self.adapters.get(message.adapter).field_label
+        except LookupError:
+            label = "field"
+        where = ", ".join(p for p in (message.origin, f"{label} {field}" if field else "") if p)
+        self.store.set_status(message.id, FAILED, f"{where}: {error}" if where else str(error))
+        return Outcome.FAILED
+
+    def _claim(self, tx: Transaction, message_id: int) -> bool:
+        """Lock the message row for this transaction; False when another run finished it."""
+        rows = tx.lock_row(select(messages.c.status).where(messages.c.id == message_id))
+        return bool(rows) and rows[0][0] in OPEN
+
+    def _write(self, tx: Transaction, resource: dict[str, Any]) -> Version:
+        result = save(self.ctx, tx, resource["resourceType"], resource["id"], resource,
+                      method="PUT")
+        assert result.version is not None
+        return result.version
+
+    def _provenance(self, tx: Transaction, message: Message, targets: list[Version]) -> Version:
+        provenance = {
+            "resourceType": "Provenance",
+            "id": f"message-{message.id}",
+            "target": [
+                {"reference": f"{v.resource_type}/{v.resource_id}/_history/{v.version_id}"}
+                for v in targets
+            ],
+            "recorded": instant(now()),
+            "activity": {"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
+                "code": "UPDATE"}]},
+            "agent": [{
+                "type": {"coding": [{
+                    "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                    "code": "author"}]},
+                "who": {"identifier": {"system": "urn:fhir-hub:source", "value": message.source},
+                        "display": message.source},
+            }],
+            "entity": [{
+                "role": "source",
+                "what": {"identifier": {"system": MESSAGE_SYSTEM, "value": str(message.id)},
+                         "display": f"{message.adapter} message {message.external_id}"
+                                    + (f" ({message.origin})" if message.origin else "")},
+            }],
+        }
+        return self._write(tx, provenance)
+
+    def _record(self, tx: Transaction, message: Message, written: list[Written],
+                provenance: Version) -> None:
+        tx.execute(delete(lineage).where(lineage.c.message_id == message.id))
+        rows = [
+            {"res_type": w.version.resource_type, "res_id": w.version.resource_id,
+             "version_id": w.version.version_id, "element": element, "source_field": field,
+             "message_id": message.id}
+            for w in written for element, field in w.lineage
+        ]
+        if rows:
+            tx.execute(insert(lineage).values(rows))
+        produced = [
+            f"{v.resource_type}/{v.resource_id}/_history/{v.version_id}"
+            for v in [*(w.version for w in written), provenance]
+        ]
+        tx.execute(update(messages).where(messages.c.id == message.id).values(
+            status=DONE, error=None, produced=json.dumps(produced), updated_at=now()))

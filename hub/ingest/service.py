@@ -1,0 +1,228 @@
+"""The ingestion service: take a feed's input, commit it, get it processed.
+
+Built once at start-up (by `hub serve`, the worker and the CLI) from the
+settings: the message store, the adapter registry, the mapping catalogue, the
+pipeline and a dispatcher (Celery when a broker is set, else threads or
+inline processing).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import IO, Any
+
+from hub.errors import Invalid, NotFound
+from hub.ingest.adapters import AdapterRegistry, Unit
+from hub.ingest.dispatch import (
+    CeleryDispatcher,
+    Dispatcher,
+    InlineDispatcher,
+    Sweeper,
+    ThreadDispatcher,
+)
+from hub.ingest.mapping import Mapping_, discover
+from hub.ingest.messages import DEAD, DONE, FAILED, OPEN, MessageStore
+from hub.ingest.pipeline import Pipeline
+from hub.interactions.context import Context
+from hub.settings import Settings
+
+BATCH = 500
+
+
+@dataclass
+class Summary:
+    units: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    done: int = 0
+    rejected: int = 0
+    dead: int = 0
+    open: int = 0
+    resources: int = 0
+    errors: list[str] = field(default_factory=list)
+    message_ids: list[int] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "units": self.units, "accepted": self.accepted, "duplicates": self.duplicates,
+            "done": self.done, "rejected": self.rejected, "dead": self.dead, "open": self.open,
+            "resourcesWritten": self.resources, "errors": self.errors[:100],
+        }
+
+
+def _batches(units: Iterator[Unit], size: int) -> Iterator[list[Unit]]:
+    batch: list[Unit] = []
+    for unit in units:
+        batch.append(unit)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class IngestService:
+    def __init__(self, ctx: Context, settings: Settings, dispatcher: str | None = None) -> None:
+        engine = getattr(ctx.repo, "engine", None)
+        if engine is None:
+            raise TypeError("feed ingestion needs the SQL repository")
+        self.ctx = ctx
+        self.settings = settings
+        self.store = MessageStore(engine)
+        self.adapters = AdapterRegistry.discover(settings.adapters)
+        self.mappings: dict[str, Mapping_] = discover(settings.mappings_dir)
+        for name in settings.adapters:
+            shipped = self.adapters.get(name).mappings_dir
+            if shipped is not None:
+                # An adapter package's own mappings; the hub's folder wins on a name clash.
+                self.mappings = {**discover(shipped), **self.mappings}
+        self.pipeline = Pipeline(ctx, self.store, self.adapters, self.mappings,
+                                 settings.ingest_max_attempts)
+        mode = dispatcher or ("celery" if settings.broker_url else "threads")
+        self.dispatcher: Dispatcher
+        if mode == "celery":
+            self.dispatcher = CeleryDispatcher()
+        elif mode == "threads":
+            self.dispatcher = ThreadDispatcher(self.pipeline, settings.ingest_threads)
+        else:
+            self.dispatcher = InlineDispatcher(self.pipeline)
+        self.mode = mode
+        self.sweeper: Sweeper | None = None
+
+    def start_sweeper(self) -> None:
+        self.sweeper = Sweeper(self.store, self.dispatcher,
+                               timedelta(seconds=self.settings.ingest_stale_seconds),
+                               self.settings.ingest_sweep_seconds)
+        self.sweeper.start()
+
+    def close(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.stop()
+        self.dispatcher.close()
+
+    def mapping(self, adapter: str, name: str | None) -> Mapping_ | None:
+        if name is None:
+            return None
+        mapping = self.mappings.get(name)
+        if mapping is None:
+            known = sorted(m.name for m in self.mappings.values() if m.adapter == adapter)
+            raise NotFound(f"unknown mapping '{name}' for adapter {adapter}; "
+                           f"known: {', '.join(known) or 'none'}")
+        if mapping.adapter != adapter:
+            raise Invalid(f"mapping '{name}' is for the {mapping.adapter} adapter, not {adapter}")
+        return mapping
+
+    def ingest(
+        self,
+        adapter_name: str,
+        mapping_name: str | None,
+        stream: IO[bytes],
+        origin: str,
+        *,
+        source: str | None = None,
+        content_type: str | None = None,
+        wait: bool = False,
+        progress: Callable[[Summary], None] | None = None,
+    ) -> Summary:
+        """Commit every unit of `stream` raw, then hand the new ones to the dispatcher.
+
+        Units are committed in batches before they are dispatched: once this
+        returns (or a batch is reported), those units are safe whatever happens
+        to the workers.
+        """
+        try:
+            adapter = self.adapters.get(adapter_name)
+        except LookupError as e:
+            raise NotFound(str(e)) from None
+        mapping = self.mapping(adapter_name, mapping_name)
+        source = source or (mapping.source if mapping else adapter_name)
+        summary = Summary()
+        for batch in _batches(adapter.split(stream, origin, mapping_name or ""), BATCH):
+            results = self.store.receive(batch, source=source, adapter=adapter_name,
+                                         mapping=mapping_name, content_type=content_type)
+            fresh = []
+            for unit, (message_id, new) in zip(batch, results, strict=True):
+                summary.units += 1
+                if message_id is None:
+                    continue
+                summary.message_ids.append(message_id)
+                if new:
+                    summary.accepted += 1
+                    fresh.append((message_id, unit))
+                else:
+                    summary.duplicates += 1
+            self._set_order_keys(adapter_name, mapping_name, source, fresh)
+            self.dispatcher.submit([m for m, _ in fresh])
+            if progress:
+                progress(summary)
+        if wait or self.mode == "inline":
+            self.wait(summary.message_ids, progress=progress, summary=summary)
+        return summary
+
+    def _set_order_keys(self, adapter: str, mapping: str | None, source: str,
+                        fresh: list[tuple[int, Unit]]) -> None:
+        from sqlalchemy import update
+
+        from hub.store.schema import messages
+
+        keyed = []
+        for message_id, unit in fresh:
+            key = self.pipeline.order_key(adapter, mapping, unit.raw, source)
+            if key:
+                keyed.append({"mid": message_id, "key": key})
+        if not keyed:
+            return
+        from sqlalchemy import bindparam
+
+        stmt = (update(messages).where(messages.c.id == bindparam("mid"))
+                .values(order_key=bindparam("key")))
+        with self.store.engine.connect().execution_options(hub_write=True) as conn, \
+                conn.begin():
+            conn.execute(stmt, keyed)
+
+    def wait(self, ids: list[int], *, timeout: float | None = None,
+             progress: Callable[[Summary], None] | None = None,
+             summary: Summary | None = None) -> Summary:
+        summary = summary or Summary(message_ids=ids)
+        deadline = time.monotonic() + timeout if timeout else None
+        while True:
+            counts: dict[str, int] = {}
+            for start in range(0, len(ids), 5000):
+                for status, n in self.store.counts(ids[start:start + 5000]).items():
+                    counts[status] = counts.get(status, 0) + n
+            summary.done = counts.get(DONE, 0)
+            summary.rejected = counts.get(FAILED, 0)
+            summary.dead = counts.get(DEAD, 0)
+            summary.open = sum(counts.get(s, 0) for s in OPEN)
+            if progress:
+                progress(summary)
+            if summary.open == 0 or (deadline and time.monotonic() > deadline):
+                break
+            time.sleep(0.5)
+        self._tally(summary)
+        return summary
+
+    def _tally(self, summary: Summary) -> None:
+        summary.resources = 0
+        summary.errors = []
+        for start in range(0, len(summary.message_ids), 1000):
+            for status, produced, error in self.store.results(
+                summary.message_ids[start:start + 1000]
+            ):
+                summary.resources += sum(1 for p in produced if not p.startswith("Provenance/"))
+                if status == FAILED and error:
+                    summary.errors.append(error)
+
+    def retry(self, ids: list[int]) -> list[int]:
+        reopened = self.store.reopen(ids, statuses=(FAILED, DEAD))
+        self.dispatcher.submit(reopened)
+        return reopened
+
+    def replay(self, ids: list[int]) -> list[int]:
+        """Run stored messages again through the current mappings (idempotent)."""
+        reopened = self.store.reopen(ids, statuses=(DONE, FAILED, DEAD))
+        self.dispatcher.submit(reopened)
+        return reopened

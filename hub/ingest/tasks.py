@@ -1,0 +1,62 @@
+"""The Celery app and its thin tasks: ids in, the pipeline does the work.
+
+Tasks are idempotent and acknowledged late (a worker killed mid-task leaves
+the task to be delivered again); retries only on transient errors, with
+backoff. The beat schedule runs the sweeper, which re-sends messages left open.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import cache
+from typing import Any
+
+from celery import Celery
+
+from hub.settings import get_settings
+
+settings = get_settings()
+app = Celery("hub", broker=settings.broker_url or "redis://127.0.0.1:6379/0")
+app.conf.update(
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_serializer="json",
+    accept_content=["json"],
+    broker_connection_retry_on_startup=True,
+    broker_transport_options={"visibility_timeout": 3600},
+    task_ignore_result=True,
+    beat_schedule={
+        "sweep": {"task": "hub.ingest.tasks.sweep_task", "schedule": settings.ingest_sweep_seconds},
+    },
+)
+
+
+@cache
+def service() -> Any:
+    """The worker's ingestion service, built once per worker process."""
+    from hub.api.app import build_context
+    from hub.ingest.service import IngestService
+
+    return IngestService(build_context(settings), settings, dispatcher="celery")
+
+
+@app.task(bind=True, name="hub.ingest.tasks.process_message", max_retries=None)
+def process_message(self: Any, message_id: int) -> str:
+    from hub.ingest.dispatch import backoff
+    from hub.ingest.pipeline import Outcome
+
+    outcome = service().pipeline.process(message_id)
+    if outcome == Outcome.DEFERRED:
+        raise self.retry(countdown=0.5)
+    if outcome == Outcome.RETRY:
+        raise self.retry(countdown=backoff(self.request.retries + 1))
+    return str(outcome)
+
+
+@app.task(name="hub.ingest.tasks.sweep_task")
+def sweep_task() -> int:
+    from hub.ingest.dispatch import sweep
+
+    svc = service()
+    return sweep(svc.store, svc.dispatcher, timedelta(seconds=settings.ingest_stale_seconds))

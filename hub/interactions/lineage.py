@@ -1,0 +1,52 @@
+"""$lineage: which source field produced which element, for each version of a resource.
+
+`GET [type]/[id]/$lineage` (optionally `?version=n`) answers a Parameters
+resource: one `element` per (version, element) with the source field and the
+message (by its id in the message store) that wrote it. Feed writes record
+lineage in the same transaction as the resource version.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from hub.errors import Invalid, NotFound
+from hub.interactions.context import Context, Request, Result
+from hub.store.repository import Transaction
+from hub.store.schema import lineage
+
+
+def lineage_of(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
+    assert req.resource_type is not None and req.resource_id is not None
+    version: int | None = None
+    for name, value in req.params:
+        if name == "version":
+            if not value.isdigit():
+                raise Invalid("version must be a number", expression=("version",))
+            version = int(value)
+        elif name not in ("_format", "_pretty"):
+            raise Invalid(f"$lineage does not take '{name}'", expression=(name,))
+    with ctx.reading(tx) as t:
+        if t.current(req.resource_type, req.resource_id) is None:
+            raise NotFound(f"{req.resource_type}/{req.resource_id} is not known")
+        stmt = select(lineage.c.version_id, lineage.c.element, lineage.c.source_field,
+                      lineage.c.message_id).where(
+            lineage.c.res_type == req.resource_type, lineage.c.res_id == req.resource_id)
+        if version is not None:
+            stmt = stmt.where(lineage.c.version_id == version)
+        rows = t.rows(stmt.order_by(lineage.c.version_id, lineage.c.element))
+    parameters: list[dict[str, Any]] = [
+        {
+            "name": "element",
+            "part": [
+                {"name": "version", "valueInteger": row[0]},
+                {"name": "path", "valueString": row[1]},
+                {"name": "source", "valueString": row[2]},
+                {"name": "message", "valueString": str(row[3])},
+            ],
+        }
+        for row in rows
+    ]
+    return Result(200, body={"resourceType": "Parameters", "parameter": parameters})
