@@ -11,8 +11,11 @@ The bench drops and recreates its own database (--database-url, default hub_benc
 local server), migrates it with `hub db upgrade` and serves it with `hub serve`. HTTP load
 comes from `wrk` when it is on PATH, else from the asyncio HTTP/1.1 client below; the
 output says which. Bundles always use the asyncio client: at a few requests per second
-wrk's fixed-duration count would be biased by the requests still in flight at the end,
-whereas the asyncio client counts completions inside a steady-state window.
+wrk's count of completions in a fixed duration is off by up to one request per client,
+whereas the asyncio client (and the psycopg baseline) sum each client's rate over whole
+requests, measured once every client has had its first answer. Hub and baseline take
+turns (--rounds, default 2: hub, baseline, hub, baseline) so that both sides of a ratio
+see the same background load; the output gives the ratio of each round too.
 
     .venv/bin/python bench/rest.py [--duration 10] [--workers 1] [--database-url URL]
 """
@@ -48,9 +51,7 @@ HOST = "127.0.0.1"
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/hub_bench"
 BASELINE_DATA_ENV = "BENCH_BASELINE_DATA"
-# The hub routes the system endpoint at /fhir/ and answers POST /fhir with a 307 to it;
-# neither wrk nor the asyncio client follows redirects, so Bundles go straight there.
-SYSTEM_PATH = "/fhir/"
+SYSTEM_PATH = "/fhir"  # where transaction Bundles go (POST [base])
 
 
 # --- the workload ----------------------------------------------------------------------------
@@ -101,9 +102,56 @@ def transaction_bundle(start: int, size: int) -> dict[str, Any]:
 # --- results ---------------------------------------------------------------------------------
 
 
+@dataclass
+class Run:
+    """One measured stretch: operations completed in the window, and their latencies.
+
+    `latencies` holds (seconds, weight) pairs: one per operation, or for wrk one per
+    half-percentile of its histogram, weighted so that stretches can be merged.
+    """
+
+    ops: int
+    seconds: float
+    errors: int
+    latencies: list[tuple[float, float]]
+
+    @property
+    def rate(self) -> float:
+        return self.ops / self.seconds if self.seconds else 0.0
+
+
+def from_spans(per_client: Sequence[Sequence[tuple[float, float]]], errors: int) -> Run:
+    """Closed-loop throughput as the sum of each client's own rate over whole requests.
+
+    A client's rate is the number of requests it started in the window over the time from
+    the first one's start to the last one's end. Counting completions inside a fixed window
+    instead would be off by up to one request per client, which matters when requests take
+    seconds (Bundles) and the clients tend to finish together.
+    """
+    rate = 0.0
+    latencies: list[float] = []
+    for spans in per_client:
+        if spans:
+            rate += len(spans) / max(1e-9, spans[-1][1] - spans[0][0])
+            latencies.extend(end - begin for begin, end in spans)
+    ops = len(latencies)
+    return Run(ops, ops / rate if rate else 0.0, errors, [(x, 1.0) for x in latencies])
+
+
+def percentile(pairs: Sequence[tuple[float, float]], p: float) -> float:
+    ordered = sorted(pairs)
+    goal = p * sum(w for _, w in ordered)
+    seen = 0.0
+    for value, weight in ordered:
+        seen += weight
+        if seen >= goal:
+            return value
+    return ordered[-1][0] if ordered else 0.0
+
+
 @dataclass(frozen=True)
 class Measured:
-    """Operations completed inside the measurement window, and their latencies."""
+    """Every round of one side of a figure, merged."""
 
     ops: int
     seconds: float
@@ -111,19 +159,24 @@ class Measured:
     p95_ms: float
     errors: int
     client: str
+    round_rates: tuple[float, ...]
 
     @property
     def rate(self) -> float:
         return self.ops / self.seconds if self.seconds else 0.0
 
 
-def measured(latencies: Sequence[float], seconds: float, errors: int, client: str) -> Measured:
-    ordered = sorted(latencies)
-
-    def pct(p: float) -> float:
-        return ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000 if ordered else 0.0
-
-    return Measured(len(ordered), seconds, pct(0.50), pct(0.95), errors, client)
+def merge(runs: Sequence[Run], client: str) -> Measured:
+    pairs = [pair for run in runs for pair in run.latencies]
+    return Measured(
+        sum(r.ops for r in runs),
+        sum(r.seconds for r in runs),
+        percentile(pairs, 0.50) * 1000,
+        percentile(pairs, 0.95) * 1000,
+        sum(r.errors for r in runs),
+        client,
+        tuple(r.rate for r in runs),
+    )
 
 
 @dataclass(frozen=True)
@@ -140,8 +193,29 @@ class Figure:
         return self.hub.rate / self.baseline.rate if self.baseline.rate else 0.0
 
     @property
+    def round_ratios(self) -> tuple[float, ...]:
+        pairs = zip(self.hub.round_rates, self.baseline.round_rates, strict=True)
+        return tuple(h / b if b else 0.0 for h, b in pairs)
+
+    @property
     def met(self) -> bool:
         return self.ratio >= self.target and not self.hub.errors and not self.baseline.errors
+
+
+def alternate(
+    rounds: int, warmup: float, hub: Callable[[float], Run], baseline: Callable[[float], Run]
+) -> tuple[list[Run], list[Run]]:
+    """Hub, baseline, hub, baseline...: both sides see the same background load and drift.
+
+    The first round of each side warms up for `warmup` seconds, later ones for one second.
+    """
+    on_hub: list[Run] = []
+    on_baseline: list[Run] = []
+    for n in range(rounds):
+        settle = warmup if n == 0 else min(warmup, 1.0)
+        on_hub.append(hub(settle))
+        on_baseline.append(baseline(settle))
+    return on_hub, on_baseline
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -342,15 +416,15 @@ def count_rows(url: str, table: str) -> int:
 
 def raw_inserts(
     url: str, table: str, clients: int, rows: Sequence[bytes], warmup: float, duration: float
-) -> Measured:
+) -> Run:
     """`clients` threads, each inserting `rows` per commit (executemany when more than one)."""
     sql = f"INSERT INTO {table} (id, content) VALUES (%s, %s)"
-    latencies: list[list[float]] = [[] for _ in range(clients)]
+    spans: list[list[tuple[float, float]]] = [[] for _ in range(clients)]
     conns = [psycopg.connect(libpq_url(url)) for _ in range(clients)]
     start = time.perf_counter() + 0.1
     window = (start + warmup, start + warmup + duration)
 
-    def work(conn: psycopg.Connection[Any], out: list[float]) -> None:
+    def work(conn: psycopg.Connection[Any], out: list[tuple[float, float]]) -> None:
         with conn.cursor() as cur:
             while time.perf_counter() < start:
                 time.sleep(0.001)
@@ -360,13 +434,11 @@ def raw_inserts(
                 else:
                     cur.executemany(sql, [(str(uuid.uuid4()), row) for row in rows])
                 conn.commit()
-                t1 = time.perf_counter()
-                if window[0] <= t1 <= window[1]:
-                    out.append(t1 - t0)
+                if t0 >= window[0]:
+                    out.append((t0, time.perf_counter()))
 
     threads = [
-        threading.Thread(target=work, args=(c, out))
-        for c, out in zip(conns, latencies, strict=True)
+        threading.Thread(target=work, args=(c, out)) for c, out in zip(conns, spans, strict=True)
     ]
     for t in threads:
         t.start()
@@ -374,7 +446,7 @@ def raw_inserts(
         t.join()
     for c in conns:
         c.close()
-    return measured([x for out in latencies for x in out], duration, 0, "psycopg threads")
+    return from_spans(spans, 0)
 
 
 # --- HTTP load -------------------------------------------------------------------------------
@@ -417,40 +489,54 @@ async def _exchange(
     return status
 
 
-async def _asyncio_load(port: int, load: Load, warmup: float, duration: float, ok: int) -> Measured:
+async def _asyncio_load(port: int, load: Load, warmup: float, duration: float, ok: int) -> Run:
+    """Closed loop; the window opens after `warmup` and once every client has had an answer.
+
+    Waiting for every client's first answer keeps slow requests (a Bundle can take seconds)
+    from being measured before the server is in its steady state, whatever --warmup says.
+    """
     requests = [raw_request(load, p) for p in load.paths]
     start = time.perf_counter() + 0.2
-    window = (start + warmup, start + warmup + duration)
-    latencies: list[float] = []
+    window = [float("inf"), float("inf")]
+    spans: list[list[tuple[float, float]]] = [[] for _ in range(load.clients)]
     errors = 0
+    answered: set[int] = set()
+    primed = asyncio.Event()
 
-    async def client(offset: int) -> None:
+    async def client(n: int) -> None:
         nonlocal errors
         reader, writer = await asyncio.open_connection(HOST, port, limit=1 << 20)
         await asyncio.sleep(max(0.0, start - time.perf_counter()))
-        i = offset
+        i = n * max(1, len(requests) // load.clients)
         while (t0 := time.perf_counter()) < window[1]:
             status = await _exchange(reader, writer, requests[i % len(requests)])
             i += 1
-            t1 = time.perf_counter()
-            if window[0] <= t1 <= window[1]:
-                latencies.append(t1 - t0)
+            if t0 >= window[0]:
+                spans[n].append((t0, time.perf_counter()))
                 errors += status != ok
+            answered.add(n)
+            if len(answered) == load.clients:
+                primed.set()
         writer.close()
 
-    step = max(1, len(requests) // load.clients)
-    await asyncio.gather(*(client(n * step) for n in range(load.clients)))
-    return measured(latencies, duration, errors, "asyncio")
+    async def open_window() -> None:
+        await primed.wait()
+        await asyncio.sleep(max(0.0, start + warmup - time.perf_counter()))
+        window[0] = time.perf_counter()
+        window[1] = window[0] + duration
+
+    await asyncio.gather(open_window(), *(client(n) for n in range(load.clients)))
+    return from_spans(spans, errors)
 
 
-def asyncio_load(port: int, load: Load, warmup: float, duration: float, ok: int) -> Measured:
+def asyncio_load(port: int, load: Load, warmup: float, duration: float, ok: int) -> Run:
     try:
         import uvloop
 
         runner: Callable[..., Any] = uvloop.run
     except ImportError:
         runner = asyncio.run
-    result: Measured = runner(_asyncio_load(port, load, warmup, duration, ok))
+    result: Run = runner(_asyncio_load(port, load, warmup, duration, ok))
     return result
 
 
@@ -472,19 +558,19 @@ request = function()
 end
 done = function(summary, latency, requests)
   local e = summary.errors
+  local points = {}
+  for p = 0.25, 99.75, 0.5 do points[#points + 1] = latency:percentile(p) end
   io.write(string.format(
     "BENCH {\\"requests\\":%%d,\\"duration_us\\":%%d,\\"errors\\":%%d,"
-    .. "\\"p50_us\\":%%d,\\"p95_us\\":%%d}\\n",
+    .. "\\"percentiles_us\\":[%%s]}\\n",
     summary.requests, summary.duration, e.connect + e.read + e.write + e.status + e.timeout,
-    latency:percentile(50.0), latency:percentile(95.0)))
+    table.concat(points, ",")))
 end
 """
 
 
-def wrk_load(
-    wrk: str, port: int, load: Load, warmup: float, duration: float, tmp: Path
-) -> Measured:
-    """wrk's own count; a response of status 400 or more is an error."""
+def wrk_load(wrk: str, port: int, load: Load, warmup: float, duration: float, tmp: Path) -> Run:
+    """wrk's own count and latency histogram; a response of status 400 or more is an error."""
     body = ""
     if load.body is not None:
         body_file = tmp / f"body-{uuid.uuid4().hex}.json"
@@ -509,31 +595,29 @@ def wrk_load(
     ).stdout
     line = next(x for x in out.splitlines() if x.startswith("BENCH "))
     r = json.loads(line.removeprefix("BENCH "))
-    return Measured(
-        r["requests"],
-        r["duration_us"] / 1e6,
-        r["p50_us"] / 1000,
-        r["p95_us"] / 1000,
-        r["errors"],
-        "wrk",
-    )
+    points = [x / 1e6 for x in r["percentiles_us"]]
+    weight = r["requests"] / max(1, len(points))
+    return Run(r["requests"], r["duration_us"] / 1e6, r["errors"], [(x, weight) for x in points])
 
 
 class Loader:
-    def __init__(self, client: str, tmp: Path, warmup: float, duration: float) -> None:
+    def __init__(self, client: str, tmp: Path, duration: float) -> None:
         self.wrk = shutil.which("wrk") if client in ("auto", "wrk") else None
         if client == "wrk" and self.wrk is None:
             raise SystemExit("--client wrk: wrk is not on PATH (apt-get install wrk)")
-        self.tmp, self.warmup, self.duration = tmp, warmup, duration
+        self.tmp, self.duration = tmp, duration
 
     @property
     def name(self) -> str:
         return f"wrk ({self.wrk})" if self.wrk else "asyncio HTTP/1.1 client (wrk not found)"
 
-    def run(self, port: int, load: Load, ok: int, *, allow_wrk: bool = True) -> Measured:
+    def client(self, allow_wrk: bool = True) -> str:
+        return "wrk" if self.wrk and allow_wrk else "asyncio"
+
+    def run(self, port: int, load: Load, ok: int, warmup: float, allow_wrk: bool = True) -> Run:
         if self.wrk and allow_wrk:
-            return wrk_load(self.wrk, port, load, self.warmup, self.duration, self.tmp)
-        return asyncio_load(port, load, self.warmup, self.duration, ok)
+            return wrk_load(self.wrk, port, load, warmup, self.duration, self.tmp)
+        return asyncio_load(port, load, warmup, self.duration, ok)
 
 
 # --- the figures -----------------------------------------------------------------------------
@@ -564,30 +648,52 @@ def figure_reads(args: argparse.Namespace, loader: Loader, hub: Server, tmp: Pat
             raise SystemExit("the baseline does not serve the hub's bytes")
         load = Load("GET", [f"/fhir/Patient/{i}" for i in stored], None, args.read_clients)
         checkpoint(args.database_url)
-        on_hub = loader.run(hub.port, load, 200)
-        on_baseline = loader.run(baseline.port, load, 200)
+        on_hub, on_baseline = alternate(
+            args.rounds,
+            args.warmup,
+            lambda w: loader.run(hub.port, load, 200, w),
+            lambda w: loader.run(baseline.port, load, 200, w),
+        )
     finally:
         baseline.stop()
+    client = loader.client()
     return Figure(
-        f"read by id, {args.read_clients} clients", "reads/s", 1, 0.60, on_hub, on_baseline
+        f"read by id, {args.read_clients} clients",
+        "reads/s",
+        1,
+        0.60,
+        merge(on_hub, client),
+        merge(on_baseline, client),
     )
 
 
 def figure_creates(args: argparse.Namespace, loader: Loader, hub: Server) -> Figure:
     body = dumps(patient(0))
     load = Load("POST", ["/fhir/Patient"], body, args.create_clients)
-    checkpoint(args.database_url)
-    before = count_rows(args.database_url, "resources")
-    on_hub = loader.run(hub.port, load, 201)
-    stored = count_rows(args.database_url, "resources") - before
-    if stored < on_hub.ops:
-        raise SystemExit(f"the hub answered {on_hub.ops} creates but stored {stored}")
-    checkpoint(args.database_url)
-    on_baseline = raw_inserts(
-        args.database_url, "raw_create", args.create_clients, [body], args.warmup, args.duration
-    )
+    duration = loader.duration
+
+    def on_hub(warmup: float) -> Run:
+        checkpoint(args.database_url)
+        before = count_rows(args.database_url, "resources")
+        run = loader.run(hub.port, load, 201, warmup)
+        stored = count_rows(args.database_url, "resources") - before
+        if stored < run.ops:
+            raise SystemExit(f"the hub answered {run.ops} creates but stored {stored}")
+        return run
+
+    def on_baseline(warmup: float) -> Run:
+        checkpoint(args.database_url)
+        url, clients = args.database_url, args.create_clients
+        return raw_inserts(url, "raw_create", clients, [body], warmup, duration)
+
+    hub_runs, baseline_runs = alternate(args.rounds, args.warmup, on_hub, on_baseline)
     return Figure(
-        f"create, {args.create_clients} clients", "creates/s", 1, 0.50, on_hub, on_baseline
+        f"create, {args.create_clients} clients",
+        "creates/s",
+        1,
+        0.50,
+        merge(hub_runs, loader.client()),
+        merge(baseline_runs, "psycopg threads"),
     )
 
 
@@ -596,19 +702,25 @@ def figure_bundles(args: argparse.Namespace, loader: Loader, hub: Server) -> Fig
     bundle = transaction_bundle(0, size)
     rows = [dumps(e["resource"]) for e in bundle["entry"]]
     load = Load("POST", [SYSTEM_PATH], dumps(bundle), args.bundle_clients)
-    checkpoint(args.database_url)
-    on_hub = loader.run(hub.port, load, 200, allow_wrk=False)
-    checkpoint(args.database_url)
-    on_baseline = raw_inserts(
-        args.database_url, "raw_bundle", args.bundle_clients, rows, args.warmup, args.duration
-    )
+    duration = loader.duration
+
+    def on_hub(warmup: float) -> Run:
+        checkpoint(args.database_url)
+        return loader.run(hub.port, load, 200, warmup, allow_wrk=False)
+
+    def on_baseline(warmup: float) -> Run:
+        checkpoint(args.database_url)
+        url, clients = args.database_url, args.bundle_clients
+        return raw_inserts(url, "raw_bundle", clients, rows, warmup, duration)
+
+    hub_runs, baseline_runs = alternate(args.rounds, args.warmup, on_hub, on_baseline)
     return Figure(
         f"{size}-entry transaction, {args.bundle_clients} clients",
         "bundles/s",
         size,
         0.25,
-        on_hub,
-        on_baseline,
+        merge(hub_runs, loader.client(allow_wrk=False)),
+        merge(baseline_runs, "psycopg threads"),
     )
 
 
@@ -635,7 +747,40 @@ def report(figures: Sequence[Figure]) -> str:
                 f"{'  (resources/s)':<34} {h.rate * f.rows_per_op:>9.1f} {'':>17} | "
                 f"{b.rate * f.rows_per_op:>9.1f}"
             )
+        if len(f.round_ratios) > 1:
+            each = ", ".join(f"{r:.1%}" for r in f.round_ratios)
+            lines.append(f"{'  (ratio by round)':<34} {each}")
     return "\n".join(lines)
+
+
+def revision() -> str:
+    """The code measured: commit, and whether the work tree differs from it."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def idle_share(seconds: float = 1.0) -> float:
+    """Share of CPU time idle over `seconds` (Linux /proc/stat; 1.0 elsewhere)."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except OSError:
+        return 1.0
+    return (idle1 - idle0) / max(1, total1 - total0)
 
 
 @contextmanager
@@ -649,8 +794,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per side")
-    p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each")
+    p.add_argument(
+        "--duration", type=float, default=10.0, help="measured seconds per side of a figure"
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="hub and baseline take turns this many times; --duration is split among them",
+    )
+    p.add_argument(
+        "--warmup", type=float, default=3.0, help="unmeasured seconds before each side's first"
+    )
     p.add_argument(
         "--workers",
         type=int,
@@ -678,6 +833,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = p.parse_args(argv)
+    if args.rounds < 1 or args.duration <= 0:
+        p.error("--rounds must be at least 1 and --duration positive")
     args.database_url = args.database_url.replace("postgresql://", "postgresql+psycopg://", 1)
     return args
 
@@ -689,14 +846,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"--only: unknown figures {sorted(unknown)}")
     with scratch() as tmp:
-        loader = Loader(args.client, tmp, args.warmup, args.duration)
+        loader = Loader(args.client, tmp, args.duration / args.rounds)
         print(
-            f"machine: {os.cpu_count()} CPUs; uvicorn workers: {args.workers}; "
-            f"{args.duration:g} s measured after {args.warmup:g} s warm-up",
+            f"machine: {os.cpu_count()} CPUs; uvicorn workers: {args.workers}; per side "
+            f"{args.duration:g} s measured in {args.rounds} alternating round(s), "
+            f"after {args.warmup:g} s warm-up",
             flush=True,
         )
         print(f"HTTP load: {loader.name} (transaction Bundles: asyncio client)", flush=True)
         print(f"database: {args.database_url.split('@')[-1]} (recreated)", flush=True)
+        idle = idle_share()
+        print(f"code: {revision()}; CPU idle before start: {idle:.0%}", flush=True)
+        if idle < 0.9:
+            print("warning: something else is using the CPU; the figures will be noisy", flush=True)
         recreate_database(args.database_url)
         hub = start_hub(args.database_url, args.workers, tmp)
         print(f"hub pid {hub.proc.pid} on port {hub.port}", flush=True)
@@ -727,6 +889,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "met": f.met,
                         "hub_rate": f.hub.rate,
                         "baseline_rate": f.baseline.rate,
+                        "round_ratios": f.round_ratios,
                     }
                     for f in figures
                 ],

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from pydantic import ValidationError
 
 from hub.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from hub.interactions.context import Context
 
 
 def _settings() -> Settings:
@@ -98,7 +104,7 @@ def db() -> None:
 
 @db.command(help="Apply every pending migration to the database of HUB_DATABASE_URL.")
 @click.option("--database-url", help="SQLAlchemy URL to migrate instead of HUB_DATABASE_URL.")
-@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@click.option("--revision", default="heads", show_default=True, help="Target revision.")
 def upgrade(database_url: str | None, revision: str) -> None:
     from hub.store.migrate import upgrade as run_upgrade
 
@@ -118,6 +124,128 @@ def current(database_url: str | None) -> None:
 
     settings = _settings()
     show(database_url or settings.database_url, settings.migrations_dir)
+
+
+def _context(database_url: str | None) -> Context:
+    """A context for a command: its registries look at the store only when told to."""
+    from hub.interactions.context import Context
+    from hub.search.stored import RegistryHolder
+    from hub.store import SqlRepository
+
+    settings = _settings()
+    repo = SqlRepository.from_url(database_url or settings.database_url, pool_size=2)
+    return Context(repo=repo, registries=RegistryHolder(repo), settings=settings)
+
+
+@main.group(help="Search parameter definitions: SearchParameter resources in the store.")
+def definitions() -> None:
+    pass
+
+
+@definitions.command(
+    "load",
+    help="Store the SearchParameters of FILE (a Bundle or one SearchParameter; loading again "
+    "changes nothing) and report which are indexed and which unsupported, and why. New ones "
+    "are searchable after `hub reindex`.",
+)
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--report",
+    "report_file",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Also write the report as JSON to this file.",
+)
+@click.option("--database-url", help="SQLAlchemy URL of the store [HUB_DATABASE_URL].")
+def load_definitions(file: Path, report_file: Path | None, database_url: str | None) -> None:
+    import orjson
+
+    from hub.interactions.definitions import load_definitions as load
+    from hub.search.registry import bundle_resources
+
+    try:
+        data = orjson.loads(file.read_bytes())
+    except orjson.JSONDecodeError as e:
+        raise click.ClickException(f"{file} is not JSON: {e}") from None
+    if not isinstance(data, dict) or data.get("resourceType") not in ("Bundle", "SearchParameter"):
+        raise click.ClickException(f"{file} holds neither a Bundle nor a SearchParameter")
+    ctx = _context(database_url)
+    try:
+        report = load(ctx, bundle_resources(data))
+    finally:
+        ctx.repo.close()
+    click.echo(f"{file}:")
+    for line in report.lines():
+        click.echo(line)
+    if report_file is not None:
+        report_file.write_bytes(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2))
+        click.echo(f"report written to {report_file}", err=True)
+
+
+@main.command(
+    help="Index the values of stored search parameters that await it (or re-extract the index "
+    "of every resource of the --type given); prints its progress on stderr."
+)
+@click.option(
+    "--type",
+    "types",
+    multiple=True,
+    help="A resource type to reindex (repeat the option for more); default: the types of "
+    "the pending parameters.",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=500,
+    show_default=True,
+    help="Resources re-extracted per transaction.",
+)
+@click.option("--database-url", help="SQLAlchemy URL of the store [HUB_DATABASE_URL].")
+def reindex(types: tuple[str, ...], batch: int, database_url: str | None) -> None:
+    from hub.errors import HubError
+    from hub.search.reindex import reindex as run
+
+    ctx = _context(database_url)
+    tty = sys.stderr.isatty()
+    shown = {"at": 0.0}
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - shown["at"] < (0.2 if tty else 5.0):
+            return
+        shown["at"] = now
+        percent = f" ({100 * done // total}%)" if total else ""
+        line = f"reindexed {done} of {total} resources{percent}"
+        if tty:
+            click.echo(f"\r{line}", err=True, nl=done >= total)
+        else:
+            click.echo(line, err=True)
+
+    try:
+        job = run(
+            ctx.repo,
+            ctx.registries.params,
+            types,
+            batch=batch,
+            settle_seconds=ctx.settings.registry_refresh_seconds,
+            progress=progress,
+        )
+    except HubError as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        ctx.repo.close()
+    kinds = job.resource_types
+    named = ", ".join(kinds) if len(kinds) <= 8 else f"{len(kinds)} resource types"
+    click.echo(f"reindex job {job.id} {job.status}: {job.done} resources of {named or 'no type'}")
+
+
+def _register_feed_commands() -> None:
+    from hub.ingest.cli import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_register_feed_commands()
 
 
 if __name__ == "__main__":

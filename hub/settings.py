@@ -79,8 +79,10 @@ class Settings(BaseSettings):
         default_factory=lambda: _default_folder("mappings"),
         description="Folder of mapping files (<adapter>/<name>.yaml).",
     )
-    adapters: list[str] = Field(
-        default=["csv"], description="Adapters to enable; an unknown name stops start-up."
+    adapters: list[str] | None = Field(
+        default=None,
+        description='Adapters to enable, as a JSON list (\'["csv","jsonl"]\'); unset: every '
+        "installed adapter (built-in or entry point). An unknown name stops start-up.",
     )
     ingest_threads: int = Field(
         default=2, ge=1, description="Threads processing feed messages in the embedded mode."

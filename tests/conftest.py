@@ -23,13 +23,14 @@ from hub.interactions.context import Context
 from hub.settings import Settings
 from hub.store import SqlRepository
 from hub.store.migrate import upgrade
+from hub.store.schema import INDEX_TABLES
 
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS = ROOT / "alembic"
 SHARED = ROOT.parent / "shared"
 PG_SERVER = os.environ.get("HUB_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-TABLES = ("search_token", "resource_history", "resources")
+TABLES = (*INDEX_TABLES, "resource_history", "resources", "lineage", "messages")
 
 
 def _pg_unavailable() -> str | None:

@@ -23,7 +23,7 @@ TYPE_INTERACTIONS = {
     "create",
     "search-type",
 }
-SYSTEM_INTERACTIONS = {"transaction", "batch", "history-system"}
+SYSTEM_INTERACTIONS = {"transaction", "batch", "history-system", "search-system"}
 
 
 @pytest.fixture()

@@ -723,12 +723,18 @@ def test_search_paging_walks_next_links_without_repeats(client: TestClient, uid:
         r = client.get(url)
         assert r.status_code == 200, r.text
         bundle = r.json()
-        assert bundle["total"] == 7
+        # The total comes with the first page only; later pages omit it unless _total asks.
+        if sizes:
+            assert "total" not in bundle
+        else:
+            assert bundle["total"] == 7
         links = {link["relation"]: link["url"] for link in bundle["link"]}
         assert "self" in links
         page = [e["resource"]["id"] for e in bundle["entry"]]
         sizes.append(len(page))
         seen += page
+        if "next" in links:
+            assert "_cursor=" in links["next"]
         url = relative(links["next"]) if "next" in links else None
         assert len(sizes) <= 4, "paging does not end"
     assert sizes == [3, 3, 1]
@@ -757,7 +763,7 @@ def test_search_count_zero_answers_only_the_total(client: TestClient, uid: str) 
     assert [link["relation"] for link in bundle["link"]] == ["self"]
 
 
-@pytest.mark.parametrize("name", ["nonsense", "identifer", "family"])
+@pytest.mark.parametrize("name", ["nonsense", "identifer", "familly"])
 def test_unknown_search_parameter_is_400_naming_it(client: TestClient, name: str) -> None:
     r = client.get(f"/fhir/Patient?{name}=x")
     body = assert_outcome(r, 400, "not-supported")

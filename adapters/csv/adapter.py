@@ -30,7 +30,7 @@ def _line(row: list[str]) -> str:
 class CsvAdapter:
     name = "csv"
     field_label = "column"
-    content_types = ("text/csv", "application/csv")
+    content_types: tuple[str, ...] = ("text/csv", "application/csv")
     mappings_dir: Path | None = None
 
     def split(self, stream: IO[bytes], origin: str, mapping: str) -> Iterator[Unit]:
@@ -57,7 +57,8 @@ class CsvAdapter:
         header, row = rows
         if len(row) != len(header):
             raise MappingError(
-                f"the row has {len(row)} columns where the header has {len(header)}"
+                f"the row has {len(row)} columns where the header has {len(header)}",
+                header[len(row)] if len(row) < len(header) else None,  # the first one missing
             )
         return dict(zip(header, row, strict=True))
 

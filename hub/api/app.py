@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from hub import __version__
+from hub.ingest.service import IngestService
 from hub.interactions.context import Context
 from hub.interactions.routes import dispatch
-from hub.search import load_default
+from hub.search.stored import RegistryHolder
 from hub.settings import Settings, get_settings
 from hub.store import Repository, SqlRepository
 
 from . import errors
+from . import ingest as ingest_routes
 from .http import to_request, to_response
 
 FHIR_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
@@ -24,16 +27,24 @@ FHIR_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 def build_context(settings: Settings, repo: Repository | None = None) -> Context:
     if repo is None:
         repo = SqlRepository.from_url(settings.database_url, settings.db_pool_size)
-    return Context(repo=repo, registry=load_default(), settings=settings)
+    holder = RegistryHolder(repo, refresh_seconds=settings.registry_refresh_seconds)
+    return Context(repo=repo, registries=holder, settings=settings)
 
 
 def create_app(settings: Settings | None = None, context: Context | None = None) -> FastAPI:
     settings = settings or get_settings()
     ctx = context or build_context(settings)
 
+    ingest_service = IngestService(ctx, settings)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if ingest_service.mode == "threads":
+            # Embedded mode: this process works the message store, sweeper included.
+            ingest_service.start_sweeper()
+            ingest_service.dispatcher.submit(ingest_service.store.stale(timedelta(0)))
         yield
+        ingest_service.close()
         if context is None:
             ctx.repo.close()
 
@@ -44,7 +55,9 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
         lifespan=lifespan,
     )
     app.state.context = ctx
+    app.state.ingest = ingest_service
     errors.install(app)
+    app.include_router(ingest_routes.router(settings.max_body_bytes))
     router = APIRouter(prefix=settings.base_path)
 
     async def handle(http: Request, **parts: str | None) -> Response:
@@ -72,6 +85,19 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     @router.api_route("/_search", methods=["POST"], summary="System search by form post")
     async def system_search(request: Request) -> Response:
         return await handle(request, operation="_search")
+
+    # Before the /{resource_type} routes, which would take "$reindex" for a type.
+    @router.api_route(
+        "/$reindex",
+        methods=["GET", "HEAD", "POST"],
+        summary="Start a reindex job (POST, optional _type); a job's progress (GET ?job=)",
+    )
+    async def reindex(request: Request) -> Response:
+        return await handle(request, operation="$reindex")
+
+    @router.api_route("/$reindex/{job_id}", methods=["GET", "HEAD"], summary="A reindex job")
+    async def reindex_job(request: Request, job_id: str) -> Response:
+        return await handle(request, operation="$reindex", resource_id=job_id)
 
     @router.api_route(
         "/{resource_type}",

@@ -172,21 +172,113 @@ def adapters() -> None:
     pass
 
 
+def _registry() -> tuple[Any, Any]:
+    """Settings and adapter registry, without the store: these commands need no database."""
+    from hub.cli import _settings
+    from hub.ingest.adapters import AdapterRegistry, UnknownAdapter
+
+    settings = _settings()
+    try:
+        return settings, AdapterRegistry.discover(settings.adapters)
+    except UnknownAdapter as e:
+        raise click.ClickException(str(e)) from None
+
+
 @adapters.command("list", help="Every adapter, where it comes from and its mappings.")
 def list_adapters() -> None:
-    service = _service("inline")
-    for name in service.adapters.names():
-        info = service.adapters.available[name]
-        names = sorted(m.name for m in service.mappings.values() if m.adapter == name)
-        click.echo(f"{name:<10} {info.origin:<16} {info.target}")
-        for mapping in names:
-            m = service.mappings[mapping]
+    settings, registry = _registry()
+    mappings = registry.mappings(settings.mappings_dir)
+    for name in registry.names():
+        info = registry.available[name]
+        state = "" if name in registry.enabled else "  (disabled: not in HUB_ADAPTERS)"
+        click.echo(f"{name:<10} {info.origin:<16} {info.target}{state}")
+        for mapping in sorted(m.name for m in mappings.values() if m.adapter == name):
+            m = mappings[mapping]
             click.echo(f"    {mapping:<28} v{m.version}  {m.description}")
+
+
+@adapters.command("new", help="Create a working adapter package for a new feed: a JSON-lines "
+                  "adapter named NAME, one mapping with a golden example, tests, and the entry "
+                  "point that makes the hub find it once installed.")
+@click.argument("name")
+@click.option("--path", "target", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to create the package in (absent or empty) [default: ./fhir-hub-NAME].")
+def new_adapter(name: str, target: Path | None) -> None:
+    from hub.ingest.scaffold import Names, create
+
+    _, registry = _registry()
+    try:
+        target = target or Path(Names.of(name).dist)
+        names, written = create(name, target, registry.names())
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    for path in written:
+        click.echo(f"  wrote {_relative(path)}")
+    where = _relative(target)
+    example = f"{where}/{names.package}/mappings/{name}/examples/{names.mapping}/basic.jsonl"
+    enabled = ",".join(f'"{n}"' for n in [*registry.enabled, name])
+    steps = [
+        (f"pip install -e {where}", "into the hub's environment"),
+        ("hub adapters list", f"{name} is listed, with its mapping {names.mapping}"),
+        (f"hub mappings test --adapter {name}", "its golden examples pass"),
+        (f"pytest {where}", "the package's own tests"),
+        (f"hub ingest --adapter {name} --mapping {names.mapping} {example}", ""),
+    ]
+    width = max(len(command) for command, note in steps if note) + 2
+    click.echo(f"\nAdapter '{name}' created in {where}. Next steps:")
+    for command, note in steps:
+        click.echo(f"  {command:<{width}}# {note}" if note else f"  {command}")
+    click.echo(f"""Then make it yours: the wire format in {names.package}/adapter.py, the meaning in
+mappings/{name}/*.yaml, sample input and expected output in mappings/{name}/examples/
+(`hub mappings test --adapter {name} --update` rewrites the expected files: review the diff).
+If HUB_ADAPTERS is set, add the new name to it: HUB_ADAPTERS='[{enabled}]'.
+See docs/adapters.md.""")
+
+
+def _relative(path: Path) -> str:
+    """A path as the user would type it: relative to here when below it, starting with ./"""
+    try:
+        shown = path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return str(path)
+    return f"./{shown}" if str(shown) != "." else "."
 
 
 @click.group(help="Mapping files.")
 def mappings() -> None:
     pass
+
+
+@mappings.command("test", help="Run the golden examples: each sample input under "
+                  "<adapter>/examples/<mapping>/ must map to its <case>.expected.json. Looks in "
+                  "HUB_MAPPINGS_DIR and in the mappings every enabled adapter package ships.")
+@click.option("--adapter", help="Only the examples of this adapter.")
+@click.option("--mapping", help="Only the examples of this mapping.")
+@click.option("--update", is_flag=True,
+              help="Rewrite the expected files with the current output (after an intended "
+              "change: review the diff before committing it).")
+def test_mappings(adapter: str | None, mapping: str | None, update: bool) -> None:
+    from hub.ingest import golden
+
+    settings, registry = _registry()
+    roots = registry.mapping_roots(settings.mappings_dir)
+    results = golden.run(roots, registry, adapter=adapter, mapping=mapping, update=update)
+    if not results:
+        wanted = " ".join(f"--{k} {v}" for k, v in (("adapter", adapter), ("mapping", mapping))
+                          if v)
+        raise click.ClickException(f"no golden examples {f'for {wanted} ' if wanted else ''}"
+                                   f"under {', '.join(map(str, roots))}")
+    colours = {golden.PASS: "green", golden.FAIL: "red", golden.UPDATED: "yellow"}
+    for result in results:
+        report = result.report()
+        click.echo(click.style(result.status, fg=colours[result.status])
+                   + report[len(result.status):])
+    for missing in golden.untested(roots, adapter, mapping):
+        click.echo(f"note: {missing} has no golden example", err=True)
+    counts = {s: sum(r.status == s for r in results) for s in colours}
+    words = {golden.PASS: "passed", golden.FAIL: "failed", golden.UPDATED: "updated"}
+    click.echo(", ".join(f"{n} {words[s]}" for s, n in counts.items() if n))
+    sys.exit(1 if counts[golden.FAIL] else 0)
 
 
 COMMANDS = [ingest, worker, beat, messages, adapters, mappings]

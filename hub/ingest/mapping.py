@@ -15,6 +15,7 @@ corrected record updates the same resource.
 
 from __future__ import annotations
 
+import copy
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -146,6 +147,10 @@ def load_mapping(path: Path) -> Mapping_:
 
 
 def _set(target: dict[str, Any], path: str, value: Any) -> None:
+    if isinstance(value, dict | list):
+        # A constant or lookup value from the mapping: deeper paths may fill it in, so each
+        # resource gets its own copy and the mapping stays as loaded.
+        value = copy.deepcopy(value)
     steps = path.split(".")
     node: Any = target
     for i, step in enumerate(steps):
@@ -204,7 +209,8 @@ class Mapper:
         self.source = source or mapping.source
         self.timezone = ZoneInfo(str(mapping.options.get("timezone", "UTC")))
 
-    def _convert(self, element: Element, raw: str) -> Any:
+    def _convert(self, element: Element, raw: str, record: Mapping[str, str] | None = None
+                 ) -> Any:
         name = element.field
         kind = element.type
         if element.lookup is not None:
@@ -251,7 +257,13 @@ class Mapper:
         if kind == "reference":
             if element.resource is None:
                 raise MappingError("a reference element needs `resource`", name)
-            target = resource_id(self.source, element.resource, [raw])
+            key = [raw]
+            if element.key:  # the target's id is made of several fields
+                key = [((record or {}).get(k) or "").strip() for k in element.key]
+                for k, value in zip(element.key, key, strict=True):
+                    if not value:
+                        raise MappingError("the reference key field is empty", k)
+            target = resource_id(self.source, element.resource, key)
             return {"reference": f"{element.resource}/{target}"}
         raise MappingError(f"unknown conversion type '{kind}'", name)
 
@@ -314,7 +326,7 @@ class Mapper:
                     if element.required:
                         raise MappingError("the required field is empty", element.field)
                     continue
-                _set(resource, element.path, self._convert(element, raw))
+                _set(resource, element.path, self._convert(element, raw, record))
                 lineage.append((f"{rmap.type}.{_INDEX.sub('', element.path)}", element.field))
             out.resources.append(_prune(resource))
             out.lineage.append(lineage)

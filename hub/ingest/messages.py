@@ -115,7 +115,13 @@ class MessageStore:
                 )
             ).all()
         by_external = {r[0]: (r[1], _utc(r[2]) == at) for r in found}
-        return [by_external.get(u.external_id, (None, False)) for u in units]
+        answers, seen = [], set()
+        for u in units:
+            message_id, new = by_external.get(u.external_id, (None, False))
+            # The same unit twice in one batch: one message, new the first time only.
+            answers.append((message_id, new and u.external_id not in seen))
+            seen.add(u.external_id)
+        return answers
 
     def get(self, message_id: int) -> Message | None:
         with self.engine.connect() as conn:
@@ -141,11 +147,20 @@ class MessageStore:
         with self.engine.connect() as conn:
             return {r[0]: int(r[1]) for r in conn.execute(stmt)}
 
-    def results(self, ids: Sequence[int]) -> list[tuple[str, list[str], str | None]]:
-        stmt = select(messages.c.status, messages.c.produced, messages.c.error).where(
-            messages.c.id.in_(list(ids)))
+    def results(self, ids: Sequence[int]) -> list[tuple[int, str, list[str], str | None]]:
+        """(id, status, produced, error) of each message, in id order."""
+        stmt = select(messages.c.id, messages.c.status, messages.c.produced, messages.c.error
+                      ).where(messages.c.id.in_(list(ids))).order_by(messages.c.id)
         with self.engine.connect() as conn:
-            return [(r[0], json.loads(r[1]) if r[1] else [], r[2]) for r in conn.execute(stmt)]
+            return [(r[0], r[1], json.loads(r[2]) if r[2] else [], r[3])
+                    for r in conn.execute(stmt)]
+
+    def open_ids(self, ids: Sequence[int]) -> list[int]:
+        """Those of `ids` still received or processing, in id order."""
+        stmt = select(messages.c.id).where(
+            messages.c.id.in_(list(ids)), messages.c.status.in_(OPEN)).order_by(messages.c.id)
+        with self.engine.connect() as conn:
+            return [r[0] for r in conn.execute(stmt)]
 
     def note_attempt(self, message_id: int) -> int:
         """Count an attempt in its own transaction, so a crash mid-processing still counts."""
@@ -168,7 +183,8 @@ class MessageStore:
         """Put messages back to received (retry: failed/dead ones; replay: any)."""
         with self.engine.connect().execution_options(hub_write=True) as conn, conn.begin():
             ids = [r[0] for r in conn.execute(select(messages.c.id).where(
-                messages.c.id.in_(list(message_ids)), messages.c.status.in_(list(statuses))))]
+                messages.c.id.in_(list(message_ids)), messages.c.status.in_(list(statuses)))
+                .order_by(messages.c.id))]  # in id order: replayed as they were received
             if ids:
                 conn.execute(update(messages).where(messages.c.id.in_(ids)).values(
                     status=RECEIVED, attempts=0, error=None, updated_at=now()))

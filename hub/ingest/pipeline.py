@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError
 
 from hub.errors import Busy, Conflict, HubError, Invalid
 from hub.fhir import validate
 from hub.ingest.adapters import AdapterRegistry
 from hub.ingest.mapping import Mapper, Mapping_
-from hub.ingest.messages import DONE, FAILED, OPEN, Message, MessageStore, now
+from hub.ingest.messages import DEAD, DONE, FAILED, OPEN, Message, MessageStore, now
 from hub.interactions.context import Context
 from hub.interactions.writes import instant, save
 from hub.store.repository import Transaction, Version
@@ -87,6 +87,13 @@ class Pipeline:
         if self._earlier_open(message):
             return Outcome.DEFERRED
         attempts = self.store.note_attempt(message_id)
+        if attempts > self.max_attempts:
+            # The earlier attempts never finished: a worker died on it, or raised something
+            # unexpected. Sending it again and again would not help.
+            error = f"after {attempts - 1} attempts: the processing never finished"
+            self.store.set_status(message_id, DEAD, error)
+            log.error("message %s is dead: %s", message_id, error)
+            return Outcome.DEAD
         try:
             adapter = self.adapters.get(message.adapter)
             record = adapter.parse(message.raw)
@@ -99,12 +106,15 @@ class Pipeline:
             with self.ctx.repo.transaction() as tx:
                 if not self._claim(tx, message_id):
                     return Outcome.SKIPPED
-                written = [
-                    Written(self._write(tx, resource), lines)
-                    for resource, lines in zip(mapped.resources, mapped.lineage, strict=True)
-                ]
-                provenance = self._provenance(tx, message, [w.version for w in written])
-                self._record(tx, message, written, provenance)
+                written, kept = [], []
+                for resource, lines in zip(mapped.resources, mapped.lineage, strict=True):
+                    if self._superseded(tx, message, resource):
+                        kept += self._produced_before(tx, message, resource)
+                    else:
+                        written.append(Written(self._write(tx, resource), lines))
+                targets = [w.version for w in written] + kept
+                provenance = self._provenance(tx, message, targets) if targets else None
+                self._record(tx, message, written, [*targets, *filter(None, [provenance])])
             return Outcome.DONE
         except Invalid as e:
             return self._fail(message, e)
@@ -134,6 +144,24 @@ class Pipeline:
         rows = tx.lock_row(select(messages.c.status).where(messages.c.id == message_id))
         return bool(rows) and rows[0][0] in OPEN
 
+    def _superseded(self, tx: Transaction, message: Message, resource: dict[str, Any]) -> bool:
+        """A later message wrote this resource already: this one's data is older (a replay)."""
+        return bool(tx.rows(select(lineage.c.message_id).where(
+            lineage.c.res_type == resource["resourceType"], lineage.c.res_id == resource["id"],
+            lineage.c.message_id > message.id).limit(1)))
+
+    def _produced_before(self, tx: Transaction, message: Message, resource: dict[str, Any]
+                         ) -> list[Version]:
+        """The last version of a superseded resource this message wrote, if it wrote one."""
+        rows = tx.rows(select(func.max(lineage.c.version_id)).where(
+            lineage.c.res_type == resource["resourceType"], lineage.c.res_id == resource["id"],
+            lineage.c.message_id == message.id))
+        version_id = rows[0][0] if rows else None
+        if version_id is None:
+            return []
+        version = tx.version(resource["resourceType"], resource["id"], int(version_id))
+        return [version] if version is not None else []
+
     def _write(self, tx: Transaction, resource: dict[str, Any]) -> Version:
         result = save(self.ctx, tx, resource["resourceType"], resource["id"], resource,
                       method="PUT")
@@ -141,7 +169,7 @@ class Pipeline:
         return result.version
 
     def _provenance(self, tx: Transaction, message: Message, targets: list[Version]) -> Version:
-        provenance = {
+        provenance: dict[str, Any] = {
             "resourceType": "Provenance",
             "id": f"message-{message.id}",
             "target": [
@@ -166,11 +194,20 @@ class Pipeline:
                                     + (f" ({message.origin})" if message.origin else "")},
             }],
         }
+        current = tx.current("Provenance", provenance["id"])
+        if current is not None and current.content is not None:
+            stored = json.loads(current.content)
+            if all(stored.get(k) == v for k, v in provenance.items() if k != "recorded"):
+                return current  # a replay that changed nothing: no new version
         return self._write(tx, provenance)
 
     def _record(self, tx: Transaction, message: Message, written: list[Written],
-                provenance: Version) -> None:
-        tx.execute(delete(lineage).where(lineage.c.message_id == message.id))
+                produced_versions: list[Version]) -> None:
+        for w in written:  # a replay records a version's lineage again; older ones stay
+            v = w.version
+            tx.execute(delete(lineage).where(
+                lineage.c.message_id == message.id, lineage.c.res_type == v.resource_type,
+                lineage.c.res_id == v.resource_id, lineage.c.version_id == v.version_id))
         rows = [
             {"res_type": w.version.resource_type, "res_id": w.version.resource_id,
              "version_id": w.version.version_id, "element": element, "source_field": field,
@@ -181,7 +218,7 @@ class Pipeline:
             tx.execute(insert(lineage).values(rows))
         produced = [
             f"{v.resource_type}/{v.resource_id}/_history/{v.version_id}"
-            for v in [*(w.version for w in written), provenance]
+            for v in produced_versions
         ]
         tx.execute(update(messages).where(messages.c.id == message.id).values(
             status=DONE, error=None, produced=json.dumps(produced), updated_at=now()))

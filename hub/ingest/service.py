@@ -23,7 +23,7 @@ from hub.ingest.dispatch import (
     Sweeper,
     ThreadDispatcher,
 )
-from hub.ingest.mapping import Mapping_, discover
+from hub.ingest.mapping import Mapping_
 from hub.ingest.messages import DEAD, DONE, FAILED, OPEN, MessageStore
 from hub.ingest.pipeline import Pipeline
 from hub.interactions.context import Context
@@ -44,6 +44,7 @@ class Summary:
     resources: int = 0
     errors: list[str] = field(default_factory=list)
     message_ids: list[int] = field(default_factory=list)
+    duplicate_ids: set[int] = field(default_factory=set)  # received before: written nothing now
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -73,12 +74,8 @@ class IngestService:
         self.settings = settings
         self.store = MessageStore(engine)
         self.adapters = AdapterRegistry.discover(settings.adapters)
-        self.mappings: dict[str, Mapping_] = discover(settings.mappings_dir)
-        for name in settings.adapters:
-            shipped = self.adapters.get(name).mappings_dir
-            if shipped is not None:
-                # An adapter package's own mappings; the hub's folder wins on a name clash.
-                self.mappings = {**discover(shipped), **self.mappings}
+        # The hub's mappings, and those adapter packages ship (the hub's win on a name clash).
+        self.mappings: dict[str, Mapping_] = self.adapters.mappings(settings.mappings_dir)
         self.pipeline = Pipeline(ctx, self.store, self.adapters, self.mappings,
                                  settings.ingest_max_attempts)
         mode = dispatcher or ("celery" if settings.broker_url else "threads")
@@ -140,10 +137,11 @@ class IngestService:
         mapping = self.mapping(adapter_name, mapping_name)
         source = source or (mapping.source if mapping else adapter_name)
         summary = Summary()
+        accepted: set[int] = set()
         for batch in _batches(adapter.split(stream, origin, mapping_name or ""), BATCH):
             results = self.store.receive(batch, source=source, adapter=adapter_name,
                                          mapping=mapping_name, content_type=content_type)
-            fresh = []
+            fresh, repeated = [], []
             for unit, (message_id, new) in zip(batch, results, strict=True):
                 summary.units += 1
                 if message_id is None:
@@ -154,8 +152,14 @@ class IngestService:
                     fresh.append((message_id, unit))
                 else:
                     summary.duplicates += 1
+                    repeated.append(message_id)
+            accepted.update(m for m, _ in fresh)
+            summary.duplicate_ids.update(m for m in repeated if m not in accepted)
             self._set_order_keys(adapter_name, mapping_name, source, fresh)
             self.dispatcher.submit([m for m, _ in fresh])
+            if self.mode == "inline" and repeated:
+                # No sweeper works the store here: finish what an interrupted run left open.
+                self.dispatcher.submit(self.store.open_ids(repeated))
             if progress:
                 progress(summary)
         if wait or self.mode == "inline":
@@ -209,10 +213,12 @@ class IngestService:
         summary.resources = 0
         summary.errors = []
         for start in range(0, len(summary.message_ids), 1000):
-            for status, produced, error in self.store.results(
+            for message_id, status, produced, error in self.store.results(
                 summary.message_ids[start:start + 1000]
             ):
-                summary.resources += sum(1 for p in produced if not p.startswith("Provenance/"))
+                if message_id not in summary.duplicate_ids:
+                    summary.resources += sum(
+                        1 for p in produced if not p.startswith("Provenance/"))
                 if status == FAILED and error:
                     summary.errors.append(error)
 

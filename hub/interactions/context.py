@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from hub.search.registry import Registry
+from hub.search.stored import RegistryHolder
 from hub.settings import Settings
 from hub.store.repository import Repository, Transaction, Version
 
@@ -22,8 +23,18 @@ class Context:
     """What every interaction may use; built once at start-up."""
 
     repo: Repository
-    registry: Registry
+    registries: RegistryHolder
     settings: Settings
+
+    @property
+    def registry(self) -> Registry:
+        """What searches accept: the shipped parameters and the indexed stored ones."""
+        return self.registries.current().search
+
+    @property
+    def index_registry(self) -> Registry:
+        """What writes index: every stored parameter, those awaiting a reindex too."""
+        return self.registries.current().write
 
     @contextmanager
     def unit(self, tx: Transaction | None) -> Iterator[Transaction]:

@@ -41,6 +41,7 @@ def dispatch(ctx: Context, req: Request, tx: Transaction | None = None) -> Resul
         history,
         patch,
         read,
+        reindex,
         search,
         transaction,
         update,
@@ -61,6 +62,10 @@ def dispatch(ctx: Context, req: Request, tx: Transaction | None = None) -> Resul
             return search.system_search(ctx, req, tx)
         if op == "_search" and method == "POST":
             return search.system_search(ctx, req, tx)
+        if op == "$reindex" and method == "POST" and req.resource_id is None:
+            return reindex.start(ctx, req, tx)
+        if op == "$reindex" and method == "GET":
+            return reindex.job_status(ctx, req, tx)
         raise MethodNotAllowed(f"{method} is not supported on {req.base_url}/{op or ''}")
     if not is_resource_type(req.resource_type):
         raise NotFound(f"Unknown resource type '{req.resource_type}'")

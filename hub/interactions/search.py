@@ -56,9 +56,11 @@ def _entry(req: Request, request: SearchRequest, v: Version, mode: str) -> dict[
 
 
 def _bundle(req: Request, request: SearchRequest, page: Page, url: str) -> dict[str, Any]:
-    kept = [(k, v) for k, v in req.params if k != "_cursor"]
-    links = [link("self", url, req.params)]
-    if page.previous_cursor is not None or page.next_cursor is not None or req.params != kept:
+    # The links show the search as applied: without what lenient handling skipped.
+    applied = [(k, v) for k, v in req.params if (k, v) not in request.ignored]
+    kept = [(k, v) for k, v in applied if k != "_cursor"]
+    links = [link("self", url, applied)]
+    if page.previous_cursor is not None or page.next_cursor is not None or applied != kept:
         links.append(link("first", url, kept))
     if page.previous_cursor is not None:
         links.append(

@@ -18,6 +18,7 @@ import orjson
 
 from hub.errors import Conflict, Invalid, MultipleMatches, PreconditionFailed
 from hub.interactions.context import Context, Result, parse_etag
+from hub.search import stored
 from hub.search.engine import SearchEngine
 from hub.search.extract import extract
 from hub.search.parse import parse
@@ -113,10 +114,13 @@ def save(
         method,
         content,
         digest,
-        extract(ctx.registry, stamped),
+        extract(ctx.index_registry, stamped),
     )
     _write(tx, new, current, if_match)
     created = current is None or current.deleted
+    if resource_type == stored.RESOURCE_TYPE:  # search parameters are data: track their state
+        stored.track(tx, ctx.registries.shipped, stamped, version_id, created=created)
+        ctx.registries.watch()
     version = Version(resource_type, resource_id, version_id, at, False, content, digest, method)
     return Result(201 if created else 200, version=version, location=created)
 
@@ -131,6 +135,8 @@ def remove(
     at = now()
     new = NewVersion(resource_type, resource_id, current.version_id + 1, at, "DELETE", None, None)
     _write(tx, new, current, if_match)
+    if resource_type == stored.RESOURCE_TYPE:
+        stored.untrack(tx, resource_id)
     return Result(204, headers={"ETag": f'W/"{new.version_id}"'})
 
 

@@ -67,20 +67,29 @@ class SearchEngine:
         rows: list[tuple[str, str, list[Any]]] = []
         first_cursor = True
         for resource_type in ordered:
-            keys = self.builder.sort_keys(resource_type, request.sort)
             clauses = self.builder.where(resource_type, request, extra.get(resource_type, ()))
+            last = None
             if first_cursor and cursor and cursor.get("rt", resource_type) == resource_type:
                 last = [from_cursor(v) for v in cursor["k"]]
-                clauses.append(keyset(keys, last, backward))
             first_cursor = False
-            stmt = (
-                select(resources.c.res_id, *[k for k, _ in keys])
-                .where(*clauses)
-                .order_by(*order(keys, backward))
-                .limit(count + 1 - len(rows))
-            )
-            for row in tx.rows(stmt):
-                rows.append((resource_type, row[0], list(row[1:])))
+            parts = self.builder.segments(resource_type, request.sort)
+            for part in reversed(parts) if backward else parts:
+                where = [*clauses, *part.where]
+                if last is not None and part.flag is not None and last[0] != part.flag:
+                    if (last[0] > part.flag) != backward:
+                        continue  # the cursor's row lies beyond this whole part
+                elif last is not None:
+                    where.append(keyset(part.keys, part.own(last), backward))
+                stmt = (
+                    select(resources.c.res_id, *[k for k, _ in part.keys])
+                    .where(*where)
+                    .order_by(*order(part.keys, backward))
+                    .limit(count + 1 - len(rows))
+                )
+                for row in tx.rows(stmt):
+                    rows.append((resource_type, row[0], part.cursor(list(row[1:]))))
+                if len(rows) > count:
+                    break
             if len(rows) > count:
                 break
         more = len(rows) > count

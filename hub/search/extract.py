@@ -8,6 +8,7 @@ type; `:text` on tokens is served by string rows named `code:text`, and
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
@@ -20,6 +21,7 @@ from hub.store.repository import IndexRows
 _NAME_PARTS = ("family", "given", "prefix", "suffix", "text")
 _ADDRESS_PARTS = ("line", "city", "district", "state", "postalCode", "country", "text")
 MAX_STRING = 500
+log = logging.getLogger(__name__)
 
 
 def _strings(value: Any) -> list[str]:
@@ -27,7 +29,8 @@ def _strings(value: Any) -> list[str]:
         return [value]
     if not isinstance(value, dict):
         return []
-    keys = _NAME_PARTS if "family" in value or "given" in value else _ADDRESS_PARTS
+    is_name = any(k in value for k in ("family", "given", "prefix", "suffix"))
+    keys = _NAME_PARTS if is_name else _ADDRESS_PARTS
     out: list[str] = []
     for key in keys:
         item = value.get(key)
@@ -136,6 +139,8 @@ class _Rows:
         self.seen: set[tuple[Any, ...]] = set()
 
     def add(self, table: str, **values: Any) -> None:
+        # Index columns hold MAX_STRING characters (PostgreSQL refuses more): longer ones are cut.
+        values = {k: v[:MAX_STRING] if isinstance(v, str) else v for k, v in values.items()}
         signature = (table, *values.values())
         if signature not in self.seen:
             self.seen.add(signature)
@@ -255,9 +260,15 @@ def _composite(rows: _Rows, param: SearchParam, resource: dict[str, Any]) -> Non
 def extract(registry: Registry, resource: dict[str, Any]) -> IndexRows:
     rows = _Rows(resource["resourceType"], resource["id"])
     for param in registry.indexed(resource["resourceType"]):
-        if param.type == "composite":
-            _composite(rows, param, resource)
-            continue
-        for value, target in _values(param, resource):
-            _add(rows, param, param.code, param.type, value, target)
+        try:
+            if param.type == "composite":
+                _composite(rows, param, resource)
+                continue
+            for value, target in _values(param, resource):
+                _add(rows, param, param.code, param.type, value, target)
+        except Exception as e:
+            if param.url is None:  # a shipped definition: a bug to surface
+                raise
+            # A stored SearchParameter's expression must not make the resource unwritable.
+            log.warning("search parameter %s failed on %s: %s", param.url, rows.key, e)
     return rows.rows

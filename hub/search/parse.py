@@ -25,9 +25,7 @@ from hub.search.registry import RESULT_PARAMETERS, SPECIAL, Registry, SearchPara
 from hub.search.values import date_range, decimal_range
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
-_UNESCAPED_COMMA = re.compile(r"(?<!\\),")
-_UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
-_UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
+_ESCAPED = re.compile(r"\\([\\,|$])")
 _MODIFIERS = {
     "string": {"exact", "contains", "missing"},
     "token": {"not", "text", "missing", "of-type"},
@@ -43,16 +41,36 @@ TOTAL_MODES = ("none", "estimate", "accurate")
 
 
 def unescape(value: str) -> str:
-    return value.replace("\\,", ",").replace("\\|", "|").replace("\\$", "$").replace("\\\\", "\\")
+    return _ESCAPED.sub(r"\1", value)
+
+
+def split_unescaped(value: str, separator: str, maxsplit: int = -1) -> list[str]:
+    """`value` cut at each `separator` not escaped by a backslash (`\\\\,` is `\\`, then a cut).
+
+    The pieces keep their escapes: each is unescaped once, after its own parsing.
+    """
+    pieces: list[str] = []
+    start = i = 0
+    while i < len(value):
+        if value[i] == "\\":
+            i += 2
+            continue
+        if value[i] == separator and len(pieces) != maxsplit:
+            pieces.append(value[start:i])
+            start = i + 1
+        i += 1
+    pieces.append(value[start:])
+    return pieces
 
 
 def split_or(value: str) -> list[str]:
-    return [unescape(v) for v in _UNESCAPED_COMMA.split(value)]
+    """The OR-ed values of a parameter, still escaped."""
+    return split_unescaped(value, ",")
 
 
 def parse_token(value: str) -> tuple[str | None, str | None]:
     """`code`, `system|code`, `|code` (no system: '') and `system|` (any code)."""
-    parts = _UNESCAPED_PIPE.split(value, maxsplit=1)
+    parts = split_unescaped(value, "|", maxsplit=1)
     if len(parts) == 1:
         return None, unescape(parts[0])
     return unescape(parts[0]), (unescape(parts[1]) or None)
@@ -123,6 +141,8 @@ class SearchRequest:
     elements: tuple[str, ...] = ()
     cursor: dict[str, Any] | None = None
     warnings: list[Issue] = field(default_factory=list)
+    # (name, value) of the parameters skipped under lenient handling: not in the self link.
+    ignored: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _prefixed(raw: str) -> tuple[str, str]:
@@ -150,7 +170,7 @@ def parse_value(param: SearchParam | None, kind: str, raw: str, name: str) -> An
         return DateValue(prefix, *found)
     if kind in ("number", "quantity"):
         prefix, text = _prefixed(raw)
-        pieces = [unescape(p) for p in _UNESCAPED_PIPE.split(text)]
+        pieces = [unescape(p) for p in split_unescaped(text, "|")]
         if (kind == "number" and len(pieces) > 1) or len(pieces) not in (1, 3):
             raise Invalid(
                 f"Search parameter '{name}': '{raw}' is not a "
@@ -168,7 +188,7 @@ def parse_value(param: SearchParam | None, kind: str, raw: str, name: str) -> An
         return NumberValue(prefix, *number)
     if kind == "composite":
         assert param is not None and len(param.components) == 2
-        halves = _UNESCAPED_DOLLAR.split(raw, maxsplit=1)
+        halves = split_unescaped(raw, "$", maxsplit=1)
         if len(halves) != 2:
             raise Invalid(
                 f"Search parameter '{name}': a composite value is 'a$b', not '{raw}'",
@@ -259,7 +279,8 @@ def _criterion(registry: Registry, resource_type: str, name: str, value: str) ->
             raise Unsupported(
                 f"The modifier ':{modifier}' of '{name}' is not supported", expression=(name,)
             )
-        return Criterion(current, None, code, None, tuple(split_or(value)), tuple(chain))
+        ids = tuple(unescape(v) for v in split_or(value))
+        return Criterion(current, None, code, None, ids, tuple(chain))
     found = [p for t in current if (p := registry.get(t, code)) is not None]
     if not found:
         raise Unsupported(
@@ -358,6 +379,7 @@ def parse(
                 request.criteria.append(replace(found, root=resource_type))
         except Unsupported as e:
             _strict_error(strict, request, e)
+            request.ignored.append((name, value))
     return request
 
 

@@ -135,6 +135,8 @@ def make_param(
         raise ValueError(f"the expression has no part for {base}")
     try:
         parts = tuple(compile_expression(own))
+        for part in parts:  # fhirpathpy notices some syntax errors only when it evaluates
+            part.evaluate({"resourceType": base})
     except Exception as e:  # fhirpathpy raises plain exceptions on syntax it lacks
         raise ValueError(f"the expression cannot be evaluated: {e}") from None
     comps: list[Component] = []
@@ -167,7 +169,8 @@ def _compact(data: Mapping[str, Mapping[str, list[Any]]]) -> Iterator[SearchPara
             )
 
 
-def _assemble(params: Iterable[SearchParam], unsupported: Iterable[Unsupported] = ()) -> Registry:
+def assemble(params: Iterable[SearchParam], unsupported: Iterable[Unsupported] = ()) -> Registry:
+    """A registry of these parameters (later ones win) and the compartment definitions."""
     by_type: dict[str, dict[str, SearchParam]] = {}
     for p in params:
         for base in p.base:
@@ -186,11 +189,16 @@ def default_definitions() -> dict[str, dict[str, list[Any]]]:
     return data
 
 
+def shipped_params() -> list[SearchParam]:
+    """The parameters of the shipped compact definitions."""
+    return list(_compact(default_definitions()))
+
+
 def load_default(extra: Iterable[Mapping[str, Any]] = ()) -> Registry:
     """The shipped definitions, plus SearchParameter resources (later ones win)."""
-    params = list(_compact(default_definitions()))
+    params = shipped_params()
     added, unsupported = from_resources(extra, params)
-    return _assemble([*params, *added], unsupported)
+    return assemble([*params, *added], unsupported)
 
 
 def from_resources(
@@ -199,13 +207,13 @@ def from_resources(
     """SearchParameter resources as registry entries, with the reason for each refused one."""
     resources = list(resources)
     by_url = {r.get("url"): r for r in resources if r.get("url")}
-    kinds: dict[tuple[str, str], tuple[str, ...]] = {}
+    kinds: dict[str, dict[str, tuple[str, ...]]] = {}  # base -> code -> (type,)
     for p in known:
         for b in p.base:
-            kinds[(b, p.code)] = (p.type,)
+            kinds.setdefault(b, {})[p.code] = (p.type,)
     for r in resources:
         for b in r.get("base") or []:
-            kinds[(b, r.get("code", ""))] = (r.get("type", ""),)
+            kinds.setdefault(b, {})[r.get("code", "")] = (r.get("type", ""),)
     params: list[SearchParam] = []
     refused: list[Unsupported] = []
     for r in resources:
@@ -227,7 +235,7 @@ def from_resources(
             comps.append((str(comp_code), str(c.get("expression", ""))))
         for base in bases:
             base_name = COMMON if base in ("Resource", "DomainResource") else base
-            siblings = {k[1]: v for k, v in kinds.items() if k[0] in (base, base_name)}
+            siblings = {**kinds.get(base, {}), **kinds.get(base_name, {})}
             try:
                 params.append(
                     make_param(

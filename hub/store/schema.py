@@ -25,6 +25,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData()
@@ -43,6 +44,14 @@ resources = Table(
     Column("content_hash", String(64), nullable=True),
     Column("content", LargeBinary, nullable=True),
     Index("ix_resources_type_updated", "res_type", "last_updated"),
+    # Live resources: counts and id semi-joins without reading the (wide) rows (0004).
+    Index(
+        "ix_resources_live",
+        "res_type",
+        "res_id",
+        postgresql_where=text("deleted IS false"),
+        sqlite_where=text("deleted IS 0"),
+    ),
 )
 
 resource_history = Table(
@@ -64,7 +73,12 @@ resource_history = Table(
 
 
 def _index_table(name: str, *columns: Column[Any], lookups: tuple[tuple[str, ...], ...]) -> Table:
-    """A search index table: one row per (resource, parameter, value)."""
+    """A search index table: one row per (resource, parameter, value).
+
+    Lookup indexes end with res_id, so that a criterion's ids come from the index alone
+    (0004). On PostgreSQL, extended statistics on (res_type, param, ...) tell the planner
+    how these columns go together (0004; not expressible here).
+    """
     return Table(
         name,
         metadata,
@@ -73,7 +87,10 @@ def _index_table(name: str, *columns: Column[Any], lookups: tuple[tuple[str, ...
         Column("param", String(100), nullable=False),
         *columns,
         Index(f"ix_{name}_resource", "res_type", "res_id"),
-        *(Index(f"ix_{name}_{'_'.join(cols)}", "res_type", "param", *cols) for cols in lookups),
+        *(
+            Index(f"ix_{name}_{'_'.join(cols)}", "res_type", "param", *cols, "res_id")
+            for cols in lookups
+        ),
     )
 
 
@@ -133,7 +150,14 @@ search_composite = _index_table(
     lookups=(("c1_code",),),
 )
 # Reverse lookups (_revinclude, _has, compartments) go from the target to the source.
-Index("ix_search_reference_target", search_reference.c.target_id, search_reference.c.target_type)
+Index(
+    "ix_search_reference_target",
+    search_reference.c.target_id,
+    search_reference.c.target_type,
+    search_reference.c.res_type,
+    search_reference.c.param,
+    search_reference.c.res_id,
+)
 
 INDEX_TABLES: dict[str, Table] = {
     t.name: t

@@ -1,0 +1,335 @@
+"""Search parameters stored as data: which ones are searchable, and the registries they make.
+
+SearchParameter resources live in the store like any other resource. Each
+stored one the registry can take has a row in `search_param_state`: `pending`
+from the moment its definition is written until a reindex job
+(`hub.search.reindex`) has extracted it from every resource of its bases,
+then `indexed`. Writes index with every stored parameter, pending ones too,
+so that nothing written during a reindex is missed; searches accept only the
+indexed ones. Every change to that picture bumps `search_registry.version`,
+which lets each process tell cheaply whether its registries are current.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from hub.fhir import R4_RESOURCE_TYPES
+from hub.search.registry import (
+    COMMON,
+    Registry,
+    SearchParam,
+    assemble,
+    from_resources,
+    shipped_params,
+)
+from hub.store.repository import Repository, Transaction
+from hub.store.schema import resources, search_param_state, search_registry
+
+log = logging.getLogger(__name__)
+
+PENDING = "pending"
+INDEXED = "indexed"
+RESOURCE_TYPE = "SearchParameter"
+# The elements that decide a parameter's index rows: a change to any other needs no reindex.
+_DEFINING = ("code", "base", "type", "expression", "target", "component")
+
+
+def utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything the hub stores is UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def definition_hash(resource: Mapping[str, Any]) -> str:
+    defining = {k: resource.get(k) for k in _DEFINING}
+    return hashlib.sha256(orjson.dumps(defining, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def usable(resource: Mapping[str, Any]) -> bool:
+    """Whether a stored SearchParameter feeds the registry: it has a url and is not retired."""
+    return bool(resource.get("url")) and resource.get("status") != "retired"
+
+
+def resource_types(bases: Iterable[str]) -> frozenset[str]:
+    """The resource types that parameters of these bases apply to (`Resource`: every one)."""
+    out: set[str] = set()
+    for base in bases:
+        if base in (COMMON, "DomainResource"):
+            return R4_RESOURCE_TYPES
+        out.add(base)
+    return frozenset(out)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A stored parameter whose values are not all in the index yet."""
+
+    resource_id: str
+    url: str
+    version_id: int
+    definition_hash: str
+    types: frozenset[str]
+    written: datetime  # when its current version was written
+
+
+@dataclass(frozen=True)
+class Registries:
+    """The registries of one moment: what searches accept, and what writes index."""
+
+    search: Registry
+    write: Registry
+    version: int
+    pending: tuple[Pending, ...] = ()
+
+
+def read_version(tx: Transaction) -> int:
+    found = tx.rows(select(search_registry.c.version).where(search_registry.c.id == 1))
+    return int(found[0][0]) if found else 0
+
+
+def bump(tx: Transaction) -> None:
+    """Tell every process that the stored parameters or their states changed."""
+    changed = tx.execute(
+        update(search_registry)
+        .where(search_registry.c.id == 1)
+        .values(version=search_registry.c.version + 1)
+    )
+    if not changed:
+        tx.execute(insert(search_registry).values(id=1, version=1))
+
+
+def build(repo: Repository, shipped: Sequence[SearchParam]) -> Registries:
+    """The registries from the shipped parameters and the SearchParameters in the store."""
+    state = search_param_state
+    with repo.snapshot() as tx:
+        version = read_version(tx)
+        rows = tx.rows(
+            select(
+                resources.c.res_id,
+                resources.c.version_id,
+                resources.c.last_updated,
+                resources.c.content,
+                state.c.state,
+                state.c.definition_hash,
+            )
+            .select_from(resources.outerjoin(state, state.c.resource_id == resources.c.res_id))
+            .where(resources.c.res_type == RESOURCE_TYPE, resources.c.deleted.is_(False))
+            .order_by(resources.c.last_updated, resources.c.res_id)
+        )
+    latest: dict[str, tuple[Any, dict[str, Any]]] = {}  # by url: the last written wins
+    for row in rows:
+        doc = orjson.loads(row.content)
+        if usable(doc):
+            latest.pop(doc["url"], None)
+            latest[doc["url"]] = (row, doc)
+    base = assemble(shipped)
+    if not latest:
+        return Registries(base, base, version)
+    added, refused = from_resources([doc for _, doc in latest.values()], shipped)
+    by_url: dict[str, list[SearchParam]] = {}
+    for param in added:
+        by_url.setdefault(str(param.url), []).append(param)
+    searchable: set[str] = set()
+    pending: list[Pending] = []
+    for url, (row, doc) in latest.items():
+        digest = definition_hash(doc)
+        if row.state == INDEXED and row.definition_hash == digest:
+            searchable.add(url)
+        elif url in by_url:
+            types = resource_types(b for p in by_url[url] for b in p.base)
+            pending.append(
+                Pending(row.res_id, url, row.version_id, digest, types, utc(row.last_updated))
+            )
+    write = assemble([*shipped, *added], refused)
+    if not pending:
+        return Registries(write, write, version)
+    search = assemble([*shipped, *(p for p in added if p.url in searchable)], refused)
+    return Registries(search, write, version, tuple(pending))
+
+
+def stored_urls(tx: Transaction) -> dict[str, str | None]:
+    """The stored SearchParameters: id -> url."""
+    rows = tx.rows(
+        select(resources.c.res_id, resources.c.content).where(
+            resources.c.res_type == RESOURCE_TYPE, resources.c.deleted.is_(False)
+        )
+    )
+    return {row.res_id: orjson.loads(row.content).get("url") for row in rows}
+
+
+def _same_as_shipped(params: Iterable[SearchParam], shipped: Registry) -> bool:
+    """Whether the shipped definitions index exactly these parameters already."""
+    for p in params:
+        s = shipped.by_type.get(p.base[0], {}).get(p.code)
+        if s is None or p.components or s.components:
+            return False
+        if (s.type, s.expression, sorted(s.targets)) != (p.type, p.expression, sorted(p.targets)):
+            return False
+    return True
+
+
+def track(
+    tx: Transaction,
+    shipped: Registry,
+    resource: Mapping[str, Any],
+    version_id: int,
+    *,
+    created: bool,
+) -> str | None:
+    """Record the state of a SearchParameter just written; None when the registry cannot
+    take it. A new or changed definition is pending, unless the shipped definitions index
+    exactly the same values already."""
+    resource_id = str(resource["id"])
+    found = tx.rows(
+        select(
+            search_param_state.c.state,
+            search_param_state.c.definition_hash,
+            search_param_state.c.url,
+        ).where(search_param_state.c.resource_id == resource_id)
+    )
+    row = found[0] if found else None
+    # Whether the registry takes it does not depend on the other parameters.
+    params = from_resources([resource])[0] if usable(resource) else []
+    if not params:
+        if row is not None:
+            tx.execute(
+                delete(search_param_state).where(search_param_state.c.resource_id == resource_id)
+            )
+            bump(tx)
+        return None
+    digest = definition_hash(resource)
+    kept = not created and row is not None and (row.state, row.definition_hash) == (INDEXED, digest)
+    state = INDEXED if kept or _same_as_shipped(params, shipped) else PENDING
+    url = str(resource["url"])
+    values = {
+        "url": url,
+        "version_id": version_id,
+        "definition_hash": digest,
+        "state": state,
+        "updated": datetime.now(UTC),
+    }
+    if row is None:
+        tx.execute(insert(search_param_state).values(resource_id=resource_id, **values))
+        bump(tx)
+    else:
+        tx.execute(
+            update(search_param_state)
+            .where(search_param_state.c.resource_id == resource_id)
+            .values(**values)
+        )
+        if (row.state, row.definition_hash, row.url) != (state, digest, url):
+            bump(tx)
+    return state
+
+
+def untrack(tx: Transaction, resource_id: str) -> None:
+    """A SearchParameter was deleted: its parameters leave the registries."""
+    tx.execute(delete(search_param_state).where(search_param_state.c.resource_id == resource_id))
+    bump(tx)
+
+
+def mark_indexed(tx: Transaction, done: Iterable[Pending]) -> int:
+    """Record that these parameters' values are in the index; how many were marked.
+
+    A parameter whose definition changed (or that was deleted) since the job
+    read it stays as it is: the job did not index its current definition.
+    """
+    marked = 0
+    state = search_param_state
+    for p in done:
+        found = tx.rows(select(state.c.definition_hash).where(state.c.resource_id == p.resource_id))
+        values = {"state": INDEXED, "updated": datetime.now(UTC)}
+        if found:
+            if found[0][0] == p.definition_hash:
+                tx.execute(update(state).where(state.c.resource_id == p.resource_id).values(values))
+                marked += 1
+            continue
+        current = tx.current(RESOURCE_TYPE, p.resource_id)
+        if current is not None and not current.deleted and current.version_id == p.version_id:
+            tx.execute(
+                insert(state).values(
+                    resource_id=p.resource_id,
+                    url=p.url,
+                    version_id=p.version_id,
+                    definition_hash=p.definition_hash,
+                    **values,
+                )
+            )
+            marked += 1
+    bump(tx)
+    return marked
+
+
+class RegistryHolder:
+    """The registries one process uses, rebuilt when the stored parameters change.
+
+    `current()` compares the store's registry version with its own at most
+    once every `refresh_seconds` (None: never; 0: on every call), and on
+    every call for a short while after `watch()` (this process wrote a
+    SearchParameter), and rebuilds the registries when the versions differ.
+    """
+
+    def __init__(
+        self,
+        repo: Repository,
+        *,
+        refresh_seconds: float | None = None,
+        shipped: Sequence[SearchParam] | None = None,
+    ) -> None:
+        self.repo = repo
+        self.refresh_seconds = refresh_seconds
+        self.params: list[SearchParam] = list(shipped if shipped is not None else shipped_params())
+        self.shipped = assemble(self.params)
+        self._lock = threading.Lock()
+        self._next_check = time.monotonic() + (refresh_seconds or 0.0)
+        self._eager_until = 0.0
+        self._current = self._build()
+
+    def _build(self) -> Registries:
+        try:
+            return build(self.repo, self.params)
+        except SQLAlchemyError as e:
+            # An unmigrated store: serve the shipped parameters and look again later.
+            log.warning("stored search parameters could not be read: %s", e)
+            return Registries(self.shipped, self.shipped, -1)
+
+    def current(self) -> Registries:
+        if self.refresh_seconds is not None:
+            now = time.monotonic()
+            if now >= self._next_check or now < self._eager_until:
+                self._next_check = now + self.refresh_seconds
+                self._check()
+        return self._current
+
+    def _check(self) -> None:
+        try:
+            with self.repo.snapshot() as tx:
+                version = read_version(tx)
+        except SQLAlchemyError as e:
+            log.warning("the search registry version could not be read: %s", e)
+            return
+        if version != self._current.version:
+            self.refresh(newer_than=self._current.version)
+
+    def refresh(self, newer_than: int | None = None) -> Registries:
+        """Rebuild now (unless another thread already did since version `newer_than`)."""
+        with self._lock:
+            if newer_than is None or self._current.version == newer_than:
+                self._current = self._build()
+            return self._current
+
+    def watch(self) -> None:
+        """This process wrote a SearchParameter: look for its commit on every call a while."""
+        if self.refresh_seconds is not None:
+            self._eager_until = time.monotonic() + max(self.refresh_seconds, 2.0)

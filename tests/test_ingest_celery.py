@@ -1,0 +1,281 @@
+"""Feed ingestion with real Celery processes: a killed worker, a restarted broker.
+
+PostgreSQL, the real Redis on loopback (a database number of our own) and
+real `hub worker` and `hub beat` processes. A CSV file of a thousand rows (more
+with HUB_TEST_CELERY_ROWS) is ingested with `hub ingest --no-wait`; mid-file the
+worker is killed with SIGKILL and started again, or Redis is shut down without
+saving (every queued task is lost) and started again. The beat's sweeper must send again whatever
+was lost, and in the end every row is `done`, once: one resource per key, no
+extra versions, one Provenance and one set of lineage rows per message.
+
+Both tests take a file lock, so that under xdist they never overlap (one of
+them restarts the shared Redis). With CI=true an unreachable Redis or
+PostgreSQL is a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+import redis
+from conftest import IN_CI, TABLES
+from ingest_fixtures import PATIENT_COLUMNS, csv_bytes, patient_row, rid
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import Engine
+
+from hub.ingest.messages import DONE, PROCESSING
+from hub.store.schema import lineage, messages, resource_history, resources
+
+pytestmark = [pytest.mark.celery, pytest.mark.postgres]
+
+REDIS_PORT = 6379
+REDIS_DB = int(os.environ.get("HUB_TEST_REDIS_DB", "5"))  # ours alone on the shared server
+BROKER = f"redis://127.0.0.1:{REDIS_PORT}/{REDIS_DB}"
+REDIS_START = ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port",
+               str(REDIS_PORT), "--save", "", "--appendonly", "no"]
+# Rows of the file: enough to be mid-file for seconds on a 2-CPU machine, few enough for the
+# two tests to stay near 90 s there; set HUB_TEST_CELERY_ROWS for a longer run.
+ROWS = int(os.environ.get("HUB_TEST_CELERY_ROWS", "1000"))
+CORRECTED = range(0, ROWS, 100)  # these patients get a second, corrected row at the end
+HUB = str(Path(sys.executable).with_name("hub"))
+LOCK = Path("/tmp/fhir-hub-celery-tests.lock")
+DEADLINE = 75.0  # seconds for one test's file to be processed
+
+
+def _redis_unavailable() -> str | None:
+    try:
+        redis.Redis(port=REDIS_PORT, socket_connect_timeout=2).ping()
+        return None
+    except redis.RedisError as e:
+        return f"Redis at 127.0.0.1:{REDIS_PORT} is unreachable: {e}"
+
+
+def require_redis() -> None:
+    reason = _redis_unavailable()
+    if reason is None:
+        return
+    if IN_CI:
+        pytest.fail(reason + " (CI=true: a missing server is a failure)")
+    pytest.skip(reason)
+
+
+def start_redis() -> None:
+    subprocess.run(REDIS_START, check=True, timeout=10, capture_output=True)
+    deadline = time.monotonic() + 10
+    while _redis_unavailable() is not None:
+        assert time.monotonic() < deadline, "Redis did not come back within 10 s"
+        time.sleep(0.05)
+
+
+class Process:
+    """A `hub` subprocess in a session of its own (SIGKILL reaches its pool children too)."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], logs: Path) -> None:
+        self.name = name
+        self.log_path = logs / f"{name}.log"
+        self.log: IO[bytes] = self.log_path.open("ab")
+        self.popen = subprocess.Popen([HUB, *args], env=env, stdout=self.log,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(timeout=10)
+        # Pool children may outlive the leader for a moment: the group must be gone.
+        deadline = time.monotonic() + 10
+        while _group_alive(self.popen.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.log.close()
+
+    def tail(self, lines: int = 30) -> str:
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return f"--- last lines of {self.name}.log ---\n" + "\n".join(text[-lines:])
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+class Hub:
+    """The processes of one test and its view of the database."""
+
+    def __init__(self, env: dict[str, str], logs: Path, engine: Engine) -> None:
+        self.env, self.logs, self.engine = env, logs, engine
+        self.processes: list[Process] = []
+        self.worker: Process | None = None
+
+    def start_worker(self) -> Process:
+        self.worker = self.start("worker", ["worker", "--concurrency", "4", "--loglevel", "info"])
+        return self.worker
+
+    def start(self, name: str, args: list[str]) -> Process:
+        process = Process(name, args, self.env, self.logs)
+        self.processes.append(process)
+        return process
+
+    def close(self) -> None:
+        for process in reversed(self.processes):
+            process.kill()
+
+    def ingest(self, file: Path) -> None:
+        run = subprocess.run(
+            [HUB, "ingest", "--adapter", "csv", "--mapping", "synthea-patients", "--no-wait",
+             str(file)], env=self.env, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, f"hub ingest failed:\n{run.stdout}\n{run.stderr}"
+
+    def counts(self) -> dict[str, int]:
+        stmt = select(messages.c.status, func.count()).group_by(messages.c.status)
+        with self.engine.connect() as conn:
+            return {r[0]: int(r[1]) for r in conn.execute(stmt)}
+
+    def wait(self, condition: Callable[[dict[str, int]], bool], timeout: float, what: str
+             ) -> dict[str, int]:
+        deadline = time.monotonic() + timeout
+        while True:
+            counts = self.counts()
+            if condition(counts):
+                return counts
+            if time.monotonic() > deadline:
+                logs = "\n".join(p.tail() for p in self.processes)
+                raise AssertionError(
+                    f"timed out after {timeout:.0f} s waiting for {what}; messages: {counts}\n"
+                    f"{logs}")
+            time.sleep(0.2)
+
+    def scalar(self, stmt: Any) -> Any:
+        with self.engine.connect() as conn:
+            return conn.execute(stmt).scalar_one()
+
+
+@pytest.fixture()
+def hub(postgres_url: str, tmp_path: Path) -> Iterator[Hub]:
+    require_redis()
+    with LOCK.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one of these tests at a time, across xdist workers
+        engine = create_engine(postgres_url)
+        with engine.begin() as conn:
+            for table in TABLES:
+                conn.execute(text(f"DELETE FROM {table}"))
+        redis.Redis(port=REDIS_PORT, db=REDIS_DB).flushdb()
+        env = {
+            **os.environ,
+            "HUB_DATABASE_URL": postgres_url,
+            "HUB_BROKER_URL": BROKER,
+            "HUB_INGEST_STALE_SECONDS": "3",
+            "HUB_INGEST_SWEEP_SECONDS": "1",
+            "HUB_DB_POOL_SIZE": "2",
+            "PYTHONUNBUFFERED": "1",
+        }
+        hub = Hub(env, tmp_path, engine)
+        try:
+            yield hub
+        finally:
+            hub.close()
+            if _redis_unavailable() is None:
+                redis.Redis(port=REDIS_PORT, db=REDIS_DB).flushdb()
+            else:  # a test that failed with Redis down must not leave it down for others
+                start_redis()
+            engine.dispose()
+
+
+@pytest.fixture()
+def synthea_file(tmp_path: Path) -> Path:
+    rows = [patient_row(f"celery-{i:05d}", FIRST=f"Given{i}") for i in range(ROWS)]
+    rows += [patient_row(f"celery-{i:05d}", FIRST=f"Given{i}", LAST="Corrected")
+             for i in CORRECTED]
+    path = tmp_path / "patients.csv"
+    path.write_bytes(csv_bytes(PATIENT_COLUMNS, rows))
+    return path
+
+
+MESSAGES = ROWS + len(CORRECTED)
+
+
+def assert_every_row_done_once(hub: Hub) -> None:
+    counts = hub.wait(lambda c: c.get(DONE, 0) == MESSAGES, DEADLINE, "every row to be done")
+    assert counts == {DONE: MESSAGES}
+
+    def count(table: Any, resource_type: str) -> int:
+        return int(hub.scalar(select(func.count()).select_from(table).where(
+            table.c.res_type == resource_type)))
+
+    # One Patient per key, one Provenance per message; versions: 2 for corrected patients.
+    assert count(resources, "Patient") == ROWS
+    assert count(resources, "Provenance") == MESSAGES
+    assert count(resource_history, "Patient") == MESSAGES
+    assert count(resource_history, "Provenance") == MESSAGES
+    most = select(func.max(resources.c.version_id)).where(resources.c.res_type == "Patient")
+    assert hub.scalar(most) == 2
+    corrected = select(resources.c.res_id).where(
+        resources.c.res_type == "Patient", resources.c.version_id == 2)
+    with hub.engine.connect() as conn:
+        twice = {r[0] for r in conn.execute(corrected)}
+    assert twice == {rid("Patient", f"celery-{i:05d}") for i in CORRECTED}
+    # Lineage: each message's rows recorded once (a second run would have doubled them).
+    per_message = select(lineage.c.message_id, lineage.c.element, lineage.c.source_field,
+                         func.count().label("n")).group_by(
+        lineage.c.message_id, lineage.c.element, lineage.c.source_field).subquery()
+    assert hub.scalar(select(func.max(per_message.c.n))) == 1
+    assert hub.scalar(select(func.count(func.distinct(lineage.c.message_id)))) == MESSAGES
+
+
+def test_a_worker_killed_mid_file_loses_nothing_and_duplicates_nothing(
+    hub: Hub, synthea_file: Path
+) -> None:
+    hub.start("beat", ["beat", "--loglevel", "info"])
+    worker = hub.start_worker()
+    hub.ingest(synthea_file)
+
+    hub.wait(lambda c: c.get(DONE, 0) >= MESSAGES // 5, DEADLINE, "a fifth of the rows")
+    worker.kill()
+    counts = hub.counts()
+    assert counts.get(DONE, 0) < MESSAGES, "the file was done before the worker was killed"
+    with hub.engine.connect() as conn:
+        in_flight = [r[0] for r in conn.execute(
+            select(messages.c.id).where(messages.c.status == PROCESSING))]
+    time.sleep(1)
+    hub.start_worker()
+
+    assert_every_row_done_once(hub)
+    # What the killed worker was doing was sent again (by the sweeper: the broker keeps an
+    # unacknowledged task for an hour) and finished on a second attempt.
+    if in_flight:
+        with hub.engine.connect() as conn:
+            attempts = [r[0] for r in conn.execute(
+                select(messages.c.attempts).where(messages.c.id.in_(in_flight)))]
+        assert min(attempts) >= 2, attempts
+
+
+def test_a_redis_restart_mid_file_loses_nothing_and_duplicates_nothing(
+    hub: Hub, synthea_file: Path
+) -> None:
+    hub.start("beat", ["beat", "--loglevel", "info"])
+    hub.start_worker()
+    hub.ingest(synthea_file)
+
+    hub.wait(lambda c: c.get(DONE, 0) >= MESSAGES // 5, DEADLINE, "a fifth of the rows")
+    queued = redis.Redis(port=REDIS_PORT, db=REDIS_DB).llen("celery")
+    assert queued > 0, "nothing was queued when Redis was restarted"
+    try:  # every queued task is lost: Redis runs without persistence
+        subprocess.run(["redis-cli", "-p", str(REDIS_PORT), "shutdown", "nosave"],
+                       timeout=10, capture_output=True)
+    finally:
+        start_redis()
+    assert hub.counts().get(DONE, 0) < MESSAGES, "the file was done before Redis restarted"
+
+    assert_every_row_done_once(hub)
