@@ -298,3 +298,83 @@ def test_fhirclient_models_read_and_search(server: Server, fhir: SyncFHIRClient,
 
     # fhirpy sees what fhirclient wrote
     assert fhir.get("Patient", pid)["active"] is False
+
+
+def test_fhirpy_search_chaining_reverse_chaining_and_paging(
+    server: Server, fhir: SyncFHIRClient, uid: str
+) -> None:
+    """What an app does: filter, chain through references, include, sort and page."""
+    family = f"Chain{uid}"
+    patients = []
+    for i, given in enumerate(["Ada", "Bea", "Cy"]):
+        p = fhir.resource(
+            "Patient",
+            name=[{"family": family, "given": [given]}],
+            birthDate=f"198{i}-01-01",
+            identifier=[{"system": "urn:e2e", "value": uid}],
+        )
+        p.save()
+        patients.append(p)
+    codes = {"Ada": "8867-4", "Bea": "8310-5", "Cy": "8867-4"}
+    observations = []
+    for p in patients:
+        given = p["name"][0]["given"][0]
+        for day in range(1, 4):
+            o = fhir.resource(
+                "Observation",
+                status="final",
+                code={"coding": [{"system": "http://loinc.org", "code": codes[given]}]},
+                subject={"reference": f"Patient/{p.id}"},
+                effectiveDateTime=f"2024-03-0{day}T10:00:00Z",
+                valueQuantity={
+                    "value": 60 + day,
+                    "system": "http://unitsofmeasure.org",
+                    "code": "/min",
+                },
+            )
+            o.save()
+            observations.append(o)
+
+    # chaining: observations whose subject is a patient with that family name
+    chained = fhir.resources("Observation").search(**{"subject:Patient.family": family}).fetch_all()
+    assert {o.id for o in chained} == {o.id for o in observations}
+    # chaining plus a token and a date prefix
+    heart = (
+        fhir.resources("Observation")
+        .search(**{"subject:Patient.name": family, "code": "http://loinc.org|8867-4"})
+        .search(date__ge="2024-03-02")
+        .fetch_all()
+    )
+    assert len(heart) == 4
+    # reverse chaining: patients having a heart-rate observation
+    having = (
+        fhir.resources("Patient")
+        .search(**{"_has:Observation:patient:code": "8867-4", "family": family})
+        .fetch_all()
+    )
+    assert sorted(p["name"][0]["given"][0] for p in having) == ["Ada", "Cy"]
+    # _include brings the subjects along
+    bundle = fhir.execute(
+        "Observation",
+        method="get",
+        params={
+            "subject:Patient.family": family,
+            "_include": "Observation:subject",
+            "_count": "50",
+        },
+    )
+    modes = {(e["resource"]["resourceType"], e["search"]["mode"]) for e in bundle["entry"]}
+    assert modes == {("Observation", "match"), ("Patient", "include")}
+    # sort and page through every observation of the three patients, two at a time
+    paged = (
+        fhir.resources("Observation")
+        .search(**{"subject:Patient.family": family})
+        .sort("-date", "_id")
+        .limit(2)
+    )
+    seen = [o.id for o in paged.fetch_all()]
+    assert len(seen) == len(set(seen)) == 9
+    dates = [o["effectiveDateTime"] for o in paged.fetch_all()]
+    assert dates == sorted(dates, reverse=True)
+    # the count fhirpy asks for
+    assert fhir.resources("Patient").search(family=family).count() == 3

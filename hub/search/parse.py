@@ -419,6 +419,13 @@ def _result_parameter(
                 f"_total takes none, estimate or accurate, not '{value}'", expression=("_total",)
             )
         request.total = value
+    elif code == "_totalMethod":
+        # Aidbox's spelling, which fhirpy's count() sends: count is an accurate total.
+        methods = {"count": "accurate", "estimate": "estimate", "none": "none"}
+        if value not in methods:
+            raise Invalid(f"_totalMethod takes count, estimate or none, not '{value}'",
+                          expression=("_totalMethod",))
+        request.total = methods[value]
     elif code == "_summary":
         if value not in SUMMARY_MODES:
             raise Invalid(

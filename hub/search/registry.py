@@ -31,6 +31,7 @@ RESULT_PARAMETERS = frozenset(
         "_format",
         "_pretty",
         "_total",
+        "_totalMethod",
         "_sort",
         "_include",
         "_revinclude",
