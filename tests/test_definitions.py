@@ -301,7 +301,7 @@ def test_a_stale_process_writing_during_the_job_is_caught_up(
         worker = threading.Thread(
             target=jobs.run,
             args=(ctx.repo, ctx.registries.params, job_id),
-            kwargs={"settle_seconds": 3.0},
+            kwargs={"settle_seconds": 4.0},
         )
         worker.start()
         deadline = time.monotonic() + 30

@@ -4,16 +4,19 @@ Runs on SQLite and PostgreSQL: the service with the inline dispatcher (and the
 embedded thread pool where delivery order or the sweeper matter), then the
 same over HTTP (`POST /ingest/csv`, `/messages`, `$lineage`) and the CLI.
 Covered: deterministic ids (a resend is all duplicates, a corrected row is
-version 2), duplicate delivery processed once, bad rows rejected with file,
-line and column while the rest goes through, Provenance and lineage for every
-write, in-order application of out-of-order deliveries, dead letters and
-retry, replay after a mapping change, and the sweeper re-sending a message a
-crash left in `processing`.
+version 2), duplicate delivery processed once, bad rows (unparseable date,
+unknown code, missing value or column, short row, not UTF-8) rejected with
+file, line and column and kept raw while the rest goes through, Provenance and
+lineage for every write, in-order application of out-of-order deliveries, dead
+letters and retry, replay after a mapping change (and of an older message),
+the sweeper re-sending a message a crash left in `processing`, and an inline
+run finishing what an interrupted one left open. Real Celery processes are in
+test_ingest_celery.py.
 """
 
 from __future__ import annotations
 
-import gc
+import base64
 import io
 import threading
 from collections import Counter
@@ -31,6 +34,7 @@ from ingest_fixtures import (
     ENCOUNTER_COLUMNS,
     OBSERVATION_COLUMNS,
     PATIENT_COLUMNS,
+    HeldDispatcher,
     condition_row,
     csv_bytes,
     encounter_row,
@@ -58,6 +62,7 @@ from hub.ingest.service import IngestService
 from hub.interactions import writes
 from hub.interactions.context import Context
 from hub.settings import Settings
+from hub.store import SqlRepository
 from hub.store.schema import messages
 
 P1 = "b9c610cd-28a6-4636-ccb6-c7a0d2a4cb85"
@@ -325,6 +330,22 @@ def test_a_row_short_of_columns_names_the_first_missing_one(service: IngestServi
     assert message.error == (
         "patients.csv line 3, column DRIVERS: the row has 4 columns where the header has 25")
     assert message.raw == header + b"\n" + short + b"\n"
+
+
+def test_a_row_not_in_utf8_is_rejected_naming_its_column_and_kept_as_sent(
+    client: TestClient,
+) -> None:
+    data = patients(patient_row(P1), patient_row(P2, LAST="Mxller"), patient_row(P3))
+    data = data.replace(b"Mxller", b"M\xfcller")  # Latin-1, as legacy feeds send it
+
+    body = post_file(client, PATIENTS, data)
+
+    assert (body["done"], body["rejected"]) == (2, 1)
+    assert body["errors"] == ["POST /ingest/csv line 3, column LAST: the value is not UTF-8 text"]
+    shown = client.get(f"/messages/{body['messages'][1]}").json()
+    assert shown["status"] == FAILED
+    assert base64.b64decode(shown["raw"]["base64"]) == data.split(b"\n")[0] + b"\n" + (
+        data.split(b"\n")[2] + b"\n")
 
 
 def test_a_file_without_a_required_column_rejects_each_row_naming_it(
@@ -626,6 +647,30 @@ def test_the_sweeper_resends_a_message_a_crash_left_processing(
     assert sweep(service.store, service.dispatcher, timedelta(0)) == 0  # nothing left open
 
 
+def test_sweeps_running_together_send_each_message_once(service: IngestService) -> None:
+    hold(service)
+    rows = [patient_row(f"sweep-{i}") for i in range(12)]
+    ids = ingest(service, PATIENTS, patients(*rows), "patients.csv", wait=False).message_ids
+    with service.store.engine.begin() as conn:
+        conn.execute(update(messages).values(updated_at=now() - timedelta(minutes=5)))
+    barrier = threading.Barrier(3)
+    dispatchers = [HeldDispatcher() for _ in range(3)]
+
+    def run(i: int) -> None:
+        barrier.wait(timeout=30)
+        sweep(service.store, dispatchers[i], timedelta(minutes=1))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+
+    sent = sorted(m for d in dispatchers for m in d.submitted)
+    assert sent == ids  # each stale message sent once
+    assert service.store.stale(timedelta(minutes=1)) == []  # and marked as sent
+
+
 def test_ingesting_again_inline_finishes_messages_a_crash_left_open(
     ctx: Context, settings: Settings
 ) -> None:
@@ -646,6 +691,34 @@ def test_ingesting_again_inline_finishes_messages_a_crash_left_open(
     (summary,) = result
     assert (summary.duplicates, summary.done, summary.open) == (2, 2, 0)
     assert resource_count(rerun.store.engine, "Patient") == 2
+
+
+def test_ingesting_inline_takes_on_earlier_open_messages_it_waits_for(
+    ctx: Context, settings: Settings
+) -> None:
+    crashed = IngestService(ctx, settings, dispatcher="inline")
+    hold(crashed)  # a killed `hub ingest` left Monday's rows open
+    monday = ingest(crashed, PATIENTS, patients(patient_row(P1), patient_row(P2)), "monday.csv",
+                    wait=False).message_ids
+
+    rerun = IngestService(ctx, settings, dispatcher="inline")
+    assert isinstance(rerun.dispatcher, InlineDispatcher)
+    rerun.dispatcher.sleep = no_sleep
+    result: list[Any] = []
+    tuesday = patients(patient_row(P1, LAST="Kuhn"))
+    worker = threading.Thread(
+        target=lambda: result.append(ingest(rerun, PATIENTS, tuesday, "tuesday.csv")),
+        daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+
+    assert not worker.is_alive(), "Tuesday's row waits forever for Monday's"
+    assert result[0].done == 1
+    # Monday's P1 row went first; its P2 row, which nothing waits for, is left to a sweeper.
+    statuses = {m.id: m.status for m in rerun.store.find(limit=10)}
+    assert [statuses[m] for m in monday] == [DONE, RECEIVED]
+    assert [v["name"][0]["family"] for v in history(rerun, "Patient", rid("Patient", P1))] == [
+        "Kuhlman", "Kuhn"]
 
 
 # --- over HTTP ----------------------------------------------------------------
@@ -784,12 +857,21 @@ def test_cli_ingest_list_show_retry_and_replay(
     file = tmp_path / "patients.csv"
     file.write_bytes(patients(patient_row(P1), patient_row(P2, GENDER="Q")))
     cli_runner = CliRunner()
+    opened: list[SqlRepository] = []
+    from_url = SqlRepository.from_url
 
-    class Runner:  # each command builds its own engine: let its connections go at once
+    def tracked(url: str, pool_size: int = 20) -> SqlRepository:
+        opened.append(from_url(url, pool_size))
+        return opened[-1]
+
+    monkeypatch.setattr(SqlRepository, "from_url", tracked)
+
+    class Runner:  # each command opens its own engine, never closed: close it at once
         @staticmethod
         def invoke(*args: Any) -> Any:
             result = cli_runner.invoke(*args)
-            gc.collect()
+            while opened:
+                opened.pop().close()
             return result
 
     runner = Runner()

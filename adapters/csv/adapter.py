@@ -20,6 +20,14 @@ from typing import IO
 from hub.ingest.adapters import Unit
 from hub.ingest.mapping import Mapped, Mapper, MappingError
 
+# Bytes that are not UTF-8 are carried as lone surrogates ("surrogateescape"), so a row
+# in another encoding is stored with its bytes as they came, and rejected, naming its column.
+_ERRORS = "surrogateescape"
+
+
+def _undecodable(text: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
 
 def _line(row: list[str]) -> str:
     out = io.StringIO()
@@ -34,7 +42,7 @@ class CsvAdapter:
     mappings_dir: Path | None = None
 
     def split(self, stream: IO[bytes], origin: str, mapping: str) -> Iterator[Unit]:
-        text = codecs.getreader("utf-8-sig")(stream, errors="strict")
+        text = codecs.getreader("utf-8-sig")(stream, errors=_ERRORS)
         reader = csv.reader(text)
         try:
             header = next(reader)
@@ -46,12 +54,12 @@ class CsvAdapter:
             start, line = line + 1, reader.line_num
             if not any(cell.strip() for cell in row):
                 continue
-            raw = (header_line + _line(row)).encode("utf-8")
+            raw = (header_line + _line(row)).encode("utf-8", _ERRORS)
             digest = hashlib.sha256(raw).hexdigest()[:40]
             yield Unit(raw=raw, external_id=f"{mapping}:{digest}", origin=f"{origin} line {start}")
 
     def parse(self, raw: bytes) -> Mapping[str, str]:
-        rows = list(csv.reader(io.StringIO(raw.decode("utf-8"))))
+        rows = list(csv.reader(io.StringIO(raw.decode("utf-8", _ERRORS))))
         if len(rows) != 2:
             raise MappingError("a CSV unit holds a header line and one row")
         header, row = rows
@@ -60,7 +68,13 @@ class CsvAdapter:
                 f"the row has {len(row)} columns where the header has {len(header)}",
                 header[len(row)] if len(row) < len(header) else None,  # the first one missing
             )
-        return dict(zip(header, row, strict=True))
+        if any(_undecodable(name) for name in header):
+            raise MappingError("the header line is not UTF-8 text")
+        record = dict(zip(header, row, strict=True))
+        for name, value in record.items():
+            if _undecodable(value):
+                raise MappingError("the value is not UTF-8 text", name)
+        return record
 
     def map(self, record: Mapping[str, str], mapper: Mapper) -> Mapped:
         return mapper.map(record)

@@ -108,7 +108,11 @@ def beat(loglevel: str) -> None:
         raise click.ClickException("HUB_BROKER_URL is not set; `hub serve` sweeps by itself")
     from hub.ingest.tasks import app
 
-    app.start(["beat", f"--loglevel={loglevel}", "--schedule=/tmp/hub-beat-schedule"])
+    import tempfile
+
+    # The schedule file only remembers when the sweep last ran: a private one per beat.
+    schedule = Path(tempfile.mkdtemp(prefix="hub-beat-")) / "schedule"
+    app.start(["beat", f"--loglevel={loglevel}", f"--schedule={schedule}"])
 
 
 @click.group(help="Inspect, retry and replay stored feed messages.")

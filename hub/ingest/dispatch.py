@@ -43,11 +43,22 @@ class InlineDispatcher:
         pending = list(message_ids)
         rounds = 0
         while pending:
-            later = []
+            later, deferred, moved = [], [], False
             for message_id in pending:
                 outcome = self.pipeline.process(message_id)
                 if outcome in (Outcome.RETRY, Outcome.DEFERRED):
                     later.append(message_id)
+                    if outcome == Outcome.DEFERRED:
+                        deferred.append(message_id)
+                else:
+                    moved = True
+            if deferred and not moved:
+                # Each waits for an earlier message nobody is sending (no sweeper runs in this
+                # mode, e.g. a killed `hub ingest` left it open): process that one first.
+                blocking = {b for m in deferred for b in self.pipeline.blocking(m)}
+                if blocking - set(later):
+                    pending = sorted(blocking - set(later)) + later
+                    continue
             pending = later
             rounds += 1
             if pending:
@@ -110,9 +121,8 @@ class CeleryDispatcher:
 
 def sweep(store: MessageStore, dispatcher: Dispatcher, stale_after: timedelta) -> int:
     """Send again every open message that has not moved for `stale_after`."""
-    ids = store.stale(stale_after)
+    ids = store.claim_stale(stale_after)
     if ids:
-        store.touch(ids)
         dispatcher.submit(ids)
         log.info("sweeper re-sent %s messages", len(ids))
     return len(ids)

@@ -199,6 +199,21 @@ class MessageStore:
                 .where(messages.c.status.in_(OPEN), messages.c.updated_at < cutoff)
                 .order_by(messages.c.id).limit(limit))]
 
+    def claim_stale(self, older_than: timedelta, limit: int = 1000) -> list[int]:
+        """`stale` and `touch` at once: two sweeps running together never send one message
+        twice (PostgreSQL skips the rows the other has locked; SQLite writers queue)."""
+        stmt = (select(messages.c.id)
+                .where(messages.c.status.in_(OPEN), messages.c.updated_at < now() - older_than)
+                .order_by(messages.c.id).limit(limit))
+        with self.engine.connect().execution_options(hub_write=True) as conn, conn.begin():
+            if conn.dialect.name == "postgresql":
+                stmt = stmt.with_for_update(skip_locked=True)
+            ids = [r[0] for r in conn.execute(stmt)]
+            if ids:
+                conn.execute(update(messages).where(messages.c.id.in_(ids))
+                             .values(updated_at=now()))
+        return ids
+
     def touch(self, message_ids: Sequence[int]) -> None:
         if not message_ids:
             return

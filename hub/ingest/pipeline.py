@@ -80,6 +80,16 @@ class Pipeline:
                 messages.c.id < message.id, messages.c.status.in_(OPEN)).limit(1)).first()
         return row is not None
 
+    def blocking(self, message_id: int) -> list[int]:
+        """The earlier open messages about the same subject that `message_id` waits for."""
+        message = self.store.get(message_id)
+        if message is None or not message.order_key:
+            return []
+        with self.store.engine.connect() as conn:
+            return [r[0] for r in conn.execute(select(messages.c.id).where(
+                messages.c.source == message.source, messages.c.order_key == message.order_key,
+                messages.c.id < message.id, messages.c.status.in_(OPEN)).order_by(messages.c.id))]
+
     def process(self, message_id: int) -> Outcome:
         message = self.store.get(message_id)
         if message is None or message.status not in OPEN:
