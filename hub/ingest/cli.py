@@ -106,9 +106,9 @@ def worker(concurrency: int, loglevel: str) -> None:
 def beat(loglevel: str) -> None:
     if not _broker():
         raise click.ClickException("HUB_BROKER_URL is not set; `hub serve` sweeps by itself")
-    from hub.ingest.tasks import app
-
     import tempfile
+
+    from hub.ingest.tasks import app
 
     # The schedule file only remembers when the sweep last ran: a private one per beat.
     schedule = Path(tempfile.mkdtemp(prefix="hub-beat-")) / "schedule"
