@@ -56,7 +56,11 @@ class Settings(BaseSettings):
         description="Entries per page of history and search when _count is absent.",
     )
     max_page_size: int = Field(default=1000, ge=1, description="Upper bound on _count.")
-    db_pool_size: int = Field(default=20, ge=1, description="PostgreSQL connection pool size.")
+    db_pool_size: int = Field(
+        default=40,
+        ge=1,
+        description="PostgreSQL connections per process; also the number of request threads.",
+    )
     workers: int = Field(default=1, ge=1, description="uvicorn worker processes for `hub serve`.")
     log_level: str = Field(default="info", description="uvicorn log level.")
     registry_refresh_seconds: float = Field(

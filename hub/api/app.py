@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
+import anyio.to_thread
 from fastapi import APIRouter, FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -39,6 +40,9 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # As many request threads as pooled connections: no thread waits for a
+        # connection and no connection is opened beyond the pool.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
         if ingest_service.mode == "threads":
             # Embedded mode: this process works the message store, sweeper included.
             ingest_service.start_sweeper()

@@ -28,4 +28,6 @@ def create(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
             )
             if existing is not None:
                 return Result(200, version=existing)
-        return save(ctx, t, req.resource_type, req.resource_id or new_id(), resource, method="POST")
+        if req.resource_id is not None:  # assigned up front by a transaction
+            return save(ctx, t, req.resource_type, req.resource_id, resource, method="POST")
+        return save(ctx, t, req.resource_type, new_id(), resource, method="POST", fresh=True)

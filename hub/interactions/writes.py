@@ -95,8 +95,14 @@ def save(
     *,
     method: str,
     if_match: int | None = None,
+    fresh: bool = False,
 ) -> Result:
-    current = tx.current(resource_type, resource_id)
+    """Store `resource` as the next version; `fresh`: the id was just made by the server.
+
+    A fresh id cannot exist yet, so its current version is not looked up (a
+    collision would still fail the insert on the primary key).
+    """
+    current = None if fresh else tx.current(resource_type, resource_id)
     check_precondition(current, if_match)
     # Hash what is stored: the id is the resource's, not whatever (if any) the body carried.
     digest = content_hash({**resource, "id": resource_id})

@@ -18,10 +18,10 @@ from sqlalchemy import (
     Select,
     and_,
     case,
+    distinct,
     exists,
     false,
     func,
-    intersect,
     literal,
     not_,
     or_,
@@ -361,9 +361,9 @@ class QueryBuilder:
         if criteria and not extra and all(_selects_live(c) for c in criteria):
             # Index rows belong to live resources only: the ids the criteria select are the
             # matches, counted from the indexes without reading `resources` (wide: its JSON).
-            selects = [self.matching(resource_type, c) for c in criteria]
-            ids = intersect(*selects) if len(selects) > 1 else selects[0].distinct()
-            return select(func.count()).select_from(ids.subquery())
+            first, *others = [self.matching(resource_type, c) for c in criteria]
+            ids = first.subquery().c[0]
+            return select(func.count(distinct(ids))).where(*[ids.in_(o) for o in others])
         return (
             select(func.count())
             .select_from(resources)

@@ -82,9 +82,10 @@ def make_engine(url: str, pool_size: int = 20) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         _configure_sqlite(engine)
         return engine
-    return create_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, future=True
-    )
+    # A pool as large as the request thread pool (see hub.api.app), with no overflow:
+    # overflow connections are closed on check-in and reopened, a backend fork each.
+    # Stale connections are recycled instead of pinged before every use.
+    return create_engine(url, pool_size=pool_size, max_overflow=0, pool_recycle=1800)
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -289,6 +290,9 @@ class SqlTransaction:
 
 class SqlRepository:
     def __init__(self, engine: Engine) -> None:
+        self._single: dict[str, Any] = (
+            {"isolation_level": "AUTOCOMMIT"} if engine.dialect.name == "postgresql" else {}
+        )
         self.engine = engine
         self._read = select(*_CURRENT_COLUMNS).where(
             resources.c.res_type == bindparam("t"), resources.c.res_id == bindparam("i")
@@ -303,9 +307,12 @@ class SqlRepository:
         return self.engine.dialect.name
 
     def read(self, resource_type: str, resource_id: str) -> Version | None:
-        with self.engine.connect() as conn:
+        # One statement needs no transaction: on PostgreSQL, autocommit saves the
+        # BEGIN and ROLLBACK round trips.
+        with self.engine.connect().execution_options(**self._single) as conn:
             row = conn.execute(self._read, {"t": resource_type, "i": resource_id}).first()
-            conn.rollback()
+            if not self._single:
+                conn.rollback()
         return _version(row) if row else None
 
     @contextmanager
