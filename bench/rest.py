@@ -104,7 +104,7 @@ def transaction_bundle(start: int, size: int) -> dict[str, Any]:
 
 @dataclass
 class Run:
-    """One measured stretch: operations completed in the window, and their latencies.
+    """One measured stretch of one side: operations, the seconds they are worth, latencies.
 
     `latencies` holds (seconds, weight) pairs: one per operation, or for wrk one per
     half-percentile of its histogram, weighted so that stretches can be merged.
