@@ -402,7 +402,7 @@ _PG_TYPES = {
 def _copy_spec(table: Any, skip: tuple[str, ...] = ()) -> tuple[str, list[str], list[str]]:
     from sqlalchemy.dialects import postgresql
 
-    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    dialect = postgresql.dialect()
     names, types = [], []
     for column in table.columns:
         if column.name in skip:
@@ -770,10 +770,19 @@ class HubClient:
 
     def get(self, path: str) -> tuple[float, dict[str, Any]]:
         headers = {"Accept": "application/fhir+json"}
-        t0 = time.perf_counter()
-        self.conn.request("GET", path, headers=headers)
-        response = self.conn.getresponse()
-        body = response.read()
+        for attempt in (1, 2):
+            t0 = time.perf_counter()
+            try:
+                self.conn.request("GET", path, headers=headers)
+                response = self.conn.getresponse()
+                body = response.read()
+                break
+            except (http.client.RemoteDisconnected, ConnectionError):
+                # uvicorn closes a connection idle for 5 s (while the bench waits): reconnect.
+                self.conn.close()
+                self.conn = http.client.HTTPConnection(HOST, self.port, timeout=300)
+                if attempt == 2:
+                    raise
         elapsed = time.perf_counter() - t0
         if response.status != 200:
             raise RuntimeError(f"GET {path}: {response.status} {body[:500]!r}")
@@ -924,19 +933,18 @@ def by_id(resource_type: str, matches: str, count: int) -> str:
 
 def by_date(matches: str, count: int, *, total: bool = True, after: bool = False) -> str:
     """One page of Observations newest first, of the ids `matches` selects ('' for all)."""
-    among = "AND d.res_id IN (SELECT res_id FROM m)" if matches else ""
+    among = f"AND d.res_id IN ({matches})" if matches else ""
     keyset = (
         "AND (d.high < %(k_value)s OR (d.high = %(k_value)s AND d.res_id > %(k_id)s))"
         if after
         else ""
     )
     counted = (
-        "(SELECT count(*) FROM m)"
+        f"(SELECT count(*) FROM ({matches}) m)"
         if matches
-        else "(SELECT count(*) FROM resources WHERE res_type = 'Observation' AND NOT deleted)"
+        else "(SELECT count(*) FROM resources WHERE res_type = 'Observation' AND deleted IS false)"
     )
-    head = f"WITH m AS MATERIALIZED ({matches}) " if matches else ""
-    return f"""{head}SELECT 'match' AS mode, r.res_type, r.res_id, r.content,
+    return f"""SELECT 'match' AS mode, r.res_type, r.res_id, r.content,
           {counted if total else "NULL::bigint"}
         FROM (SELECT d.res_id, d.high FROM search_date d
               WHERE d.res_type = 'Observation' AND d.param = 'date' {among} {keyset}
@@ -1071,7 +1079,7 @@ def case_include(rng: random.Random, pools: Pools) -> Case:
         FROM resources r WHERE r.res_type = 'Observation' AND r.res_id IN (SELECT * FROM page)
         UNION ALL
         SELECT 'include', p.res_type, p.res_id, p.content, NULL FROM resources p
-        WHERE p.res_type = 'Patient' AND NOT p.deleted AND p.res_id IN (
+        WHERE p.res_type = 'Patient' AND p.deleted IS false AND p.res_id IN (
           SELECT s.target_id FROM search_reference s
           WHERE s.res_type = 'Observation' AND s.res_id IN (SELECT * FROM page)
             AND s.param = 'subject' AND s.target_type = 'Patient')
@@ -1160,6 +1168,8 @@ class Figure:
     sql: list[float] = field(default_factory=list)
     totals: list[int] = field(default_factory=list)
     mismatches: list[str] = field(default_factory=list)
+    busy_before: float = 0.0  # the machine's busy share just before (others' load)
+    busy: float = 0.0  # ... and while measuring (this bench's own load included)
 
     def p(self, side: str, q: float) -> float:
         return percentile(self.hub if side == "hub" else self.sql, q) * 1000
@@ -1181,6 +1191,7 @@ def measure(
 ) -> Figure:
     rng = random.Random(f"{seed}:{shape.key}")
     figure = Figure(shape)
+    ticks = cpu_ticks()
     started = time.perf_counter()
     for _ in range(warmup):
         case = shape.make(rng, pools)
@@ -1206,13 +1217,15 @@ def measure(
             figure.mismatches.append(f"{case.path}: {problem}")
         if time.perf_counter() - started > budget and i + 1 >= 10:
             break
+    figure.busy = busy_share(ticks)
     return figure
 
 
 def report(figures: Sequence[Figure]) -> list[str]:
     head = (
         f"{'shape':<24} {'runs':>4} {'matches':>8} | {'hub p50':>8} {'p95':>8} | "
-        f"{'SQL p50':>8} {'p95':>8} | {'ratio50':>7} {'ratio95':>7} | {'target':>6}  result"
+        f"{'SQL p50':>8} {'p95':>8} | {'ratio50':>7} {'ratio95':>7} | {'target':>6} "
+        f"{'cpu':>8}  result"
     )
     lines = [head, "-" * len(head)]
     for f in figures:
@@ -1224,7 +1237,7 @@ def report(figures: Sequence[Figure]) -> list[str]:
         lines.append(
             f"{f.shape.name:<24} {len(f.hub):>4} {matches:>8} | {h50:>8.1f} {h95:>8.1f} | "
             f"{s50:>8.1f} {s95:>8.1f} | {h50 / s50:>6.1f}x {h95 / s95:>6.1f}x | "
-            f"{f.shape.target_ms:>4.0f}ms  {result}"
+            f"{f.shape.target_ms:>4.0f}ms {f.busy_before:>3.0%}/{f.busy:>3.0%}  {result}"
         )
     return lines
 
@@ -1330,6 +1343,34 @@ def explain(url: str, shapes: Sequence[Shape], pools: Pools, seed: int) -> None:
 # --- main ------------------------------------------------------------------------------------
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the machine since boot, from /proc/stat."""
+    try:
+        values = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return 0, 0
+    return sum(values) - values[3] - values[4], sum(values)
+
+
+def busy_share(since: tuple[int, int]) -> float:
+    """The share of the machine's CPU time spent busy since `since` (0..1)."""
+    now = cpu_ticks()
+    total = now[1] - since[1]
+    return (now[0] - since[0]) / total if total > 0 else 0.0
+
+
+def wait_for_idle(limit: float, patience: float) -> float:
+    """Wait (up to `patience` seconds) for a 3 s window with the CPUs less than `limit` busy."""
+    deadline = time.monotonic() + patience
+    while True:
+        start = cpu_ticks()
+        time.sleep(3)
+        share = busy_share(start)
+        if share < limit or limit >= 1 or time.monotonic() > deadline:
+            return share
+        print(f"  (machine {share:.0%} busy: waiting for < {limit:.0%})", flush=True)
+
+
 def _loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -1395,6 +1436,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="directory holding the `hub` package that `hub serve` runs (to compare versions)",
     )
     p.add_argument("--only", help="comma-separated shape keys: " + ",".join(s.key for s in SHAPES))
+    p.add_argument(
+        "--idle",
+        type=float,
+        default=1.0,
+        help="before each shape, wait for the machine's CPUs to be less than this share busy "
+        "(0.3: 30%%; 1: do not wait); the report shows busy shares before/during each shape",
+    )
+    p.add_argument("--patience", type=float, default=600.0, help="seconds to wait for --idle")
     p.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE of each shape")
     p.add_argument("--no-measure", action="store_true", help="with --explain: plans only")
     args = p.parse_args(argv)
@@ -1435,6 +1484,8 @@ def serving(url: str, workers: int, root: Path) -> Iterator[Server]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # Stopped with SIGTERM (kill), still stop the server: SystemExit runs the finally blocks.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     shapes = list(SHAPES)
     if args.only:
         keys = [k.strip() for k in args.only.split(",") if k.strip()]
@@ -1458,9 +1509,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     figures: list[Figure] = []
     with (
         serving(url, args.workers, args.hub_root) as server,
-        psycopg.connect(libpq_url(url)) as conn,
+        # As the hub's own connections (hub.store.sql): no server-side prepared statements.
+        psycopg.connect(libpq_url(url), autocommit=True, prepare_threshold=None) as conn,
     ):
-        conn.autocommit = True
         print(f"load average before: {_loadavg()}; hub from {args.hub_root}", flush=True)
         print(f"hub serve (pid {server.proc.pid}, {args.workers} worker) on port {server.port}; "
               f"{args.runs} runs per shape after {args.warmup} warm-up runs, over HTTP, "
@@ -1468,9 +1519,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         client = HubClient(server.port)
         try:
             for shape in shapes:
+                before = wait_for_idle(args.idle, args.patience)
                 figure = measure(
                     shape, pools, client, conn, args.runs, args.warmup, args.budget, args.seed
                 )
+                figure.busy_before = before
                 figures.append(figure)
                 print(report([figure])[2], flush=True)
                 for problem in figure.mismatches[:3]:

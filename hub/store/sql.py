@@ -85,7 +85,16 @@ def make_engine(url: str, pool_size: int = 20) -> Engine:
     # A pool as large as the request thread pool (see hub.api.app), with no overflow:
     # overflow connections are closed on check-in and reopened, a backend fork each.
     # Stale connections are recycled instead of pinged before every use.
-    return create_engine(url, pool_size=pool_size, max_overflow=0, pool_recycle=1800)
+    # No server-side prepared statements (psycopg prepares a query after 5 runs): PostgreSQL
+    # then switches to a generic plan, blind to the values, and a search whose best plan
+    # depends on them (a common code or a rare one) ran 15x slower (docs/benchmarks.md).
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_recycle=1800,
+        connect_args={"prepare_threshold": None},
+    )
 
 
 def _configure_sqlite(engine: Engine) -> None:
