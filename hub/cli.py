@@ -104,7 +104,7 @@ def db() -> None:
 
 @db.command(help="Apply every pending migration to the database of HUB_DATABASE_URL.")
 @click.option("--database-url", help="SQLAlchemy URL to migrate instead of HUB_DATABASE_URL.")
-@click.option("--revision", default="heads", show_default=True, help="Target revision.")
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
 def upgrade(database_url: str | None, revision: str) -> None:
     from hub.store.migrate import upgrade as run_upgrade
 

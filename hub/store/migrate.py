@@ -26,7 +26,7 @@ def ensure_sqlite_folder(url: str) -> None:
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
 
 
-def upgrade(url: str, migrations_dir: Path, revision: str = "heads") -> None:
+def upgrade(url: str, migrations_dir: Path, revision: str = "head") -> None:
     ensure_sqlite_folder(url)
     command.upgrade(_config(url, migrations_dir), revision)
 
