@@ -752,6 +752,17 @@ def machine() -> str:
     )
 
 
+def hub_location() -> str:
+    """Where the `hub` processes import the hub from (PYTHONPATH may point elsewhere)."""
+    probe = subprocess.run(
+        [sys.executable, "-c", "import hub, os; print(os.path.dirname(hub.__file__))"],
+        capture_output=True,
+        text=True,
+        cwd="/",
+    )
+    return probe.stdout.strip() or "?"
+
+
 def parse_workers(value: str) -> list[int]:
     try:
         out = [int(x) for x in value.split(",") if x.strip()]
@@ -855,7 +866,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"command: .venv/bin/python {command}", flush=True)
     print(f"machine: {machine()}", flush=True)
     idle = idle_share()
-    print(f"code: {revision()}; CPU idle before start: {idle:.0%}", flush=True)
+    print(
+        f"code: {revision()} (hub imported from {hub_location()}); CPU idle before start: "
+        f"{idle:.0%}",
+        flush=True,
+    )
     if idle < 0.9:
         print("warning: something else is using the CPU; the figures will be noisy", flush=True)
     shape = (

@@ -18,12 +18,14 @@
    (captured in-process through the same interaction code the API calls) and of the hand
    SQL, with the indexes each plan uses.
 
-The database (--database-url, default hub_bench_search on the local server) is dropped,
-recreated, migrated with `hub db upgrade` and loaded, unless --reuse finds it already
-holding the same population (patients, seed, generator version) or --skip-load is given.
+The database (--database-url; by default hub_bench_search on the local server, or
+hub_bench_search_N for --patients N other than 100,000) is dropped, recreated, migrated with
+`hub db upgrade` and loaded, unless --reuse finds it already holding the same population
+(patients, seed, generator version) or --skip-load is given.
 
-    .venv/bin/python bench/search.py --reuse            # 100,000 patients, ~1M resources
-    .venv/bin/python bench/search.py --patients 2000    # quick check
+    .venv/bin/python bench/search.py --reuse                  # 100,000 patients, ~1M resources
+    .venv/bin/python bench/search.py --reuse --patients 2000  # quick check
+    .venv/bin/python bench/search.py --reuse --explain --no-measure   # query plans
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ from hub.store.schema import INDEX_TABLES, resource_history, resources  # noqa: 
 
 HOST = "127.0.0.1"
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/hub_bench_search"
+DEFAULT_PATIENTS = 100_000
 DEFAULT_SEED = 20261124
 # Bump when the generated population changes, so that --reuse reloads.
 GENERATOR_VERSION = 1
@@ -816,6 +819,7 @@ class Case:
     params: dict[str, Any]
     pages: int = 1
     sql_cursor: str | None = None
+    counted: bool = True  # the answer has a total (the first page, without _total=none)
 
 
 def run_sql(conn: psycopg.Connection[Any], case: Case) -> tuple[float, Answer]:
@@ -833,16 +837,23 @@ def run_sql(conn: psycopg.Connection[Any], case: Case) -> tuple[float, Answer]:
     total = next((r[4] for r in rows if r[0] == "match"), None)
     if total is None and "total" in params:
         total = params["total"]
-    return elapsed, Answer(matches, included, None if case.pages > 1 else (total or 0))
+    counted = case.counted and case.pages == 1
+    return elapsed, Answer(matches, included, (total or 0) if counted else None)
 
 
 @dataclass(frozen=True)
 class Pools:
-    """Values the queries draw from: sampled patients and the codes in the data."""
+    """Values the queries draw from (sampled patients, the codes in the data), and whether
+    the searches ask for the total (the hub's default) or not (`_total=none`)."""
 
     patients: list[Sampled]
     codes: list[tuple[str, int]]  # LOINC codes of the Observations, with their counts
     years: tuple[int, int]
+    totals: bool = True
+
+    @property
+    def suffix(self) -> str:
+        return "" if self.totals else "&_total=none"
 
     def code(self, rng: random.Random, at_least: int = 0) -> str:
         return str(rng.choice([c for c in self.codes if c[1] >= at_least] or self.codes)[0])
@@ -858,7 +869,7 @@ class Sampled:
     codes: tuple[str, ...]
 
 
-def sample_pools(url: str, seed: int, size: int = 5000) -> Pools:
+def sample_pools(url: str, seed: int, size: int = 5000, totals: bool = True) -> Pools:
     with psycopg.connect(libpq_url(url)) as conn:
         patients = conn.execute(
             """
@@ -890,6 +901,7 @@ def sample_pools(url: str, seed: int, size: int = 5000) -> Pools:
         [Sampled(r[0], r[1], r[2], tuple(r[3])) for r in patients if r[2] and r[3]],
         [(r[0], int(r[1])) for r in codes],
         (2015, 2024),
+        totals,
     )
 
 
@@ -921,10 +933,11 @@ CODE = (
 )
 
 
-def by_id(resource_type: str, matches: str, count: int) -> str:
+def by_id(resource_type: str, matches: str, count: int, total: bool) -> str:
     """One page in id order, and the total, of the ids `matches` selects (one row each)."""
+    counted = "(SELECT count(*) FROM m)" if total else "NULL::bigint"
     return f"""WITH m AS MATERIALIZED ({matches})
-        SELECT 'match' AS mode, r.res_type, r.res_id, r.content, (SELECT count(*) FROM m)
+        SELECT 'match' AS mode, r.res_type, r.res_id, r.content, {counted}
         FROM resources r
         WHERE r.res_type = '{resource_type}'
           AND r.res_id IN (SELECT res_id FROM m ORDER BY res_id LIMIT {count})
@@ -935,6 +948,7 @@ def by_date(matches: str, count: int, *, total: bool = True, after: bool = False
     """One page of Observations newest first, of the ids `matches` selects ('' for all)."""
     among = f"AND d.res_id IN ({matches})" if matches else ""
     keyset = (
+        "AND d.high <= %(k_value)s "
         "AND (d.high < %(k_value)s OR (d.high = %(k_value)s AND d.res_id > %(k_id)s))"
         if after
         else ""
@@ -956,58 +970,67 @@ def by_date(matches: str, count: int, *, total: bool = True, after: bool = False
 def case_identifier(rng: random.Random, pools: Pools) -> Case:
     mrn = rng.choice(pools.patients).mrn
     return Case(
-        f"{BASE_PATH}/Patient?identifier={_q(f'{MRN}|{mrn}')}",
+        f"{BASE_PATH}/Patient?identifier={_q(f'{MRN}|{mrn}')}{pools.suffix}",
         by_id(
             "Patient",
             "SELECT DISTINCT t.res_id FROM search_token t WHERE t.res_type = 'Patient' "
             "AND t.param = 'identifier' AND t.system = 'urn:mrn' AND t.code = %(mrn)s",
             20,
+            pools.totals,
         ),
         {"mrn": mrn},
+        counted=pools.totals,
     )
 
 
 def case_family(rng: random.Random, pools: Pools) -> Case:
     prefix = rng.choice(pools.patients).family[:3].lower()
     return Case(
-        f"{BASE_PATH}/Patient?family={_q(prefix)}",
+        f"{BASE_PATH}/Patient?family={_q(prefix)}{pools.suffix}",
         by_id(
             "Patient",
             "SELECT DISTINCT s.res_id FROM search_string s WHERE s.res_type = 'Patient' "
             "AND s.param = 'family' AND s.value LIKE %(prefix)s",
             20,
+            pools.totals,
         ),
         {"prefix": _like(prefix)},
+        counted=pools.totals,
     )
 
 
 def case_date_range(rng: random.Random, pools: Pools) -> Case:
     start, end = _month(rng, pools)
     return Case(
-        f"{BASE_PATH}/Observation?date=ge{start:%Y-%m-%d}&date=lt{end:%Y-%m-%d}&_count=50",
+        f"{BASE_PATH}/Observation?date=ge{start:%Y-%m-%d}&date=lt{end:%Y-%m-%d}&_count=50"
+        f"{pools.suffix}",
         # Every Observation has one effectiveDateTime to the second: its range starts at low.
         by_id(
             "Observation",
             "SELECT d.res_id FROM search_date d WHERE d.res_type = 'Observation' "
             "AND d.param = 'date' AND d.low >= %(start)s AND d.low < %(end)s",
             50,
+            pools.totals,
         ),
         {"start": start, "end": end},
+        counted=pools.totals,
     )
 
 
 def case_reference(rng: random.Random, pools: Pools) -> Case:
     pid = rng.choice(pools.patients).id
     return Case(
-        f"{BASE_PATH}/Observation?subject=Patient/{pid}",
+        f"{BASE_PATH}/Observation?subject=Patient/{pid}{pools.suffix}",
         by_id(
             "Observation",
             "SELECT s.res_id FROM search_reference s WHERE s.res_type = 'Observation' "
             "AND s.param = 'subject' AND s.target_type = 'Patient' "
             "AND s.target_id = %(patient)s",
             20,
+            pools.totals,
         ),
         {"patient": pid},
+        counted=pools.totals,
     )
 
 
@@ -1015,7 +1038,7 @@ def case_code_date(rng: random.Random, pools: Pools) -> Case:
     code = pools.code(rng)
     year = rng.randint(pools.years[0] + 1, pools.years[1])
     return Case(
-        f"{BASE_PATH}/Observation?code={_q(f'{LOINC}|{code}')}&date=ge{year}",
+        f"{BASE_PATH}/Observation?code={_q(f'{LOINC}|{code}')}&date=ge{year}{pools.suffix}",
         by_id(
             "Observation",
             f"""SELECT t.res_id FROM search_token t
@@ -1023,8 +1046,10 @@ def case_code_date(rng: random.Random, pools: Pools) -> Case:
                               AND d.param = 'date' AND d.low >= %(start)s
             WHERE {CODE}""",
             20,
+            pools.totals,
         ),
         {"code": code, "start": datetime(year, 1, 1, tzinfo=UTC)},
+        counted=pools.totals,
     )
 
 
@@ -1032,7 +1057,8 @@ def case_chained(rng: random.Random, pools: Pools) -> Case:
     patient = rng.choice(pools.patients)
     family, code = patient.family, rng.choice(patient.codes)
     return Case(
-        f"{BASE_PATH}/Observation?subject:Patient.name={_q(family)}&code={_q(f'{LOINC}|{code}')}",
+        f"{BASE_PATH}/Observation?subject:Patient.name={_q(family)}"
+        f"&code={_q(f'{LOINC}|{code}')}{pools.suffix}",
         by_id(
             "Observation",
             """SELECT DISTINCT s.res_id FROM search_string n
@@ -1042,8 +1068,10 @@ def case_chained(rng: random.Random, pools: Pools) -> Case:
                  AND t.param = 'code' AND t.system = 'http://loinc.org' AND t.code = %(code)s
             WHERE n.res_type = 'Patient' AND n.param = 'name' AND n.value LIKE %(name)s""",
             20,
+            pools.totals,
         ),
         {"code": code, "name": _like(family)},
+        counted=pools.totals,
     )
 
 
@@ -1051,7 +1079,8 @@ def case_has(rng: random.Random, pools: Pools) -> Case:
     patient = rng.choice(pools.patients)
     family, code = patient.family, rng.choice(patient.codes)
     return Case(
-        f"{BASE_PATH}/Patient?_has:Observation:patient:code={_q(code)}&family={_q(family)}",
+        f"{BASE_PATH}/Patient?_has:Observation:patient:code={_q(code)}&family={_q(family)}"
+        f"{pools.suffix}",
         by_id(
             "Patient",
             """SELECT DISTINCT f.res_id FROM search_string f
@@ -1063,8 +1092,10 @@ def case_has(rng: random.Random, pools: Pools) -> Case:
                 WHERE s.res_type = 'Observation' AND s.param = 'patient'
                   AND s.target_type = 'Patient' AND s.target_id = f.res_id)""",
             20,
+            pools.totals,
         ),
         {"code": code, "family": _like(family)},
+        counted=pools.totals,
     )
 
 
@@ -1072,10 +1103,11 @@ def case_include(rng: random.Random, pools: Pools) -> Case:
     code = pools.code(rng)
     return Case(
         f"{BASE_PATH}/Observation?code={_q(f'{LOINC}|{code}')}"
-        "&_include=Observation:subject&_count=50",
+        f"&_include=Observation:subject&_count=50{pools.suffix}",
         f"""WITH m AS MATERIALIZED (SELECT t.res_id FROM search_token t WHERE {CODE}),
         page AS (SELECT res_id FROM m ORDER BY res_id LIMIT 50)
-        SELECT 'match' AS mode, r.res_type, r.res_id, r.content, (SELECT count(*) FROM m)
+        SELECT 'match' AS mode, r.res_type, r.res_id, r.content,
+          {"(SELECT count(*) FROM m)" if pools.totals else "NULL::bigint"}
         FROM resources r WHERE r.res_type = 'Observation' AND r.res_id IN (SELECT * FROM page)
         UNION ALL
         SELECT 'include', p.res_type, p.res_id, p.content, NULL FROM resources p
@@ -1085,27 +1117,34 @@ def case_include(rng: random.Random, pools: Pools) -> Case:
             AND s.param = 'subject' AND s.target_type = 'Patient')
         ORDER BY mode DESC, res_id""",
         {"code": code},
+        counted=pools.totals,
     )
 
 
 def case_sort_code(rng: random.Random, pools: Pools) -> Case:
     code = pools.code(rng)
     return Case(
-        f"{BASE_PATH}/Observation?code={_q(f'{LOINC}|{code}')}&_sort=-date&_count=50",
-        by_date(f"SELECT t.res_id FROM search_token t WHERE {CODE}", 50),
+        f"{BASE_PATH}/Observation?code={_q(f'{LOINC}|{code}')}&_sort=-date&_count=50{pools.suffix}",
+        by_date(f"SELECT t.res_id FROM search_token t WHERE {CODE}", 50, total=pools.totals),
         {"code": code},
+        counted=pools.totals,
     )
 
 
 def case_sort_all(rng: random.Random, pools: Pools) -> Case:
-    return Case(f"{BASE_PATH}/Observation?_sort=-date&_count=50", by_date("", 50), {})
+    return Case(
+        f"{BASE_PATH}/Observation?_sort=-date&_count=50{pools.suffix}",
+        by_date("", 50, total=pools.totals),
+        {},
+        counted=pools.totals,
+    )
 
 
 def case_page3(rng: random.Random, pools: Pools) -> Case:
     code = pools.code(rng, at_least=151)
     matches = f"SELECT t.res_id FROM search_token t WHERE {CODE}"
     return Case(
-        f"{BASE_PATH}/Observation?code={_q(f'{LOINC}|{code}')}&_sort=-date&_count=50",
+        f"{BASE_PATH}/Observation?code={_q(f'{LOINC}|{code}')}&_sort=-date&_count=50{pools.suffix}",
         by_date(matches, 50, total=False, after=True),
         {"code": code},
         pages=3,
@@ -1408,13 +1447,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--patients", type=int, default=100_000, help="patients to generate")
+    p.add_argument("--patients", type=int, default=DEFAULT_PATIENTS, help="patients to generate")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument(
         "--database-url",
-        default=DEFAULT_URL,
-        help="bench database: DROPPED and recreated unless --reuse/--skip-load "
-        "(its name must contain 'bench')",
+        help="bench database: DROPPED and recreated unless --reuse/--skip-load (its name must "
+        f"contain 'bench') [{DEFAULT_URL}, with _N appended for --patients N]",
     )
     p.add_argument(
         "--reuse", action="store_true", help="keep the database when it holds this population"
@@ -1444,9 +1482,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "(0.3: 30%%; 1: do not wait); the report shows busy shares before/during each shape",
     )
     p.add_argument("--patience", type=float, default=600.0, help="seconds to wait for --idle")
+    p.add_argument(
+        "--no-total",
+        action="store_true",
+        help="searches ask for no total (_total=none; the SQL counts nothing either)",
+    )
     p.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE of each shape")
     p.add_argument("--no-measure", action="store_true", help="with --explain: plans only")
     args = p.parse_args(argv)
+    if args.database_url is None:
+        suffix = "" if args.patients == DEFAULT_PATIENTS else f"_{args.patients}"
+        args.database_url = DEFAULT_URL + suffix
     args.database_url = args.database_url.replace("postgresql://", "postgresql+psycopg://", 1)
     return args
 
@@ -1501,7 +1547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(machine(url)), flush=True)
     if stored:
         print("load (when this database was loaded):\n" + stored, flush=True)
-    pools = sample_pools(url, args.seed)
+    pools = sample_pools(url, args.seed, totals=not args.no_total)
     if args.explain:
         explain(url, shapes, pools, args.seed)
         if args.no_measure:

@@ -165,13 +165,15 @@ class MessageStore:
     def note_attempt(self, message_id: int) -> int:
         """Count an attempt in its own transaction, so a crash mid-processing still counts."""
         with self.engine.connect().execution_options(hub_write=True) as conn, conn.begin():
-            conn.execute(
+            row = conn.execute(
                 update(messages)
                 .where(messages.c.id == message_id, messages.c.status.in_(OPEN))
                 .values(status=PROCESSING, attempts=messages.c.attempts + 1, updated_at=now())
-            )
-            row = conn.execute(
-                select(messages.c.attempts).where(messages.c.id == message_id)).first()
+                .returning(messages.c.attempts)
+            ).first()
+            if row is None:  # no longer open: its count as it stands
+                row = conn.execute(
+                    select(messages.c.attempts).where(messages.c.id == message_id)).first()
         return int(row[0]) if row else 0
 
     def set_status(self, message_id: int, status: str, error: str | None = None) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -114,8 +114,10 @@ class Pipeline:
             return self._fail(message, e)
         try:
             with self.ctx.repo.transaction() as tx:
-                if not self._claim(tx, message_id):
+                produced = self._claim(tx, message_id)
+                if produced is None:
                     return Outcome.SKIPPED
+                message = replace(message, produced=produced)  # as it stands under the lock
                 written, kept = [], []
                 for resource, lines in zip(mapped.resources, mapped.lineage, strict=True):
                     if self._superseded(tx, message, resource):
@@ -149,10 +151,14 @@ class Pipeline:
         self.store.set_status(message.id, FAILED, f"{where}: {error}" if where else str(error))
         return Outcome.FAILED
 
-    def _claim(self, tx: Transaction, message_id: int) -> bool:
-        """Lock the message row for this transaction; False when another run finished it."""
-        rows = tx.lock_row(select(messages.c.status).where(messages.c.id == message_id))
-        return bool(rows) and rows[0][0] in OPEN
+    def _claim(self, tx: Transaction, message_id: int) -> list[str] | None:
+        """Lock the message row for this transaction; None when another run finished it, else
+        what it produced before (empty unless it is a replay)."""
+        rows = tx.lock_row(select(messages.c.status, messages.c.produced)
+                           .where(messages.c.id == message_id))
+        if not rows or rows[0][0] not in OPEN:
+            return None
+        return list(json.loads(rows[0][1])) if rows[0][1] else []
 
     def _superseded(self, tx: Transaction, message: Message, resource: dict[str, Any]) -> bool:
         """A later message wrote this resource already: this one's data is older (a replay)."""
@@ -204,7 +210,8 @@ class Pipeline:
                                     + (f" ({message.origin})" if message.origin else "")},
             }],
         }
-        current = tx.current("Provenance", provenance["id"])
+        # Only a message that was done before (a replay) can have its Provenance already.
+        current = tx.current("Provenance", provenance["id"]) if message.produced else None
         if current is not None and current.content is not None:
             stored = json.loads(current.content)
             if all(stored.get(k) == v for k, v in provenance.items() if k != "recorded"):
@@ -213,7 +220,9 @@ class Pipeline:
 
     def _record(self, tx: Transaction, message: Message, written: list[Written],
                 produced_versions: list[Version]) -> None:
-        for w in written:  # a replay records a version's lineage again; older ones stay
+        # A replay records a version's lineage again; older ones stay. A message never done
+        # before (nothing produced) has no lineage rows to replace.
+        for w in written if message.produced else ():
             v = w.version
             tx.execute(delete(lineage).where(
                 lineage.c.message_id == message.id, lineage.c.res_type == v.resource_type,
@@ -225,7 +234,11 @@ class Pipeline:
             for w in written for element, field in w.lineage
         ]
         if rows:
-            tx.execute(insert(lineage).values(rows))
+            conn = getattr(tx, "conn", None)
+            if conn is not None:  # the SQL store: an executemany, its statement compiled once
+                conn.execute(insert(lineage), rows)
+            else:
+                tx.execute(insert(lineage).values(rows))
         produced = [
             f"{v.resource_type}/{v.resource_id}/_history/{v.version_id}"
             for v in produced_versions

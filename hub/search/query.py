@@ -18,7 +18,6 @@ from sqlalchemy import (
     Select,
     and_,
     case,
-    distinct,
     exists,
     false,
     func,
@@ -363,7 +362,8 @@ class QueryBuilder:
             # matches, counted from the indexes without reading `resources` (wide: its JSON).
             first, *others = [self.matching(resource_type, c) for c in criteria]
             ids = first.subquery().c[0]
-            return select(func.count(distinct(ids))).where(*[ids.in_(o) for o in others])
+            matched = select(ids).where(*[ids.in_(o) for o in others]).distinct()
+            return select(func.count()).select_from(matched.subquery())
         return (
             select(func.count())
             .select_from(resources)
@@ -471,7 +471,15 @@ def keyset(
             continue
         step = expr > value if forward else expr < value
         alternatives.append(and_(*earlier, step))
-    return or_(*alternatives) if alternatives else false()
+    if not alternatives:
+        return false()
+    first, descending = keys[0]
+    if last[0] is None:
+        return or_(*alternatives)
+    # Implied by the alternatives, but a bound an index on the first key can start from:
+    # a later page then reads what the first one does, not every row before it.
+    bound = first >= last[0] if descending == backward else first <= last[0]
+    return and_(bound, or_(*alternatives))
 
 
 def order(keys: Sequence[tuple[ColumnElement[Any], bool]], backward: bool) -> list[Any]:
