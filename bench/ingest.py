@@ -725,7 +725,8 @@ def report(results: Sequence[Result]) -> str:
     )
     for r in results:
         h = r.hub
-        cpu = ", ".join(f"{k} {v:.1f} s" for k, v in h.cpu.items())
+        shown = {k: v for k, v in h.cpu.items() if k != "workers" or h.mode != "embedded"}
+        cpu = ", ".join(f"{k} {v:.1f} s" for k, v in shown.items())
         per_row = sum(h.cpu.values()) / h.rows * 1000
         lines.append(
             f"{h.mode}: CPU {cpu} ({per_row:.2f} ms a row); patients.csv "
