@@ -60,8 +60,9 @@ from typing import Any
 import orjson
 import psycopg
 import redis
-from rest import (
+from common import (
     HOST,
+    ROOT,
     Server,
     checkpoint,
     drop_database,
@@ -74,7 +75,6 @@ from rest import (
     scratch,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 HUB = str(Path(sys.executable).with_name("hub"))
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/hub_bench_ingest"
 DEFAULT_BROKER = "redis://127.0.0.1:6379/11"

@@ -27,27 +27,34 @@ import asyncio
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+from common import (
+    HOST,
+    Server,
+    checkpoint,
+    drop_database,
+    free_port,
+    http_get,
+    idle_share,
+    libpq_url,
+    recreate_database,
+    revision,
+    scratch,
+    start_hub,
+)
 
 BENCH_DIR = Path(__file__).resolve().parent
-ROOT = BENCH_DIR.parent
-HOST = "127.0.0.1"
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/hub_bench"
 BASELINE_DATA_ENV = "BENCH_BASELINE_DATA"
@@ -221,70 +228,12 @@ def alternate(
 # --- processes -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return int(response.status), response.read()
-
-
 def http_post(url: str, body: bytes) -> tuple[int, bytes]:
     request = urllib.request.Request(
         url, data=body, method="POST", headers={"Content-Type": FHIR_JSON}
     )
     with urllib.request.urlopen(request, timeout=120) as response:
         return int(response.status), response.read()
-
-
-class Server:
-    """A uvicorn server in its own process group, stopped with everything it spawned."""
-
-    def __init__(
-        self, name: str, argv: list[str], port: int, log: Path, env: dict[str, str]
-    ) -> None:
-        self.name, self.port, self.log = name, port, log
-        self._log = log.open("wb")
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    @property
-    def base(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            try:
-                if http_get(self.base + "/healthz", timeout=1.0)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        tail = self.log.read_text(errors="replace")[-2000:]
-        raise SystemExit(f"{self.name} did not start on port {self.port}:\n{tail}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
 
 
 def uvicorn_options(port: int, workers: int) -> list[str]:
@@ -300,30 +249,6 @@ def uvicorn_options(port: int, workers: int) -> list[str]:
         "warning",
         "--no-access-log",
     ]
-
-
-def start_hub(url: str, workers: int, tmp: Path) -> Server:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
-    argv = [
-        sys.executable,
-        "-m",
-        "hub.cli",
-        "serve",
-        "--port",
-        str(port),
-        "--host",
-        HOST,
-        "--workers",
-        str(workers),
-        "--database-url",
-        url,
-        "--log-level",
-        "warning",
-    ]
-    server = Server("hub", argv, port, tmp / "hub.log", env)
-    server.wait_ready()
-    return server
 
 
 def start_baseline(data: Path, workers: int, tmp: Path) -> Server:
@@ -369,43 +294,11 @@ def baseline_app() -> Any:
 # --- the database ----------------------------------------------------------------------------
 
 
-def libpq_url(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://", 1)
-
-
-def recreate_database(url: str) -> None:
-    parts = urlsplit(libpq_url(url))
-    name = parts.path.lstrip("/")
-    if "bench" not in name:
-        raise SystemExit(
-            f"refusing to drop database '{name}': the bench database's name must contain 'bench'"
-        )
-    admin = urlunsplit(parts._replace(path="/postgres"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    subprocess.run(
-        [sys.executable, "-m", "hub.cli", "db", "upgrade", "--database-url", url],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    )
+def create_raw_tables(url: str) -> None:
+    """The baselines' bare tables."""
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
         for table in ("raw_create", "raw_bundle"):
             conn.execute(f"CREATE TABLE {table} (id text PRIMARY KEY, content bytea NOT NULL)")
-
-
-def drop_database(url: str) -> None:
-    parts = urlsplit(libpq_url(url))
-    admin = urlunsplit(parts._replace(path="/postgres"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{parts.path.lstrip("/")}" WITH (FORCE)')
-
-
-def checkpoint(url: str) -> None:
-    """Start every measurement with no dirty buffers from the one before."""
-    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
-        conn.execute("CHECKPOINT")
 
 
 def count_rows(url: str, table: str) -> int:
@@ -753,42 +646,6 @@ def report(figures: Sequence[Figure]) -> str:
     return "\n".join(lines)
 
 
-def revision() -> str:
-    """The code measured: commit, and whether the work tree differs from it."""
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
-
-
-def idle_share(seconds: float = 1.0) -> float:
-    """Share of CPU time idle over `seconds` (Linux /proc/stat; 1.0 elsewhere)."""
-
-    def sample() -> tuple[int, int]:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-        return sum(fields), fields[3] + fields[4]
-
-    try:
-        total0, idle0 = sample()
-        time.sleep(seconds)
-        total1, idle1 = sample()
-    except OSError:
-        return 1.0
-    return (idle1 - idle0) / max(1, total1 - total0)
-
-
-@contextmanager
-def scratch() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="hub-bench-") as name:
-        yield Path(name)
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0] if __doc__ else None,
@@ -860,7 +717,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if idle < 0.9:
             print("warning: something else is using the CPU; the figures will be noisy", flush=True)
         recreate_database(args.database_url)
-        hub = start_hub(args.database_url, args.workers, tmp)
+        create_raw_tables(args.database_url)
+        hub = start_hub(args.database_url, args.workers, tmp / "hub.log")
         print(f"hub pid {hub.proc.pid} on port {hub.port}", flush=True)
         figures: list[Figure] = []
         try:

@@ -40,9 +40,7 @@ import platform
 import random
 import re
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,21 +51,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import orjson
 import psycopg
+from common import HOST, ROOT, Server, libpq_url, recreate_database, start_hub
 
-ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere: the hub is importable
     sys.path.insert(0, str(ROOT))
 
-from hub.interactions.writes import content_hash, stamp  # noqa: E402
-from hub.search.extract import extract  # noqa: E402
-from hub.search.registry import Registry, load_default  # noqa: E402
-from hub.store.schema import INDEX_TABLES, resource_history, resources  # noqa: E402
+from hub.interactions.writes import content_hash, stamp
+from hub.search.extract import extract
+from hub.search.registry import Registry, load_default
+from hub.store.schema import INDEX_TABLES, resource_history, resources
 
-HOST = "127.0.0.1"
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/hub_bench_search"
 DEFAULT_PATIENTS = 100_000
 DEFAULT_SEED = 20261124
@@ -611,32 +608,6 @@ def load(url: str, patients: int, seed: int, jobs: int, chunk: int) -> LoadRepor
 # --- the database ----------------------------------------------------------------------------
 
 
-def libpq_url(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://", 1)
-
-
-def _admin_url(url: str) -> tuple[str, str]:
-    parts = urlsplit(libpq_url(url))
-    return urlunsplit(parts._replace(path="/postgres")), parts.path.lstrip("/")
-
-
-def recreate_database(url: str) -> None:
-    admin, name = _admin_url(url)
-    if "bench" not in name:
-        raise SystemExit(
-            f"refusing to drop database '{name}': the bench database's name must contain 'bench'"
-        )
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    subprocess.run(
-        [sys.executable, "-m", "hub.cli", "db", "upgrade", "--database-url", url],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    )
-
-
 def loaded_population(url: str) -> dict[str, Any] | None:
     """What the marker says the database holds, or None (no database, no marker)."""
     try:
@@ -673,56 +644,6 @@ def stored_load_report(url: str) -> str | None:
 
 
 # --- the hub over HTTP -----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """`hub serve` in its own process group, stopped with everything it spawned."""
-
-    def __init__(self, url: str, workers: int, log: Path, root: Path = ROOT) -> None:
-        self.port = free_port()
-        self.log = log
-        self._log = log.open("wb")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
-        argv = [
-            sys.executable, "-m", "hub.cli", "serve", "--host", HOST, "--port", str(self.port),
-            "--workers", str(workers), "--database-url", url, "--log-level", "warning",
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(
-            argv, cwd=root, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                conn = http.client.HTTPConnection(HOST, self.port, timeout=1.0)
-                conn.request("GET", "/healthz")
-                if conn.getresponse().status == 200:
-                    conn.close()
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        tail = self.log.read_text(errors="replace")[-2000:]
-        raise SystemExit(f"hub did not start on port {self.port}:\n{tail}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
 
 
 @dataclass(frozen=True)
@@ -1520,9 +1441,8 @@ def prepare(args: argparse.Namespace) -> None:
 @contextmanager
 def serving(url: str, workers: int, root: Path) -> Iterator[Server]:
     with tempfile.TemporaryDirectory(prefix="hub-bench-search-") as tmp:
-        server = Server(url, workers, Path(tmp) / "hub.log", root)
+        server = start_hub(url, workers, Path(tmp) / "hub.log", root)
         try:
-            server.wait_ready()
             yield server
         finally:
             server.stop()

@@ -24,7 +24,6 @@ class Category(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported-media-type"
     BUSINESS_RULE = "business-rule"
     UNSUPPORTED = "unsupported"
-    NOT_IMPLEMENTED = "not-implemented"
     BUSY = "busy"
     FAULT = "fault"
 
@@ -41,7 +40,6 @@ _STATUS: dict[Category, int] = {
     Category.UNSUPPORTED_MEDIA_TYPE: 415,
     Category.BUSINESS_RULE: 422,
     Category.FAULT: 500,
-    Category.NOT_IMPLEMENTED: 501,
     Category.BUSY: 503,
 }
 
@@ -139,11 +137,6 @@ class UnsupportedMediaType(HubError):
 class BusinessRule(HubError):
     category = Category.BUSINESS_RULE
     issue_code = "business-rule"
-
-
-class NotImplementedInteraction(HubError):
-    category = Category.NOT_IMPLEMENTED
-    issue_code = "not-supported"
 
 
 class Busy(HubError):

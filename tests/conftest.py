@@ -10,9 +10,11 @@ instead of skipping.
 from __future__ import annotations
 
 import os
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import psycopg
 import pytest
@@ -24,6 +26,8 @@ from hub.settings import Settings
 from hub.store import SqlRepository
 from hub.store.migrate import upgrade
 from hub.store.schema import INDEX_TABLES
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS = ROOT / "alembic"
@@ -41,8 +45,31 @@ def _pg_unavailable() -> str | None:
         return f"PostgreSQL at {PG_SERVER} is unreachable: {e}"
 
 
-def require_postgres() -> None:
-    reason = _pg_unavailable()
+def race(n: int, work: Callable[[int], T]) -> list[T]:
+    """Run `work(i)` in n threads started together; return the results in thread order."""
+    barrier = threading.Barrier(n)
+    results: list[T | None] = [None] * n
+    failures: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait(timeout=30)
+            results[i] = work(i)
+        except BaseException as e:  # surfaced below, with the thread's own traceback lost
+            failures.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    assert not failures, failures
+    return results  # type: ignore[return-value]  # every slot is set once no thread failed
+
+
+def require_server(reason: str | None) -> None:
+    """Skip the test when a server it needs is unreachable (`reason`); fail it with CI=true."""
     if reason is None:
         return
     if IN_CI:
@@ -53,7 +80,7 @@ def require_postgres() -> None:
 @pytest.fixture(scope="session")
 def postgres_url(worker_id: str) -> Iterator[str]:
     """A fresh, migrated PostgreSQL database for this test run (and xdist worker)."""
-    require_postgres()
+    require_server(_pg_unavailable())
     name = f"hub_test_{os.getpid()}_{worker_id}".replace("-", "_")
     with psycopg.connect(PG_SERVER, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')

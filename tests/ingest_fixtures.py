@@ -42,13 +42,31 @@ OBSERVATION_COLUMNS = _columns("DATE,PATIENT,ENCOUNTER,CATEGORY,CODE,DESCRIPTION
 
 def patient_row(pid: str, **cells: str) -> dict[str, str]:
     row = {
-        "Id": pid, "BIRTHDATE": "1961-07-04", "DEATHDATE": "", "SSN": "999-53-4412",
-        "DRIVERS": "S99912345", "PASSPORT": "", "PREFIX": "Mrs.", "FIRST": "Jacinta",
-        "LAST": "Kuhlman", "SUFFIX": "", "MAIDEN": "", "MARITAL": "M", "RACE": "white",
-        "ETHNICITY": "nonhispanic", "GENDER": "F", "BIRTHPLACE": "Worcester Massachusetts US",
-        "ADDRESS": "848 Bernier Lane", "CITY": "Springfield", "STATE": "Massachusetts",
-        "COUNTY": "Hampden County", "ZIP": "01104", "LAT": "42.1", "LON": "-72.5",
-        "HEALTHCARE_EXPENSES": "271227.08", "HEALTHCARE_COVERAGE": "1334.88",
+        "Id": pid,
+        "BIRTHDATE": "1961-07-04",
+        "DEATHDATE": "",
+        "SSN": "999-53-4412",
+        "DRIVERS": "S99912345",
+        "PASSPORT": "",
+        "PREFIX": "Mrs.",
+        "FIRST": "Jacinta",
+        "LAST": "Kuhlman",
+        "SUFFIX": "",
+        "MAIDEN": "",
+        "MARITAL": "M",
+        "RACE": "white",
+        "ETHNICITY": "nonhispanic",
+        "GENDER": "F",
+        "BIRTHPLACE": "Worcester Massachusetts US",
+        "ADDRESS": "848 Bernier Lane",
+        "CITY": "Springfield",
+        "STATE": "Massachusetts",
+        "COUNTY": "Hampden County",
+        "ZIP": "01104",
+        "LAT": "42.1",
+        "LON": "-72.5",
+        "HEALTHCARE_EXPENSES": "271227.08",
+        "HEALTHCARE_COVERAGE": "1334.88",
     }
     row.update(cells)
     return row
@@ -56,13 +74,21 @@ def patient_row(pid: str, **cells: str) -> dict[str, str]:
 
 def encounter_row(eid: str, pid: str, **cells: str) -> dict[str, str]:
     row = {
-        "Id": eid, "START": "2019-02-11T04:28:49Z", "STOP": "2019-02-11T04:43:49Z",
-        "PATIENT": pid, "ORGANIZATION": "ef58ea08-d883-3957-8300-150554edc8fb",
-        "PROVIDER": "0f2f8f8e-6e4d-3a8f-9b0c-5a1d6f0b8e21", "PAYER": "",
-        "ENCOUNTERCLASS": "wellness", "CODE": "162673000",
+        "Id": eid,
+        "START": "2019-02-11T04:28:49Z",
+        "STOP": "2019-02-11T04:43:49Z",
+        "PATIENT": pid,
+        "ORGANIZATION": "ef58ea08-d883-3957-8300-150554edc8fb",
+        "PROVIDER": "0f2f8f8e-6e4d-3a8f-9b0c-5a1d6f0b8e21",
+        "PAYER": "",
+        "ENCOUNTERCLASS": "wellness",
+        "CODE": "162673000",
         "DESCRIPTION": "General examination of patient (procedure)",
-        "BASE_ENCOUNTER_COST": "129.16", "TOTAL_CLAIM_COST": "129.16", "PAYER_COVERAGE": "0.0",
-        "REASONCODE": "", "REASONDESCRIPTION": "",
+        "BASE_ENCOUNTER_COST": "129.16",
+        "TOTAL_CLAIM_COST": "129.16",
+        "PAYER_COVERAGE": "0.0",
+        "REASONCODE": "",
+        "REASONDESCRIPTION": "",
     }
     row.update(cells)
     return row
@@ -70,8 +96,11 @@ def encounter_row(eid: str, pid: str, **cells: str) -> dict[str, str]:
 
 def condition_row(pid: str, **cells: str) -> dict[str, str]:
     row = {
-        "START": "2019-02-11", "STOP": "", "PATIENT": pid,
-        "ENCOUNTER": "e1000000-0000-0000-0000-000000000001", "CODE": "44054006",
+        "START": "2019-02-11",
+        "STOP": "",
+        "PATIENT": pid,
+        "ENCOUNTER": "e1000000-0000-0000-0000-000000000001",
+        "CODE": "44054006",
         "DESCRIPTION": "Diabetes",
     }
     row.update(cells)
@@ -80,9 +109,14 @@ def condition_row(pid: str, **cells: str) -> dict[str, str]:
 
 def observation_row(pid: str, **cells: str) -> dict[str, str]:
     row = {
-        "DATE": "2019-02-11T04:28:49Z", "PATIENT": pid,
-        "ENCOUNTER": "e1000000-0000-0000-0000-000000000001", "CATEGORY": "vital-signs",
-        "CODE": "8302-2", "DESCRIPTION": "Body Height", "VALUE": "172.5", "UNITS": "cm",
+        "DATE": "2019-02-11T04:28:49Z",
+        "PATIENT": pid,
+        "ENCOUNTER": "e1000000-0000-0000-0000-000000000001",
+        "CATEGORY": "vital-signs",
+        "CODE": "8302-2",
+        "DESCRIPTION": "Body Height",
+        "VALUE": "172.5",
+        "UNITS": "cm",
         "TYPE": "numeric",
     }
     row.update(cells)
@@ -143,9 +177,7 @@ def history(service: IngestService, resource_type: str, resource_id_: str) -> li
     ]
 
 
-def wait_for(
-    condition: Callable[[], bool], timeout: float, what: str, every: float = 0.1
-) -> None:
+def wait_for(condition: Callable[[], bool], timeout: float, what: str, every: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:

@@ -8,11 +8,10 @@ writer win, and version numbers are never repeated nor skipped.
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
+from conftest import race
 from fastapi.testclient import TestClient
 
 from hub.errors import HubError, status_of
@@ -21,30 +20,6 @@ from hub.interactions.routes import dispatch
 
 BASE = "http://hub.test/fhir"
 THREADS = 8
-
-
-def _race(n: int, work: Callable[[int], int]) -> list[int]:
-    """Run `work(i)` in n threads started together; return the statuses in thread order."""
-    barrier = threading.Barrier(n)
-    statuses: list[int | None] = [None] * n
-    failures: list[BaseException] = []
-
-    def run(i: int) -> None:
-        try:
-            barrier.wait(timeout=30)
-            statuses[i] = work(i)
-        except BaseException as e:  # surfaced below, with the thread's own traceback lost
-            failures.append(e)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "a writer hung"
-    assert not failures, failures
-    assert all(s is not None for s in statuses)
-    return [int(s) for s in statuses if s is not None]
 
 
 def _call(ctx: Context, req: Request) -> int:
@@ -82,7 +57,7 @@ def _current_version(ctx: Context, pid: str) -> int:
 def test_if_match_race_has_exactly_one_winner(ctx: Context, uid: str) -> None:
     pid = f"race-{uid}"
     assert _put(ctx, pid, "Start") == 201
-    statuses = _race(THREADS, lambda i: _put(ctx, pid, f"Writer{i}", if_match='W/"1"'))
+    statuses = race(THREADS, lambda i: _put(ctx, pid, f"Writer{i}", if_match='W/"1"'))
 
     assert Counter(statuses) == Counter({200: 1, 412: THREADS - 1}), statuses
     assert _current_version(ctx, pid) == 2
@@ -109,7 +84,7 @@ def test_if_match_race_over_http(client: TestClient, ctx: Context, uid: str) -> 
             assert r.headers["ETag"] == 'W/"2"'
         return r.status_code
 
-    statuses = _race(4, put)
+    statuses = race(4, put)
     assert Counter(statuses) == Counter({200: 1, 412: 3}), statuses
     history = client.get(f"/fhir/Patient/{pid}/_history").json()
     assert [e["response"]["etag"] for e in history["entry"]] == ['W/"2"', 'W/"1"']
@@ -118,7 +93,7 @@ def test_if_match_race_over_http(client: TestClient, ctx: Context, uid: str) -> 
 def test_updates_without_if_match_never_repeat_a_version(ctx: Context, uid: str) -> None:
     pid = f"free-{uid}"
     assert _put(ctx, pid, "Start") == 201
-    statuses = _race(THREADS, lambda i: _put(ctx, pid, f"Writer{i}"))
+    statuses = race(THREADS, lambda i: _put(ctx, pid, f"Writer{i}"))
 
     assert set(statuses) <= {200, 409}, statuses
     wins = statuses.count(200)
@@ -129,7 +104,7 @@ def test_updates_without_if_match_never_repeat_a_version(ctx: Context, uid: str)
 
 def test_concurrent_create_on_update_of_one_new_id(ctx: Context, uid: str) -> None:
     pid = f"new-{uid}"
-    statuses = _race(THREADS, lambda i: _put(ctx, pid, f"Writer{i}"))
+    statuses = race(THREADS, lambda i: _put(ctx, pid, f"Writer{i}"))
 
     assert statuses.count(201) == 1, statuses
     assert set(statuses) <= {200, 201, 409}, statuses
@@ -154,7 +129,7 @@ def test_concurrent_if_match_deletes_and_updates(ctx: Context, uid: str) -> None
         )
         return _call(ctx, req)
 
-    statuses = _race(THREADS, work)
+    statuses = race(THREADS, work)
     assert sum(s in (200, 204) for s in statuses) == 1, statuses
     assert statuses.count(412) == THREADS - 1
     assert _versions(ctx, pid) == [2, 1]
@@ -185,7 +160,7 @@ def test_concurrent_transactions_on_one_resource(ctx: Context, uid: str) -> None
         }
         return _call(ctx, Request(method="POST", base_url=BASE, body=body))
 
-    statuses = _race(4, transaction)
+    statuses = race(4, transaction)
     assert Counter(statuses) == Counter({200: 1, 412: 3}), statuses
     assert _versions(ctx, pid) == [2, 1]
     # The losers' POST entries were rolled back with them.
@@ -207,7 +182,7 @@ def test_concurrent_conditional_creates_make_one_resource(ctx: Context, uid: str
         )
         return _call(ctx, req)
 
-    statuses = _race(THREADS, create)
+    statuses = race(THREADS, create)
     assert Counter(statuses) == {201: 1, 200: THREADS - 1}
     req = Request(
         method="GET",

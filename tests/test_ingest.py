@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import ROOT
+from conftest import ROOT, race
 from fastapi.testclient import TestClient
 from ingest_fixtures import (
     CONDITION_COLUMNS,
@@ -115,25 +115,81 @@ def test_synthea_files_become_patients_encounters_conditions_and_observations(
 ) -> None:
     engine = service.store.engine
     summaries = [
-        ingest(service, PATIENTS, patients(patient_row(P1), patient_row(
-            P2, FIRST="Rolando", LAST="Hodkiewicz", GENDER="M", MARITAL="", PREFIX="Mr.",
-            DEATHDATE="2020-03-01", CITY="", ADDRESS="")), "patients.csv"),
-        ingest(service, "synthea-encounters", csv_bytes(ENCOUNTER_COLUMNS, [
-            encounter_row(E1, P1),
-            encounter_row(E2, P2, ENCOUNTERCLASS="emergency", REASONCODE="55822004",
-                          REASONDESCRIPTION="Hyperlipidemia"),
-        ]), "encounters.csv"),
-        ingest(service, "synthea-conditions", csv_bytes(CONDITION_COLUMNS, [
-            condition_row(P1),
-            condition_row(P2, CODE="40055000", DESCRIPTION="Chronic sinusitis (disorder)",
-                          STOP="2020-01-05", ENCOUNTER=E2),
-        ]), "conditions.csv"),
-        ingest(service, "synthea-observations", csv_bytes(OBSERVATION_COLUMNS, [
-            observation_row(P1),
-            observation_row(P1, CODE="72166-2", DESCRIPTION="Tobacco smoking status",
-                            VALUE="Never smoker", UNITS="", TYPE="text",
-                            CATEGORY="survey"),
-        ]), "observations.csv"),
+        ingest(
+            service,
+            PATIENTS,
+            patients(
+                patient_row(P1),
+                patient_row(
+                    P2,
+                    FIRST="Rolando",
+                    LAST="Hodkiewicz",
+                    GENDER="M",
+                    MARITAL="",
+                    PREFIX="Mr.",
+                    DEATHDATE="2020-03-01",
+                    CITY="",
+                    ADDRESS="",
+                ),
+            ),
+            "patients.csv",
+        ),
+        ingest(
+            service,
+            "synthea-encounters",
+            csv_bytes(
+                ENCOUNTER_COLUMNS,
+                [
+                    encounter_row(E1, P1),
+                    encounter_row(
+                        E2,
+                        P2,
+                        ENCOUNTERCLASS="emergency",
+                        REASONCODE="55822004",
+                        REASONDESCRIPTION="Hyperlipidemia",
+                    ),
+                ],
+            ),
+            "encounters.csv",
+        ),
+        ingest(
+            service,
+            "synthea-conditions",
+            csv_bytes(
+                CONDITION_COLUMNS,
+                [
+                    condition_row(P1),
+                    condition_row(
+                        P2,
+                        CODE="40055000",
+                        DESCRIPTION="Chronic sinusitis (disorder)",
+                        STOP="2020-01-05",
+                        ENCOUNTER=E2,
+                    ),
+                ],
+            ),
+            "conditions.csv",
+        ),
+        ingest(
+            service,
+            "synthea-observations",
+            csv_bytes(
+                OBSERVATION_COLUMNS,
+                [
+                    observation_row(P1),
+                    observation_row(
+                        P1,
+                        CODE="72166-2",
+                        DESCRIPTION="Tobacco smoking status",
+                        VALUE="Never smoker",
+                        UNITS="",
+                        TYPE="text",
+                        CATEGORY="survey",
+                    ),
+                ],
+            ),
+            "observations.csv",
+        ),
     ]
     for summary in summaries:
         assert (summary.units, summary.accepted, summary.done) == (2, 2, 2), summary.to_json()
@@ -142,15 +198,24 @@ def test_synthea_files_become_patients_encounters_conditions_and_observations(
 
     patient = read(service, "Patient", rid("Patient", P1))
     assert patient["identifier"][0] == {
-        "system": "https://github.com/synthetichealth/synthea", "value": P1}
+        "system": "https://github.com/synthetichealth/synthea",
+        "value": P1,
+    }
     assert patient["name"] == [
-        {"use": "official", "prefix": ["Mrs."], "given": ["Jacinta"], "family": "Kuhlman"}]
+        {"use": "official", "prefix": ["Mrs."], "given": ["Jacinta"], "family": "Kuhlman"}
+    ]
     assert patient["gender"] == "female"
     assert patient["birthDate"] == "1961-07-04"
     assert patient["maritalStatus"]["coding"][0]["code"] == "M"
-    assert patient["address"] == [{"line": ["848 Bernier Lane"], "city": "Springfield",
-                                   "state": "Massachusetts", "postalCode": "01104",
-                                   "country": "US"}]
+    assert patient["address"] == [
+        {
+            "line": ["848 Bernier Lane"],
+            "city": "Springfield",
+            "state": "Massachusetts",
+            "postalCode": "01104",
+            "country": "US",
+        }
+    ]
     assert patient["meta"]["versionId"] == "1"
     other = read(service, "Patient", rid("Patient", P2))
     assert other["gender"] == "male"
@@ -162,8 +227,7 @@ def test_synthea_files_become_patients_encounters_conditions_and_observations(
     assert encounter["status"] == "finished"
     assert encounter["class"]["code"] == "EMER"
     assert encounter["subject"] == {"reference": f"Patient/{rid('Patient', P2)}"}
-    assert encounter["period"] == {"start": "2019-02-11T04:28:49Z",
-                                   "end": "2019-02-11T04:43:49Z"}
+    assert encounter["period"] == {"start": "2019-02-11T04:28:49Z", "end": "2019-02-11T04:43:49Z"}
     assert encounter["reasonCode"][0]["coding"][0]["code"] == "55822004"
     assert "reasonCode" not in read(service, "Encounter", rid("Encounter", E1))
 
@@ -176,17 +240,24 @@ def test_synthea_files_become_patients_encounters_conditions_and_observations(
     assert resolved["abatementDateTime"] == "2020-01-05"
     assert resolved["encounter"]["reference"] == f"Encounter/{rid('Encounter', E2)}"
 
-    height = read(service, "Observation",
-                  rid("Observation", P1, "2019-02-11T04:28:49Z", "8302-2"))
+    height = read(service, "Observation", rid("Observation", P1, "2019-02-11T04:28:49Z", "8302-2"))
     assert height["status"] == "final"
     assert height["code"]["coding"][0] == {
-        "system": "http://loinc.org", "code": "8302-2", "display": "Body Height"}
+        "system": "http://loinc.org",
+        "code": "8302-2",
+        "display": "Body Height",
+    }
     assert height["valueQuantity"] == {
-        "value": 172.5, "unit": "cm", "system": "http://unitsofmeasure.org", "code": "cm"}
+        "value": 172.5,
+        "unit": "cm",
+        "system": "http://unitsofmeasure.org",
+        "code": "cm",
+    }
     assert height["category"][0]["coding"][0]["code"] == "vital-signs"
     assert height["effectiveDateTime"] == "2019-02-11T04:28:49Z"
-    smoking = read(service, "Observation",
-                   rid("Observation", P1, "2019-02-11T04:28:49Z", "72166-2"))
+    smoking = read(
+        service, "Observation", rid("Observation", P1, "2019-02-11T04:28:49Z", "72166-2")
+    )
     assert smoking["valueString"] == "Never smoker"
     assert "valueQuantity" not in smoking
 
@@ -213,9 +284,12 @@ def test_resending_a_file_is_all_duplicates_and_writes_no_version(
 
 def test_a_corrected_row_updates_the_same_resource_as_version_2(service: IngestService) -> None:
     ingest(service, PATIENTS, patients(patient_row(P1), patient_row(P2)), "monday.csv")
-    corrected = ingest(service, PATIENTS, patients(
-        patient_row(P1, ADDRESS="1 Main Street", CITY="Boston"), patient_row(P2)
-    ), "tuesday.csv")
+    corrected = ingest(
+        service,
+        PATIENTS,
+        patients(patient_row(P1, ADDRESS="1 Main Street", CITY="Boston"), patient_row(P2)),
+        "tuesday.csv",
+    )
 
     assert (corrected.accepted, corrected.duplicates, corrected.done) == (1, 1, 2)
     assert corrected.resources == 1
@@ -223,9 +297,13 @@ def test_a_corrected_row_updates_the_same_resource_as_version_2(service: IngestS
     assert patient["meta"]["versionId"] == "2"
     assert patient["address"][0]["city"] == "Boston"
     assert [h["address"][0]["city"] for h in history(service, "Patient", rid("Patient", P1))] == [
-        "Springfield", "Boston"]
+        "Springfield",
+        "Boston",
+    ]
     assert version_counts(service.store.engine, "Patient") == {
-        f"Patient/{rid('Patient', P1)}": 2, f"Patient/{rid('Patient', P2)}": 1}
+        f"Patient/{rid('Patient', P1)}": 2,
+        f"Patient/{rid('Patient', P2)}": 1,
+    }
 
 
 def test_the_same_row_twice_in_one_file_is_one_message(service: IngestService) -> None:
@@ -251,31 +329,17 @@ def test_a_message_delivered_twice_is_processed_once(service: IngestService) -> 
     assert service.pipeline.process(mid) == Outcome.SKIPPED
     assert service.store.get(mid).attempts == 1  # type: ignore[union-attr]
     assert version_counts(service.store.engine) == {
-        f"Patient/{rid('Patient', P1)}": 1, f"Provenance/message-{mid}": 1}
+        f"Patient/{rid('Patient', P1)}": 1,
+        f"Provenance/message-{mid}": 1,
+    }
 
 
 def test_concurrent_deliveries_of_one_message_write_once(service: IngestService) -> None:
     hold(service)
     data = patients(patient_row(P1), patient_row(P2))
     ids = ingest(service, PATIENTS, data, "patients.csv", wait=False).message_ids
-    barrier = threading.Barrier(4)
-    outcomes: list[Outcome] = []
-    errors: list[BaseException] = []
-
-    def deliver(mid: int) -> None:
-        try:
-            barrier.wait(timeout=30)
-            outcomes.append(service.pipeline.process(mid))
-        except BaseException as e:
-            errors.append(e)
-
-    threads = [threading.Thread(target=deliver, args=(mid,)) for mid in ids for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not any(t.is_alive() for t in threads), "a delivery hung"
-    assert not errors, errors
+    # Two deliveries of each message at once.
+    outcomes = race(4, lambda i: service.pipeline.process(ids[i // 2]))
     assert Counter(outcomes) == {Outcome.DONE: 2, Outcome.SKIPPED: 2}
     assert set(version_counts(service.store.engine).values()) == {1}
     assert service.store.counts(ids) == {DONE: 2}
@@ -285,10 +349,18 @@ def test_concurrent_deliveries_of_one_message_write_once(service: IngestService)
 
 
 BAD_ROWS = [
-    pytest.param({"BIRTHDATE": "1961-13-45"}, "BIRTHDATE",
-                 "'1961-13-45' is not a date in the format %Y-%m-%d", id="unparseable-date"),
-    pytest.param({"GENDER": "X"}, "GENDER", "unknown code 'X' (table gender has M, F, U, O)",
-                 id="unknown-code"),
+    pytest.param(
+        {"BIRTHDATE": "1961-13-45"},
+        "BIRTHDATE",
+        "'1961-13-45' is not a date in the format %Y-%m-%d",
+        id="unparseable-date",
+    ),
+    pytest.param(
+        {"GENDER": "X"},
+        "GENDER",
+        "unknown code 'X' (table gender has M, F, U, O)",
+        id="unknown-code",
+    ),
     pytest.param({"LAST": ""}, "LAST", "the required field is empty", id="required-empty"),
 ]
 
@@ -313,22 +385,33 @@ def test_a_bad_row_is_rejected_with_file_line_and_column_and_kept_raw(
     assert message.produced == []
     assert service.ctx.repo.read("Patient", rid("Patient", P2)) is None
     assert read(service, "Patient", rid("Patient", P1))["address"][0]["line"] == [
-        "12 Elm St\nApt 4"]
+        "12 Elm St\nApt 4"
+    ]
     assert read(service, "Patient", rid("Patient", P3))["id"] == rid("Patient", P3)
 
 
 def test_a_row_short_of_columns_names_the_first_missing_one(service: IngestService) -> None:
     header = ",".join(PATIENT_COLUMNS).encode()
     short = f"{P2},1970-01-01,,999-11-2222".encode()
-    data = b"\n".join([header, line_of(PATIENT_COLUMNS, patient_row(P1)).rstrip(), short,
-                       line_of(PATIENT_COLUMNS, patient_row(P3)).rstrip()]) + b"\n"
+    data = (
+        b"\n".join(
+            [
+                header,
+                line_of(PATIENT_COLUMNS, patient_row(P1)).rstrip(),
+                short,
+                line_of(PATIENT_COLUMNS, patient_row(P3)).rstrip(),
+            ]
+        )
+        + b"\n"
+    )
 
     summary = ingest(service, PATIENTS, data, "patients.csv")
 
     assert (summary.done, summary.rejected) == (2, 1)
     message = message_of(service, "patients.csv line 3")
     assert message.error == (
-        "patients.csv line 3, column DRIVERS: the row has 4 columns where the header has 25")
+        "patients.csv line 3, column DRIVERS: the row has 4 columns where the header has 25"
+    )
     assert message.raw == header + b"\n" + short + b"\n"
 
 
@@ -345,19 +428,22 @@ def test_a_row_not_in_utf8_is_rejected_naming_its_column_and_kept_as_sent(
     shown = client.get(f"/messages/{body['messages'][1]}").json()
     assert shown["status"] == FAILED
     assert base64.b64decode(shown["raw"]["base64"]) == data.split(b"\n")[0] + b"\n" + (
-        data.split(b"\n")[2] + b"\n")
+        data.split(b"\n")[2] + b"\n"
+    )
 
 
 def test_a_file_without_a_required_column_rejects_each_row_naming_it(
     service: IngestService,
 ) -> None:
     columns = [c for c in PATIENT_COLUMNS if c != "GENDER"]
-    summary = ingest(service, PATIENTS, csv_bytes(columns, [patient_row(P1), patient_row(P2)]),
-                     "patients.csv")
+    summary = ingest(
+        service, PATIENTS, csv_bytes(columns, [patient_row(P1), patient_row(P2)]), "patients.csv"
+    )
 
     assert (summary.done, summary.rejected) == (0, 2)
     assert summary.errors == [
-        f"patients.csv line {n}, column GENDER: the required field is missing" for n in (2, 3)]
+        f"patients.csv line {n}, column GENDER: the required field is missing" for n in (2, 3)
+    ]
     assert resource_count(service.store.engine, "Patient") == 0
 
 
@@ -366,16 +452,23 @@ def test_a_file_without_a_required_column_rejects_each_row_naming_it(
 
 def test_every_written_version_has_provenance_and_lineage(service: IngestService) -> None:
     first = ingest(service, PATIENTS, patients(patient_row(P1)), "patients.csv")
-    obs = ingest(service, "synthea-observations",
-                 csv_bytes(OBSERVATION_COLUMNS, [observation_row(P1)]), "observations.csv")
-    fix = ingest(service, PATIENTS, patients(patient_row(P1, BIRTHDATE="1961-07-05")),
-                 "patients-fix.csv")
+    obs = ingest(
+        service,
+        "synthea-observations",
+        csv_bytes(OBSERVATION_COLUMNS, [observation_row(P1)]),
+        "observations.csv",
+    )
+    fix = ingest(
+        service, PATIENTS, patients(patient_row(P1, BIRTHDATE="1961-07-05")), "patients-fix.csv"
+    )
     pid = rid("Patient", P1)
     oid = rid("Observation", P1, "2019-02-11T04:28:49Z", "8302-2")
 
-    for summary, target in ((first, f"Patient/{pid}/_history/1"),
-                            (obs, f"Observation/{oid}/_history/1"),
-                            (fix, f"Patient/{pid}/_history/2")):
+    for summary, target in (
+        (first, f"Patient/{pid}/_history/1"),
+        (obs, f"Observation/{oid}/_history/1"),
+        (fix, f"Patient/{pid}/_history/2"),
+    ):
         (mid,) = summary.message_ids
         message = service.store.get(mid)
         assert message is not None
@@ -392,16 +485,32 @@ def test_every_written_version_has_provenance_and_lineage(service: IngestService
     lineage = service.store.lineage_of("Patient", pid)
     (fix_id,) = fix.message_ids
     (first_id,) = first.message_ids
-    assert {"version": 1, "element": "Patient.birthDate", "source": "BIRTHDATE",
-            "message": first_id} in lineage
-    assert {"version": 2, "element": "Patient.birthDate", "source": "BIRTHDATE",
-            "message": fix_id} in lineage
+    assert {
+        "version": 1,
+        "element": "Patient.birthDate",
+        "source": "BIRTHDATE",
+        "message": first_id,
+    } in lineage
+    assert {
+        "version": 2,
+        "element": "Patient.birthDate",
+        "source": "BIRTHDATE",
+        "message": fix_id,
+    } in lineage
     elements = {(e["element"], e["source"]) for e in lineage}
-    assert {("Patient.gender", "GENDER"), ("Patient.name.family", "LAST"),
-            ("Patient.identifier.value", "Id"), ("Patient.address.city", "CITY")} <= elements
+    assert {
+        ("Patient.gender", "GENDER"),
+        ("Patient.name.family", "LAST"),
+        ("Patient.identifier.value", "Id"),
+        ("Patient.address.city", "CITY"),
+    } <= elements
     (obs_id,) = obs.message_ids
-    assert {"version": 1, "element": "Observation.valueQuantity.value", "source": "VALUE",
-            "message": obs_id} in service.store.lineage_of("Observation", oid)
+    assert {
+        "version": 1,
+        "element": "Observation.valueQuantity.value",
+        "source": "VALUE",
+        "message": obs_id,
+    } in service.store.lineage_of("Observation", oid)
 
 
 # --- out-of-order delivery ----------------------------------------------------
@@ -420,8 +529,11 @@ def test_out_of_order_delivery_is_applied_in_message_order(
     later, earlier = ids[2], ids[0]
     assert service.pipeline.process(later) == Outcome.DEFERRED  # P1's first row is still open
     assert service.store.get(later).status == RECEIVED  # type: ignore[union-attr]
-    dispatcher = (InlineDispatcher(service.pipeline, sleep=no_sleep) if kind == "inline"
-                  else ThreadDispatcher(service.pipeline, threads=4))
+    dispatcher = (
+        InlineDispatcher(service.pipeline, sleep=no_sleep)
+        if kind == "inline"
+        else ThreadDispatcher(service.pipeline, threads=4)
+    )
     try:
         dispatcher.submit(list(reversed(ids)))
         done = service.wait(ids, timeout=60)
@@ -460,8 +572,11 @@ def failing_save(times: int, error: Exception) -> Any:
 TRANSIENT = [
     pytest.param(Busy("the store is busy (simulated)"), "Busy", id="busy"),
     pytest.param(Conflict("lost a race (simulated)"), "Conflict", id="conflict"),
-    pytest.param(OperationalError("UPDATE", {}, Exception("could not serialize access")),
-                 "OperationalError", id="dbapi"),
+    pytest.param(
+        OperationalError("UPDATE", {}, Exception("could not serialize access")),
+        "OperationalError",
+        id="dbapi",
+    ),
 ]
 
 
@@ -473,8 +588,7 @@ def test_transient_errors_end_in_dead_letter_and_retry_revives(
     service.dispatcher.sleep = no_sleep
     monkeypatch.setattr(pipeline_module, "save", failing_save(100, error))
 
-    summary = ingest(service, PATIENTS, patients(patient_row(P1), patient_row(P2)),
-                     "patients.csv")
+    summary = ingest(service, PATIENTS, patients(patient_row(P1), patient_row(P2)), "patients.csv")
 
     assert (summary.dead, summary.done, summary.open) == (2, 0, 0)
     mid = summary.message_ids[0]
@@ -500,8 +614,9 @@ def test_transient_errors_end_in_dead_letter_and_retry_revives(
 def test_a_transient_error_below_the_limit_is_retried_to_success(
     ctx: Context, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    service = IngestService(ctx, settings.model_copy(update={"ingest_max_attempts": 4}),
-                            dispatcher="inline")
+    service = IngestService(
+        ctx, settings.model_copy(update={"ingest_max_attempts": 4}), dispatcher="inline"
+    )
     assert isinstance(service.dispatcher, InlineDispatcher)
     slept: list[float] = []
     service.dispatcher.sleep = slept.append
@@ -515,8 +630,7 @@ def test_a_transient_error_below_the_limit_is_retried_to_success(
     assert message is not None and (message.attempts, message.error) == (4, None)
     assert flaky.calls["failed"] == 3
     assert slept == [1.0, 2.0, 4.0]  # backoff between the rounds
-    assert version_counts(service.store.engine, "Patient") == {
-        f"Patient/{rid('Patient', P1)}": 1}
+    assert version_counts(service.store.engine, "Patient") == {f"Patient/{rid('Patient', P1)}": 1}
 
 
 def test_a_message_that_never_finishes_ends_dead(
@@ -524,8 +638,9 @@ def test_a_message_that_never_finishes_ends_dead(
 ) -> None:
     """A message whose processing crashes every time (a poison message) is not sent forever."""
     hold(service)
-    (mid,) = ingest(service, PATIENTS, patients(patient_row(P1)), "patients.csv",
-                    wait=False).message_ids
+    (mid,) = ingest(
+        service, PATIENTS, patients(patient_row(P1)), "patients.csv", wait=False
+    ).message_ids
 
     def crash(_: Any) -> None:
         raise RuntimeError("the worker fell over")
@@ -559,10 +674,14 @@ def test_replay_after_a_mapping_change_corrects_resources_once(
 ) -> None:
     folder = tmp_path / "mappings"
     # Version 1 lacks the marital status W and names every patient "usual".
-    write_mapping(folder, PATIENTS, {
-        "    W: {system": "    X: {system",
-        "name[0].use: {value: official}": "name[0].use: {value: usual}",
-    })
+    write_mapping(
+        folder,
+        PATIENTS,
+        {
+            "    W: {system": "    X: {system",
+            "name[0].use: {value: official}": "name[0].use: {value: usual}",
+        },
+    )
     old = IngestService(ctx, settings.model_copy(update={"mappings_dir": folder}), "inline")
     data = patients(patient_row(P1), patient_row(P2, MARITAL="W"), patient_row(P3))
     first = ingest(old, PATIENTS, data, "patients.csv")
@@ -583,11 +702,13 @@ def test_replay_after_a_mapping_change_corrects_resources_once(
     assert p2["maritalStatus"]["coding"][0]["code"] == "W" and p2["meta"]["versionId"] == "1"
     # P3: version 1 from the file, 2 its correction, 3 the correction under the new mapping;
     # replaying the older row did not put the old name back.
-    assert [(v["name"][0]["use"], v["name"][0]["family"]) for v in history(
-        new, "Patient", rid("Patient", P3))] == [
-        ("usual", "Kuhlman"), ("usual", "Kuhn"), ("official", "Kuhn")]
+    assert [
+        (v["name"][0]["use"], v["name"][0]["family"])
+        for v in history(new, "Patient", rid("Patient", P3))
+    ] == [("usual", "Kuhlman"), ("usual", "Kuhn"), ("official", "Kuhn")]
     assert read(new, "Provenance", f"message-{ids[0]}")["target"] == [
-        {"reference": f"Patient/{rid('Patient', P1)}/_history/2"}]
+        {"reference": f"Patient/{rid('Patient', P1)}/_history/2"}
+    ]
     versions = version_counts(engine)
 
     assert new.replay(ids) == ids  # again: nothing changes
@@ -595,8 +716,12 @@ def test_replay_after_a_mapping_change_corrects_resources_once(
     assert version_counts(engine) == versions
     assert resource_count(engine, "Patient") == 3
     # The lineage of older versions is kept.
-    assert {"version": 1, "element": "Patient.birthDate", "source": "BIRTHDATE",
-            "message": ids[0]} in new.store.lineage_of("Patient", rid("Patient", P1))
+    assert {
+        "version": 1,
+        "element": "Patient.birthDate",
+        "source": "BIRTHDATE",
+        "message": ids[0],
+    } in new.store.lineage_of("Patient", rid("Patient", P1))
 
 
 def test_replaying_an_older_message_does_not_overwrite_newer_data(
@@ -624,26 +749,35 @@ def test_the_sweeper_resends_a_message_a_crash_left_processing(
     threads = service.dispatcher
     assert isinstance(threads, ThreadDispatcher)
     hold(service)
-    ids = ingest(service, PATIENTS, patients(patient_row(P1), patient_row(P2)), "patients.csv",
-                 wait=False).message_ids
+    ids = ingest(
+        service, PATIENTS, patients(patient_row(P1), patient_row(P2)), "patients.csv", wait=False
+    ).message_ids
     crashed, _ = ids
     with service.store.engine.begin() as conn:  # a worker died while processing `crashed`
-        conn.execute(update(messages).where(messages.c.id == crashed).values(
-            status=PROCESSING, attempts=1, updated_at=now() - timedelta(minutes=5)))
+        conn.execute(
+            update(messages)
+            .where(messages.c.id == crashed)
+            .values(status=PROCESSING, attempts=1, updated_at=now() - timedelta(minutes=5))
+        )
     assert service.store.stale(timedelta(seconds=60)) == [crashed]
 
     service.dispatcher, service.mode = threads, "threads"
     service.start_sweeper()
     try:
-        wait_for(lambda: service.store.counts(ids) == {DONE: 2}, 30,
-                 "the sweeper to re-send the stuck messages")
+        wait_for(
+            lambda: service.store.counts(ids) == {DONE: 2},
+            30,
+            "the sweeper to re-send the stuck messages",
+        )
     finally:
         service.close()
 
     message = service.store.get(crashed)
     assert message is not None and message.attempts == 2
     assert version_counts(ctx.repo.engine, "Patient") == {  # type: ignore[attr-defined]
-        f"Patient/{rid('Patient', P1)}": 1, f"Patient/{rid('Patient', P2)}": 1}
+        f"Patient/{rid('Patient', P1)}": 1,
+        f"Patient/{rid('Patient', P2)}": 1,
+    }
     assert sweep(service.store, service.dispatcher, timedelta(0)) == 0  # nothing left open
 
 
@@ -653,18 +787,8 @@ def test_sweeps_running_together_send_each_message_once(service: IngestService) 
     ids = ingest(service, PATIENTS, patients(*rows), "patients.csv", wait=False).message_ids
     with service.store.engine.begin() as conn:
         conn.execute(update(messages).values(updated_at=now() - timedelta(minutes=5)))
-    barrier = threading.Barrier(3)
     dispatchers = [HeldDispatcher() for _ in range(3)]
-
-    def run(i: int) -> None:
-        barrier.wait(timeout=30)
-        sweep(service.store, dispatchers[i], timedelta(minutes=1))
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    race(3, lambda i: sweep(service.store, dispatchers[i], timedelta(minutes=1)))
 
     sent = sorted(m for d in dispatchers for m in d.submitted)
     assert sent == ids  # each stale message sent once
@@ -683,7 +807,8 @@ def test_ingesting_again_inline_finishes_messages_a_crash_left_open(
     rerun = IngestService(ctx, settings, dispatcher="inline")
     result: list[Any] = []
     worker = threading.Thread(
-        target=lambda: result.append(ingest(rerun, PATIENTS, data, "patients.csv")), daemon=True)
+        target=lambda: result.append(ingest(rerun, PATIENTS, data, "patients.csv")), daemon=True
+    )
     worker.start()
     worker.join(timeout=60)
 
@@ -698,8 +823,9 @@ def test_ingesting_inline_takes_on_earlier_open_messages_it_waits_for(
 ) -> None:
     crashed = IngestService(ctx, settings, dispatcher="inline")
     hold(crashed)  # a killed `hub ingest` left Monday's rows open
-    monday = ingest(crashed, PATIENTS, patients(patient_row(P1), patient_row(P2)), "monday.csv",
-                    wait=False).message_ids
+    monday = ingest(
+        crashed, PATIENTS, patients(patient_row(P1), patient_row(P2)), "monday.csv", wait=False
+    ).message_ids
 
     rerun = IngestService(ctx, settings, dispatcher="inline")
     assert isinstance(rerun.dispatcher, InlineDispatcher)
@@ -707,8 +833,8 @@ def test_ingesting_inline_takes_on_earlier_open_messages_it_waits_for(
     result: list[Any] = []
     tuesday = patients(patient_row(P1, LAST="Kuhn"))
     worker = threading.Thread(
-        target=lambda: result.append(ingest(rerun, PATIENTS, tuesday, "tuesday.csv")),
-        daemon=True)
+        target=lambda: result.append(ingest(rerun, PATIENTS, tuesday, "tuesday.csv")), daemon=True
+    )
     worker.start()
     worker.join(timeout=60)
 
@@ -718,7 +844,9 @@ def test_ingesting_inline_takes_on_earlier_open_messages_it_waits_for(
     statuses = {m.id: m.status for m in rerun.store.find(limit=10)}
     assert [statuses[m] for m in monday] == [DONE, RECEIVED]
     assert [v["name"][0]["family"] for v in history(rerun, "Patient", rid("Patient", P1))] == [
-        "Kuhlman", "Kuhn"]
+        "Kuhlman",
+        "Kuhn",
+    ]
 
 
 # --- over HTTP ----------------------------------------------------------------
@@ -740,12 +868,32 @@ def test_http_ingest_reports_rows_and_exposes_messages_lineage_and_provenance(
     bad = patient_row(P2, BIRTHDATE="04/31/1961x")
     body = post_file(client, PATIENTS, patients(patient_row(P1), bad, patient_row(P3)))
 
-    assert {k: body[k] for k in ("units", "accepted", "duplicates", "done", "rejected",
-                                 "dead", "open", "resourcesWritten")} == {
-        "units": 3, "accepted": 3, "duplicates": 0, "done": 2, "rejected": 1, "dead": 0,
-        "open": 0, "resourcesWritten": 2}
-    assert body["errors"] == ["POST /ingest/csv line 3, column BIRTHDATE: '04/31/1961x' is "
-                              "not a date in the format %Y-%m-%d"]
+    assert {
+        k: body[k]
+        for k in (
+            "units",
+            "accepted",
+            "duplicates",
+            "done",
+            "rejected",
+            "dead",
+            "open",
+            "resourcesWritten",
+        )
+    } == {
+        "units": 3,
+        "accepted": 3,
+        "duplicates": 0,
+        "done": 2,
+        "rejected": 1,
+        "dead": 0,
+        "open": 0,
+        "resourcesWritten": 2,
+    }
+    assert body["errors"] == [
+        "POST /ingest/csv line 3, column BIRTHDATE: '04/31/1961x' is "
+        "not a date in the format %Y-%m-%d"
+    ]
     good_id, bad_id, _ = body["messages"]
 
     r = client.get("/messages", params={"status": "failed"})
@@ -763,17 +911,28 @@ def test_http_ingest_reports_rows_and_exposes_messages_lineage_and_provenance(
     assert r.status_code == 200, r.text
     shown = r.json()
     assert shown["status"] == DONE and shown["source"] == "synthea"
-    assert shown["produced"] == [f"Patient/{pid}/_history/1",
-                                 f"Provenance/message-{good_id}/_history/1"]
-    assert {"resource": f"Patient/{pid}/_history/1", "element": "Patient.birthDate",
-            "source": "BIRTHDATE"} in shown["lineage"]
+    assert shown["produced"] == [
+        f"Patient/{pid}/_history/1",
+        f"Provenance/message-{good_id}/_history/1",
+    ]
+    assert {
+        "resource": f"Patient/{pid}/_history/1",
+        "element": "Patient.birthDate",
+        "source": "BIRTHDATE",
+    } in shown["lineage"]
 
     r = client.get(f"/fhir/Patient/{pid}/$lineage")
     assert r.status_code == 200, r.text
-    parts = [{p["name"]: next(v for k, v in p.items() if k.startswith("value"))
-              for p in e["part"]} for e in r.json()["parameter"]]
-    assert {"version": 1, "path": "Patient.birthDate", "source": "BIRTHDATE",
-            "message": str(good_id)} in parts
+    parts = [
+        {p["name"]: next(v for k, v in p.items() if k.startswith("value")) for p in e["part"]}
+        for e in r.json()["parameter"]
+    ]
+    assert {
+        "version": 1,
+        "path": "Patient.birthDate",
+        "source": "BIRTHDATE",
+        "message": str(good_id),
+    } in parts
     assert client.get(f"/fhir/Patient/{rid('Patient', P2)}/$lineage").status_code == 404
 
     r = client.get(f"/fhir/Provenance/message-{good_id}")
@@ -815,18 +974,21 @@ def test_http_dead_letter_retry_and_replay(
     monkeypatch.setattr(pipeline_module, "save", failing_save(0, Busy("busy")))
     r = client.post(f"/messages/{mid}/retry")
     assert r.status_code == 200 and r.json() == {"reopened": [mid]}
-    wait_for(lambda: client.get(f"/messages/{mid}").json()["status"] == DONE, 30,
-             "the retried message")
+    wait_for(
+        lambda: client.get(f"/messages/{mid}").json()["status"] == DONE, 30, "the retried message"
+    )
     pid = rid("Patient", P1)
     assert client.get(f"/fhir/Patient/{pid}").json()["meta"]["versionId"] == "1"
 
     assert client.post(f"/messages/{mid}/replay").json() == {"reopened": [mid]}
-    wait_for(lambda: client.get(f"/messages/{mid}").json()["status"] == DONE, 30,
-             "the replayed message")
+    wait_for(
+        lambda: client.get(f"/messages/{mid}").json()["status"] == DONE, 30, "the replayed message"
+    )
     r = client.post("/messages/replay", params={"source": "synthea"})
     assert r.status_code == 200 and r.json() == {"reopened": 1}
-    wait_for(lambda: client.get(f"/messages/{mid}").json()["status"] == DONE, 30,
-             "the replayed source")
+    wait_for(
+        lambda: client.get(f"/messages/{mid}").json()["status"] == DONE, 30, "the replayed source"
+    )
     assert client.get(f"/fhir/Patient/{pid}/_history").json()["total"] == 1
     assert client.get(f"/fhir/Provenance/message-{mid}/_history").json()["total"] == 1
     assert client.post("/messages/999999/retry").json() == {"reopened": []}
@@ -895,7 +1057,8 @@ def test_cli_ingest_list_show_retry_and_replay(
     result = runner.invoke(cli, ["messages", "replay", "--source", "synthea"])
     assert result.exit_code == 0 and "2 messages replayed" in result.stdout
     assert version_counts(ctx.repo.engine, "Patient") == {  # type: ignore[attr-defined]
-        f"Patient/{rid('Patient', P1)}": 1}
+        f"Patient/{rid('Patient', P1)}": 1
+    }
     result = runner.invoke(cli, ["ingest", "--adapter", "csv", "--mapping", PATIENTS, str(file)])
     assert "2 rows (2 duplicates)" in result.stdout
 

@@ -29,7 +29,7 @@ from typing import IO, Any
 
 import pytest
 import redis
-from conftest import IN_CI, TABLES
+from conftest import TABLES, require_server
 from ingest_fixtures import PATIENT_COLUMNS, csv_bytes, patient_row, rid
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import Engine
@@ -42,8 +42,19 @@ pytestmark = [pytest.mark.celery, pytest.mark.postgres]
 REDIS_PORT = 6379
 REDIS_DB = int(os.environ.get("HUB_TEST_REDIS_DB", "5"))  # ours alone on the shared server
 BROKER = f"redis://127.0.0.1:{REDIS_PORT}/{REDIS_DB}"
-REDIS_START = ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port",
-               str(REDIS_PORT), "--save", "", "--appendonly", "no"]
+REDIS_START = [
+    "redis-server",
+    "--daemonize",
+    "yes",
+    "--bind",
+    "127.0.0.1",
+    "--port",
+    str(REDIS_PORT),
+    "--save",
+    "",
+    "--appendonly",
+    "no",
+]
 # Rows of the file: enough to be mid-file for seconds on a 2-CPU machine, few enough for the
 # two tests to stay under 90 s there (about 25 s each when idle); HUB_TEST_CELERY_ROWS for more.
 ROWS = int(os.environ.get("HUB_TEST_CELERY_ROWS", "1500"))
@@ -63,15 +74,6 @@ def _redis_unavailable() -> str | None:
         return f"Redis at 127.0.0.1:{REDIS_PORT} is unreachable: {e}"
 
 
-def require_redis() -> None:
-    reason = _redis_unavailable()
-    if reason is None:
-        return
-    if IN_CI:
-        pytest.fail(reason + " (CI=true: a missing server is a failure)")
-    pytest.skip(reason)
-
-
 def start_redis() -> None:
     subprocess.run(REDIS_START, check=True, timeout=10, capture_output=True)
     deadline = time.monotonic() + 10
@@ -87,8 +89,9 @@ class Process:
         self.name = name
         self.log_path = logs / f"{name}.log"
         self.log: IO[bytes] = self.log_path.open("ab")
-        self.popen = subprocess.Popen([HUB, *args], env=env, stdout=self.log,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+        self.popen = subprocess.Popen(
+            [HUB, *args], env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def kill(self) -> None:
         if self.popen.poll() is None:
@@ -137,8 +140,21 @@ class Hub:
 
     def ingest(self, file: Path) -> None:
         run = subprocess.run(
-            [HUB, "ingest", "--adapter", "csv", "--mapping", "synthea-patients", "--no-wait",
-             str(file)], env=self.env, capture_output=True, text=True, timeout=60)
+            [
+                HUB,
+                "ingest",
+                "--adapter",
+                "csv",
+                "--mapping",
+                "synthea-patients",
+                "--no-wait",
+                str(file),
+            ],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert run.returncode == 0, f"hub ingest failed:\n{run.stdout}\n{run.stderr}"
 
     def counts(self) -> dict[str, int]:
@@ -146,8 +162,9 @@ class Hub:
         with self.engine.connect() as conn:
             return {r[0]: int(r[1]) for r in conn.execute(stmt)}
 
-    def wait(self, condition: Callable[[dict[str, int]], bool], timeout: float, what: str
-             ) -> dict[str, int]:
+    def wait(
+        self, condition: Callable[[dict[str, int]], bool], timeout: float, what: str
+    ) -> dict[str, int]:
         deadline = time.monotonic() + timeout
         while True:
             counts = self.counts()
@@ -157,7 +174,8 @@ class Hub:
                 logs = "\n".join(p.tail() for p in self.processes)
                 raise AssertionError(
                     f"timed out after {timeout:.0f} s waiting for {what}; messages: {counts}\n"
-                    f"{logs}")
+                    f"{logs}"
+                )
             time.sleep(0.2)
 
     def scalar(self, stmt: Any) -> Any:
@@ -180,7 +198,7 @@ def take_lock(lock: IO[str], timeout: float = 600) -> None:
 
 @pytest.fixture()
 def hub(postgres_url: str, tmp_path: Path) -> Iterator[Hub]:
-    require_redis()
+    require_server(_redis_unavailable())
     with LOCK.open("w") as lock:
         take_lock(lock)
         engine = create_engine(postgres_url)
@@ -212,8 +230,7 @@ def hub(postgres_url: str, tmp_path: Path) -> Iterator[Hub]:
 @pytest.fixture()
 def synthea_file(tmp_path: Path) -> Path:
     rows = [patient_row(f"celery-{i:05d}", FIRST=f"Given{i}") for i in range(ROWS)]
-    rows += [patient_row(f"celery-{i:05d}", FIRST=f"Given{i}", LAST="Corrected")
-             for i in CORRECTED]
+    rows += [patient_row(f"celery-{i:05d}", FIRST=f"Given{i}", LAST="Corrected") for i in CORRECTED]
     path = tmp_path / "patients.csv"
     path.write_bytes(csv_bytes(PATIENT_COLUMNS, rows))
     return path
@@ -227,8 +244,11 @@ def assert_every_row_done_once(hub: Hub) -> None:
     assert counts == {DONE: MESSAGES}
 
     def count(table: Any, resource_type: str) -> int:
-        return int(hub.scalar(select(func.count()).select_from(table).where(
-            table.c.res_type == resource_type)))
+        return int(
+            hub.scalar(
+                select(func.count()).select_from(table).where(table.c.res_type == resource_type)
+            )
+        )
 
     # One Patient per key, one Provenance per message; versions: 2 for corrected patients.
     assert count(resources, "Patient") == ROWS
@@ -238,14 +258,19 @@ def assert_every_row_done_once(hub: Hub) -> None:
     most = select(func.max(resources.c.version_id)).where(resources.c.res_type == "Patient")
     assert hub.scalar(most) == 2
     corrected = select(resources.c.res_id).where(
-        resources.c.res_type == "Patient", resources.c.version_id == 2)
+        resources.c.res_type == "Patient", resources.c.version_id == 2
+    )
     with hub.engine.connect() as conn:
         twice = {r[0] for r in conn.execute(corrected)}
     assert twice == {rid("Patient", f"celery-{i:05d}") for i in CORRECTED}
     # Lineage: each message's rows recorded once (a second run would have doubled them).
-    per_message = select(lineage.c.message_id, lineage.c.element, lineage.c.source_field,
-                         func.count().label("n")).group_by(
-        lineage.c.message_id, lineage.c.element, lineage.c.source_field).subquery()
+    per_message = (
+        select(
+            lineage.c.message_id, lineage.c.element, lineage.c.source_field, func.count().label("n")
+        )
+        .group_by(lineage.c.message_id, lineage.c.element, lineage.c.source_field)
+        .subquery()
+    )
     assert hub.scalar(select(func.max(per_message.c.n))) == 1
     assert hub.scalar(select(func.count(func.distinct(lineage.c.message_id)))) == MESSAGES
 
@@ -262,8 +287,9 @@ def test_a_worker_killed_mid_file_loses_nothing_and_duplicates_nothing(
     counts = hub.counts()
     assert counts.get(DONE, 0) < MESSAGES, "the file was done before the worker was killed"
     with hub.engine.connect() as conn:
-        in_flight = [r[0] for r in conn.execute(
-            select(messages.c.id).where(messages.c.status == PROCESSING))]
+        in_flight = [
+            r[0] for r in conn.execute(select(messages.c.id).where(messages.c.status == PROCESSING))
+        ]
     time.sleep(1)
     hub.start_worker()
 
@@ -272,8 +298,12 @@ def test_a_worker_killed_mid_file_loses_nothing_and_duplicates_nothing(
     # unacknowledged task for an hour) and finished on a second attempt.
     if in_flight:
         with hub.engine.connect() as conn:
-            attempts = [r[0] for r in conn.execute(
-                select(messages.c.attempts).where(messages.c.id.in_(in_flight)))]
+            attempts = [
+                r[0]
+                for r in conn.execute(
+                    select(messages.c.attempts).where(messages.c.id.in_(in_flight))
+                )
+            ]
         assert min(attempts) >= 2, attempts
 
 
@@ -288,8 +318,11 @@ def test_a_redis_restart_mid_file_loses_nothing_and_duplicates_nothing(
     queued = redis.Redis(port=REDIS_PORT, db=REDIS_DB).llen("celery")
     assert queued > 0, "nothing was queued when Redis was restarted"
     try:  # every queued task is lost: Redis runs without persistence
-        subprocess.run(["redis-cli", "-p", str(REDIS_PORT), "shutdown", "nosave"],
-                       timeout=10, capture_output=True)
+        subprocess.run(
+            ["redis-cli", "-p", str(REDIS_PORT), "shutdown", "nosave"],
+            timeout=10,
+            capture_output=True,
+        )
     finally:
         start_redis()
     assert hub.counts().get(DONE, 0) < MESSAGES, "the file was done before Redis restarted"

@@ -46,8 +46,14 @@ def router(max_body: int) -> APIRouter:
             raise Invalid("The request has no body")
         service = _service(request)
         summary = await run_in_threadpool(
-            service.ingest, adapter, mapping, io.BytesIO(body), f"POST /ingest/{adapter}",
-            source=source, content_type=request.headers.get("content-type"), wait=wait,
+            service.ingest,
+            adapter,
+            mapping,
+            io.BytesIO(body),
+            f"POST /ingest/{adapter}",
+            source=source,
+            content_type=request.headers.get("content-type"),
+            wait=wait,
         )
         return {**summary.to_json(), "messages": summary.message_ids[:1000]}
 
@@ -77,8 +83,11 @@ def router(max_body: int) -> APIRouter:
             raw: dict[str, str] = {"text": message.raw.decode("utf-8")}
         except UnicodeDecodeError:
             raw = {"base64": base64.b64encode(message.raw).decode()}
-        return {**message.summary(), "raw": raw,
-                "lineage": service.store.lineage_for_message(message_id)}
+        return {
+            **message.summary(),
+            "raw": raw,
+            "lineage": service.store.lineage_for_message(message_id),
+        }
 
     @api.post("/messages/{message_id}/retry", summary="Retry a failed or dead message")
     async def retry(request: Request, message_id: int) -> dict[str, Any]:
@@ -100,5 +109,3 @@ def router(max_body: int) -> APIRouter:
         return {"reopened": len(service.replay(ids))}
 
     return api
-
-

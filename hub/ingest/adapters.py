@@ -79,8 +79,9 @@ class AdapterNotLoaded(UnknownAdapter):
 class AdapterDisabled(UnknownAdapter):
     def __init__(self, name: str, enabled: Iterable[str]) -> None:
         LookupError.__init__(
-            self, f"adapter '{name}' is installed but not enabled; HUB_ADAPTERS lists "
-            f"{', '.join(sorted(enabled)) or 'none'}"
+            self,
+            f"adapter '{name}' is installed but not enabled; HUB_ADAPTERS lists "
+            f"{', '.join(sorted(enabled)) or 'none'}",
         )
         self.name = name
 
@@ -95,8 +96,9 @@ class AdapterInfo:
 class AdapterRegistry:
     """Adapters by name, loaded on first use; `enabled` are those the hub may use."""
 
-    def __init__(self, available: Mapping[str, AdapterInfo],
-                 enabled: Iterable[str] | None = None) -> None:
+    def __init__(
+        self, available: Mapping[str, AdapterInfo], enabled: Iterable[str] | None = None
+    ) -> None:
         self.available = dict(available)
         self.enabled = sorted(self.available) if enabled is None else list(enabled)
         self._loaded: dict[str, Adapter] = {}

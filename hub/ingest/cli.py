@@ -29,35 +29,51 @@ def _progress(label: str) -> Any:
             f"\r{label}: {summary.units} rows, {summary.accepted} new, "
             f"{summary.duplicates} duplicates, {summary.done} done, {summary.rejected} rejected, "
             f"{summary.open} open   ",
-            nl=False, err=True,
+            nl=False,
+            err=True,
         )
+
     return show
 
 
-@click.command(help="Ingest feed files: each unit (CSV row, HL7 message) is stored, then "
-               "processed. Without HUB_BROKER_URL the processing happens here; with it, Celery "
-               "workers do it and this command waits for them.")
+@click.command(
+    help="Ingest feed files: each unit (CSV row, HL7 message) is stored, then "
+    "processed. Without HUB_BROKER_URL the processing happens here; with it, Celery "
+    "workers do it and this command waits for them."
+)
 @click.option("--adapter", required=True, help="Adapter name (see `hub adapters list`).")
 @click.option("--mapping", required=True, help="Mapping name (see `hub adapters list`).")
 @click.option("--source", help="Source system id (default: the mapping's).")
-@click.option("--wait/--no-wait", default=True, show_default=True,
-              help="Wait until every unit is processed and print the outcome.")
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False,
-                                                                  path_type=Path))
-def ingest(adapter: str, mapping: str, source: str | None, wait: bool, files: tuple[Path, ...]
-           ) -> None:
+@click.option(
+    "--wait/--no-wait",
+    default=True,
+    show_default=True,
+    help="Wait until every unit is processed and print the outcome.",
+)
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+def ingest(
+    adapter: str, mapping: str, source: str | None, wait: bool, files: tuple[Path, ...]
+) -> None:
     from hub.errors import HubError
 
     service = _service(dispatcher=None if _broker() else "inline")
-    totals = {"rows": 0, "accepted": 0, "duplicates": 0, "done": 0, "rejected": 0,
-              "resources": 0}
+    totals = {"rows": 0, "accepted": 0, "duplicates": 0, "done": 0, "rejected": 0, "resources": 0}
     started = datetime.now()
     errors: list[str] = []
     try:
         for path in files:
             with path.open("rb") as stream:
-                summary = service.ingest(adapter, mapping, stream, path.name, source=source,
-                                         wait=wait, progress=_progress(path.name))
+                summary = service.ingest(
+                    adapter,
+                    mapping,
+                    stream,
+                    path.name,
+                    source=source,
+                    wait=wait,
+                    progress=_progress(path.name),
+                )
             click.echo("", err=True)
             totals["rows"] += summary.units
             totals["accepted"] += summary.accepted
@@ -97,8 +113,15 @@ def worker(concurrency: int, loglevel: str) -> None:
         raise click.ClickException("HUB_BROKER_URL is not set; `hub serve` processes feeds itself")
     from hub.ingest.tasks import app
 
-    app.worker_main(["worker", f"--concurrency={concurrency}", f"--loglevel={loglevel}",
-                     "--without-gossip", "--without-mingle"])
+    app.worker_main(
+        [
+            "worker",
+            f"--concurrency={concurrency}",
+            f"--loglevel={loglevel}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
 
 
 @click.command(help="Start Celery beat: it runs the sweeper that re-sends unfinished messages.")
@@ -128,8 +151,10 @@ def list_messages(status: str | None, source: str | None, limit: int) -> None:
     service = _service("inline")
     for m in service.store.find(status, source, limit):
         error = f"  {m.error}" if m.error else ""
-        click.echo(f"{m.id:>8}  {m.status:<10} {m.source:<12} {m.adapter:<6} "
-                   f"{m.origin or m.external_id}{error}")
+        click.echo(
+            f"{m.id:>8}  {m.status:<10} {m.source:<12} {m.adapter:<6} "
+            f"{m.origin or m.external_id}{error}"
+        )
 
 
 @messages.command(help="Show one message: raw content, error, produced resources, lineage.")
@@ -155,14 +180,17 @@ def retry(message_ids: tuple[int, ...]) -> None:
     click.echo(f"{len(reopened)} messages retried")
 
 
-@messages.command(help="Run stored messages again through the current mappings: by id, or all "
-                  "of a source received in a time window. Idempotent.")
+@messages.command(
+    help="Run stored messages again through the current mappings: by id, or all "
+    "of a source received in a time window. Idempotent."
+)
 @click.argument("message_ids", type=int, nargs=-1)
 @click.option("--source", help="Every message of this source system…")
 @click.option("--since", type=click.DateTime(), help="…received at or after this time…")
 @click.option("--until", type=click.DateTime(), help="…and before this one.")
-def replay(message_ids: tuple[int, ...], source: str | None, since: datetime | None,
-           until: datetime | None) -> None:
+def replay(
+    message_ids: tuple[int, ...], source: str | None, since: datetime | None, until: datetime | None
+) -> None:
     service = _service(None if _broker() else "inline")
     ids = list(message_ids) or service.store.ids(source=source, since=since, until=until)
     if not ids:
@@ -201,12 +229,19 @@ def list_adapters() -> None:
             click.echo(f"    {mapping:<28} v{m.version}  {m.description}")
 
 
-@adapters.command("new", help="Create a working adapter package for a new feed: a JSON-lines "
-                  "adapter named NAME, one mapping with a golden example, tests, and the entry "
-                  "point that makes the hub find it once installed.")
+@adapters.command(
+    "new",
+    help="Create a working adapter package for a new feed: a JSON-lines "
+    "adapter named NAME, one mapping with a golden example, tests, and the entry "
+    "point that makes the hub find it once installed.",
+)
 @click.argument("name")
-@click.option("--path", "target", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder to create the package in (absent or empty) [default: ./fhir-hub-NAME].")
+@click.option(
+    "--path",
+    "target",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to create the package in (absent or empty) [default: ./fhir-hub-NAME].",
+)
 def new_adapter(name: str, target: Path | None) -> None:
     from hub.ingest.scaffold import Names, create
 
@@ -253,14 +288,20 @@ def mappings() -> None:
     pass
 
 
-@mappings.command("test", help="Run the golden examples: each sample input under "
-                  "<adapter>/examples/<mapping>/ must map to its <case>.expected.json. Looks in "
-                  "HUB_MAPPINGS_DIR and in the mappings every enabled adapter package ships.")
+@mappings.command(
+    "test",
+    help="Run the golden examples: each sample input under "
+    "<adapter>/examples/<mapping>/ must map to its <case>.expected.json. Looks in "
+    "HUB_MAPPINGS_DIR and in the mappings every enabled adapter package ships.",
+)
 @click.option("--adapter", help="Only the examples of this adapter.")
 @click.option("--mapping", help="Only the examples of this mapping.")
-@click.option("--update", is_flag=True,
-              help="Rewrite the expected files with the current output (after an intended "
-              "change: review the diff before committing it).")
+@click.option(
+    "--update",
+    is_flag=True,
+    help="Rewrite the expected files with the current output (after an intended "
+    "change: review the diff before committing it).",
+)
 def test_mappings(adapter: str | None, mapping: str | None, update: bool) -> None:
     from hub.ingest import golden
 
@@ -268,15 +309,19 @@ def test_mappings(adapter: str | None, mapping: str | None, update: bool) -> Non
     roots = registry.mapping_roots(settings.mappings_dir)
     results = golden.run(roots, registry, adapter=adapter, mapping=mapping, update=update)
     if not results:
-        wanted = " ".join(f"--{k} {v}" for k, v in (("adapter", adapter), ("mapping", mapping))
-                          if v)
-        raise click.ClickException(f"no golden examples {f'for {wanted} ' if wanted else ''}"
-                                   f"under {', '.join(map(str, roots))}")
+        wanted = " ".join(
+            f"--{k} {v}" for k, v in (("adapter", adapter), ("mapping", mapping)) if v
+        )
+        raise click.ClickException(
+            f"no golden examples {f'for {wanted} ' if wanted else ''}"
+            f"under {', '.join(map(str, roots))}"
+        )
     colours = {golden.PASS: "green", golden.FAIL: "red", golden.UPDATED: "yellow"}
     for result in results:
         report = result.report()
-        click.echo(click.style(result.status, fg=colours[result.status])
-                   + report[len(result.status):])
+        click.echo(
+            click.style(result.status, fg=colours[result.status]) + report[len(result.status) :]
+        )
     for missing in golden.untested(roots, adapter, mapping):
         click.echo(f"note: {missing} has no golden example", err=True)
     counts = {s: sum(r.status == s for r in results) for s in colours}

@@ -131,8 +131,9 @@ def sweep(store: MessageStore, dispatcher: Dispatcher, stale_after: timedelta) -
 class Sweeper(threading.Thread):
     """The embedded mode's periodic sweep (Celery beat runs it in production)."""
 
-    def __init__(self, store: MessageStore, dispatcher: Dispatcher, stale_after: timedelta,
-                 every: float) -> None:
+    def __init__(
+        self, store: MessageStore, dispatcher: Dispatcher, stale_after: timedelta, every: float
+    ) -> None:
         super().__init__(name="ingest-sweeper", daemon=True)
         self.store, self.dispatcher = store, dispatcher
         self.stale_after, self.every = stale_after, every

@@ -35,8 +35,13 @@ _INDEX = re.compile(r"\[\d+\]")
 _STEP = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\[(?P<index>\d+)\])?$")
 DEFAULT_DATE_FORMATS = ("%Y-%m-%d", "%Y%m%d", "%m/%d/%Y")
 DEFAULT_DATETIME_FORMATS = (
-    "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S",
-    "%Y%m%d%H%M%S", "%Y%m%d%H%M", "%Y-%m-%d",
+    "%Y-%m-%dT%H:%M:%S%z",
+    "%Y-%m-%dT%H:%M:%SZ",
+    "%Y-%m-%dT%H:%M:%S",
+    "%Y-%m-%d %H:%M:%S",
+    "%Y%m%d%H%M%S",
+    "%Y%m%d%H%M",
+    "%Y-%m-%d",
 )
 
 
@@ -118,29 +123,42 @@ def load_mapping(path: Path) -> Mapping_:
             elements = []
             for element_path, spec in r["elements"].items():
                 spec = spec if isinstance(spec, dict) else {"field": spec}
-                elements.append(Element(
-                    path=element_path,
-                    field=spec.get("field"),
-                    value=spec.get("value"),
-                    type=spec.get("type", "string"),
-                    required=bool(spec.get("required", False)),
-                    formats=_as_tuple(spec.get("formats") or spec.get("format")),
-                    lookup=spec.get("lookup"),
-                    resource=spec.get("resource"),
-                    key=_as_tuple(spec.get("key")),
-                    when=spec.get("when"),
-                    present=spec.get("present"),
-                    absent=spec.get("absent"),
-                ))
-            resources.append(ResourceMap(
-                name=r.get("name", r["type"].lower()), type=r["type"], id=_as_tuple(r["id"]),
-                elements=tuple(elements), when=r.get("when"),
-            ))
+                elements.append(
+                    Element(
+                        path=element_path,
+                        field=spec.get("field"),
+                        value=spec.get("value"),
+                        type=spec.get("type", "string"),
+                        required=bool(spec.get("required", False)),
+                        formats=_as_tuple(spec.get("formats") or spec.get("format")),
+                        lookup=spec.get("lookup"),
+                        resource=spec.get("resource"),
+                        key=_as_tuple(spec.get("key")),
+                        when=spec.get("when"),
+                        present=spec.get("present"),
+                        absent=spec.get("absent"),
+                    )
+                )
+            resources.append(
+                ResourceMap(
+                    name=r.get("name", r["type"].lower()),
+                    type=r["type"],
+                    id=_as_tuple(r["id"]),
+                    elements=tuple(elements),
+                    when=r.get("when"),
+                )
+            )
         return Mapping_(
-            name=data["name"], adapter=data["adapter"], version=str(data.get("version", "1")),
-            source=str(data.get("source", data["name"])), key=_as_tuple(data.get("key")),
-            resources=tuple(resources), lookups=data.get("lookups", {}),
-            options=data.get("options", {}), path=path, description=data.get("description", ""),
+            name=data["name"],
+            adapter=data["adapter"],
+            version=str(data.get("version", "1")),
+            source=str(data.get("source", data["name"])),
+            key=_as_tuple(data.get("key")),
+            resources=tuple(resources),
+            lookups=data.get("lookups", {}),
+            options=data.get("options", {}),
+            path=path,
+            description=data.get("description", ""),
         )
     except (KeyError, TypeError) as e:
         raise ValueError(f"{path}: incomplete mapping ({e})") from None
@@ -209,8 +227,7 @@ class Mapper:
         self.source = source or mapping.source
         self.timezone = ZoneInfo(str(mapping.options.get("timezone", "UTC")))
 
-    def _convert(self, element: Element, raw: str, record: Mapping[str, str] | None = None
-                 ) -> Any:
+    def _convert(self, element: Element, raw: str, record: Mapping[str, str] | None = None) -> Any:
         name = element.field
         kind = element.type
         if element.lookup is not None:
@@ -222,7 +239,9 @@ class Mapper:
                     return table["*"]
                 raise MappingError(
                     f"unknown code '{raw}' (table {element.lookup} has "
-                    f"{', '.join(map(str, list(table)[:8]))})", name)
+                    f"{', '.join(map(str, list(table)[:8]))})",
+                    name,
+                )
             return table[raw]
         if kind == "string":
             return raw
@@ -270,8 +289,9 @@ class Mapper:
     def _datetime(self, element: Element, raw: str, defaults: Sequence[str]) -> datetime:
         return self._parse_time(element, raw, defaults)[0]
 
-    def _parse_time(self, element: Element, raw: str, defaults: Sequence[str]
-                    ) -> tuple[datetime, str | None]:
+    def _parse_time(
+        self, element: Element, raw: str, defaults: Sequence[str]
+    ) -> tuple[datetime, str | None]:
         formats = element.formats or defaults
         for fmt in formats:
             try:
@@ -284,7 +304,9 @@ class Mapper:
             pass
         raise MappingError(
             f"'{raw}' is not a {'date' if element.type == 'date' else 'date-time'} "
-            f"in the format {' or '.join(formats)}", element.field)
+            f"in the format {' or '.join(formats)}",
+            element.field,
+        )
 
     def map(self, record: Mapping[str, str]) -> Mapped:
         out = Mapped()
@@ -319,8 +341,9 @@ class Mapper:
                     chosen = element.present if raw else element.absent
                     if chosen is not None:
                         _set(resource, element.path, chosen)
-                        lineage.append((f"{rmap.type}.{_INDEX.sub('', element.path)}",
-                                        element.field))
+                        lineage.append(
+                            (f"{rmap.type}.{_INDEX.sub('', element.path)}", element.field)
+                        )
                     continue
                 if not raw:
                     if element.required:

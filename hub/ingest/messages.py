@@ -46,10 +46,17 @@ class Message:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "id": self.id, "source": self.source, "adapter": self.adapter,
-            "mapping": self.mapping, "externalId": self.external_id, "origin": self.origin,
-            "status": self.status, "attempts": self.attempts, "error": self.error,
-            "receivedAt": _iso(self.received_at), "updatedAt": _iso(self.updated_at),
+            "id": self.id,
+            "source": self.source,
+            "adapter": self.adapter,
+            "mapping": self.mapping,
+            "externalId": self.external_id,
+            "origin": self.origin,
+            "status": self.status,
+            "attempts": self.attempts,
+            "error": self.error,
+            "receivedAt": _iso(self.received_at),
+            "updatedAt": _iso(self.updated_at),
             "produced": self.produced,
         }
 
@@ -69,11 +76,20 @@ def now() -> datetime:
 def _message(row: Any) -> Message:
     m = row._mapping
     return Message(
-        id=m["id"], source=m["source"], adapter=m["adapter"], mapping=m["mapping"],
-        external_id=m["external_id"], content_type=m["content_type"], origin=m["origin"],
-        order_key=m["order_key"], received_at=_utc(m["received_at"]),
-        event_time=_utc(m["event_time"]) if m["event_time"] else None, raw=m["raw"],
-        status=m["status"], attempts=m["attempts"], error=m["error"],
+        id=m["id"],
+        source=m["source"],
+        adapter=m["adapter"],
+        mapping=m["mapping"],
+        external_id=m["external_id"],
+        content_type=m["content_type"],
+        origin=m["origin"],
+        order_key=m["order_key"],
+        received_at=_utc(m["received_at"]),
+        event_time=_utc(m["event_time"]) if m["event_time"] else None,
+        raw=m["raw"],
+        status=m["status"],
+        attempts=m["attempts"],
+        error=m["error"],
         produced=json.loads(m["produced"]) if m["produced"] else [],
         updated_at=_utc(m["updated_at"]),
     )
@@ -83,19 +99,41 @@ class MessageStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def receive(self, units: Sequence[Unit], *, source: str, adapter: str, mapping: str | None,
-                content_type: str | None = None) -> list[tuple[int | None, bool]]:
-        """Commit units raw; answer (id, new) for each — a duplicate answers its first id."""
+    def receive(
+        self,
+        units: Sequence[Unit],
+        *,
+        source: str,
+        adapter: str,
+        mapping: str | None,
+        content_type: str | None = None,
+        order_keys: Sequence[str | None] | None = None,
+    ) -> list[tuple[int | None, bool]]:
+        """Commit units raw; answer (id, new) for each — a duplicate answers its first id.
+
+        `order_keys`, one per unit, name the subject each is about (see `Pipeline.order_key`).
+        """
         at = now()
+        keys = order_keys if order_keys is not None else [None] * len(units)
         rows = [
             {
-                "source": source, "adapter": adapter, "mapping": mapping,
-                "external_id": u.external_id, "content_type": content_type, "origin": u.origin,
-                "order_key": None, "received_at": at, "event_time": u.event_time, "raw": u.raw,
-                "status": RECEIVED, "attempts": 0, "error": None, "produced": None,
+                "source": source,
+                "adapter": adapter,
+                "mapping": mapping,
+                "external_id": u.external_id,
+                "content_type": content_type,
+                "origin": u.origin,
+                "order_key": key,
+                "received_at": at,
+                "event_time": u.event_time,
+                "raw": u.raw,
+                "status": RECEIVED,
+                "attempts": 0,
+                "error": None,
+                "produced": None,
                 "updated_at": at,
             }
-            for u in units
+            for u, key in zip(units, keys, strict=True)
         ]
         if not rows:
             return []
@@ -103,7 +141,8 @@ class MessageStore:
         stmt: Any
         if dialect == "postgresql":
             stmt = postgresql.insert(messages).on_conflict_do_nothing(
-                constraint="uq_messages_source_external")
+                constraint="uq_messages_source_external"
+            )
         else:
             stmt = sqlite.insert(messages).on_conflict_do_nothing()
         with self.engine.connect().execution_options(hub_write=True) as conn, conn.begin():
@@ -128,8 +167,13 @@ class MessageStore:
             row = conn.execute(select(messages).where(messages.c.id == message_id)).first()
         return _message(row) if row else None
 
-    def find(self, status: str | None = None, source: str | None = None, limit: int = 100,
-             before: int | None = None) -> list[Message]:
+    def find(
+        self,
+        status: str | None = None,
+        source: str | None = None,
+        limit: int = 100,
+        before: int | None = None,
+    ) -> list[Message]:
         stmt = select(messages).order_by(messages.c.id.desc()).limit(limit)
         if status:
             stmt = stmt.where(messages.c.status == status)
@@ -149,16 +193,23 @@ class MessageStore:
 
     def results(self, ids: Sequence[int]) -> list[tuple[int, str, list[str], str | None]]:
         """(id, status, produced, error) of each message, in id order."""
-        stmt = select(messages.c.id, messages.c.status, messages.c.produced, messages.c.error
-                      ).where(messages.c.id.in_(list(ids))).order_by(messages.c.id)
+        stmt = (
+            select(messages.c.id, messages.c.status, messages.c.produced, messages.c.error)
+            .where(messages.c.id.in_(list(ids)))
+            .order_by(messages.c.id)
+        )
         with self.engine.connect() as conn:
-            return [(r[0], r[1], json.loads(r[2]) if r[2] else [], r[3])
-                    for r in conn.execute(stmt)]
+            return [
+                (r[0], r[1], json.loads(r[2]) if r[2] else [], r[3]) for r in conn.execute(stmt)
+            ]
 
     def open_ids(self, ids: Sequence[int]) -> list[int]:
         """Those of `ids` still received or processing, in id order."""
-        stmt = select(messages.c.id).where(
-            messages.c.id.in_(list(ids)), messages.c.status.in_(OPEN)).order_by(messages.c.id)
+        stmt = (
+            select(messages.c.id)
+            .where(messages.c.id.in_(list(ids)), messages.c.status.in_(OPEN))
+            .order_by(messages.c.id)
+        )
         with self.engine.connect() as conn:
             return [r[0] for r in conn.execute(stmt)]
 
@@ -173,59 +224,80 @@ class MessageStore:
             ).first()
             if row is None:  # no longer open: its count as it stands
                 row = conn.execute(
-                    select(messages.c.attempts).where(messages.c.id == message_id)).first()
+                    select(messages.c.attempts).where(messages.c.id == message_id)
+                ).first()
         return int(row[0]) if row else 0
 
     def set_status(self, message_id: int, status: str, error: str | None = None) -> None:
         with self.engine.connect().execution_options(hub_write=True) as conn, conn.begin():
-            conn.execute(update(messages).where(messages.c.id == message_id)
-                         .values(status=status, error=error, updated_at=now()))
+            conn.execute(
+                update(messages)
+                .where(messages.c.id == message_id)
+                .values(status=status, error=error, updated_at=now())
+            )
 
     def reopen(self, message_ids: Sequence[int], *, statuses: Sequence[str]) -> list[int]:
         """Put messages back to received (retry: failed/dead ones; replay: any)."""
         with self.engine.connect().execution_options(hub_write=True) as conn, conn.begin():
-            ids = [r[0] for r in conn.execute(select(messages.c.id).where(
-                messages.c.id.in_(list(message_ids)), messages.c.status.in_(list(statuses)))
-                .order_by(messages.c.id))]  # in id order: replayed as they were received
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    select(messages.c.id)
+                    .where(
+                        messages.c.id.in_(list(message_ids)), messages.c.status.in_(list(statuses))
+                    )
+                    .order_by(messages.c.id)
+                )
+            ]  # in id order: replayed as they were received
             if ids:
-                conn.execute(update(messages).where(messages.c.id.in_(ids)).values(
-                    status=RECEIVED, attempts=0, error=None, updated_at=now()))
+                conn.execute(
+                    update(messages)
+                    .where(messages.c.id.in_(ids))
+                    .values(status=RECEIVED, attempts=0, error=None, updated_at=now())
+                )
         return ids
 
     def stale(self, older_than: timedelta, limit: int = 1000) -> list[int]:
         """Open messages nobody finished: lost tasks, killed workers, a restarted broker."""
         cutoff = now() - older_than
         with self.engine.connect() as conn:
-            return [r[0] for r in conn.execute(
-                select(messages.c.id)
-                .where(messages.c.status.in_(OPEN), messages.c.updated_at < cutoff)
-                .order_by(messages.c.id).limit(limit))]
+            return [
+                r[0]
+                for r in conn.execute(
+                    select(messages.c.id)
+                    .where(messages.c.status.in_(OPEN), messages.c.updated_at < cutoff)
+                    .order_by(messages.c.id)
+                    .limit(limit)
+                )
+            ]
 
     def claim_stale(self, older_than: timedelta, limit: int = 1000) -> list[int]:
         """`stale` and `touch` at once: two sweeps running together never send one message
         twice (PostgreSQL skips the rows the other has locked; SQLite writers queue)."""
-        stmt = (select(messages.c.id)
-                .where(messages.c.status.in_(OPEN), messages.c.updated_at < now() - older_than)
-                .order_by(messages.c.id).limit(limit))
+        stmt = (
+            select(messages.c.id)
+            .where(messages.c.status.in_(OPEN), messages.c.updated_at < now() - older_than)
+            .order_by(messages.c.id)
+            .limit(limit)
+        )
         with self.engine.connect().execution_options(hub_write=True) as conn, conn.begin():
             if conn.dialect.name == "postgresql":
                 stmt = stmt.with_for_update(skip_locked=True)
             ids = [r[0] for r in conn.execute(stmt)]
             if ids:
-                conn.execute(update(messages).where(messages.c.id.in_(ids))
-                             .values(updated_at=now()))
+                conn.execute(
+                    update(messages).where(messages.c.id.in_(ids)).values(updated_at=now())
+                )
         return ids
 
-    def touch(self, message_ids: Sequence[int]) -> None:
-        if not message_ids:
-            return
-        with self.engine.connect().execution_options(hub_write=True) as conn, conn.begin():
-            conn.execute(update(messages).where(messages.c.id.in_(list(message_ids)),
-                                                 messages.c.status.in_(OPEN))
-                         .values(updated_at=now()))
-
-    def ids(self, *, source: str | None = None, since: datetime | None = None,
-            until: datetime | None = None, statuses: Sequence[str] = ()) -> list[int]:
+    def ids(
+        self,
+        *,
+        source: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        statuses: Sequence[str] = (),
+    ) -> list[int]:
         conds = []
         if source:
             conds.append(messages.c.source == source)
@@ -236,29 +308,45 @@ class MessageStore:
         if statuses:
             conds.append(messages.c.status.in_(list(statuses)))
         with self.engine.connect() as conn:
-            return [r[0] for r in conn.execute(
-                select(messages.c.id).where(and_(*conds)).order_by(messages.c.id))]
+            return [
+                r[0]
+                for r in conn.execute(
+                    select(messages.c.id).where(and_(*conds)).order_by(messages.c.id)
+                )
+            ]
 
-    def lineage_of(self, resource_type: str, resource_id: str,
-                   version_id: int | None = None) -> list[dict[str, Any]]:
-        stmt = select(lineage).where(lineage.c.res_type == resource_type,
-                                     lineage.c.res_id == resource_id)
+    def lineage_of(
+        self, resource_type: str, resource_id: str, version_id: int | None = None
+    ) -> list[dict[str, Any]]:
+        stmt = select(lineage).where(
+            lineage.c.res_type == resource_type, lineage.c.res_id == resource_id
+        )
         if version_id is not None:
             stmt = stmt.where(lineage.c.version_id == version_id)
         stmt = stmt.order_by(lineage.c.version_id, lineage.c.element)
         with self.engine.connect() as conn:
             return [
-                {"version": r.version_id, "element": r.element, "source": r.source_field,
-                 "message": r.message_id}
+                {
+                    "version": r.version_id,
+                    "element": r.element,
+                    "source": r.source_field,
+                    "message": r.message_id,
+                }
                 for r in conn.execute(stmt)
             ]
 
     def lineage_for_message(self, message_id: int) -> list[dict[str, Any]]:
-        stmt = select(lineage).where(lineage.c.message_id == message_id).order_by(
-            lineage.c.res_type, lineage.c.res_id, lineage.c.element)
+        stmt = (
+            select(lineage)
+            .where(lineage.c.message_id == message_id)
+            .order_by(lineage.c.res_type, lineage.c.res_id, lineage.c.element)
+        )
         with self.engine.connect() as conn:
             return [
-                {"resource": f"{r.res_type}/{r.res_id}/_history/{r.version_id}",
-                 "element": r.element, "source": r.source_field}
+                {
+                    "resource": f"{r.res_type}/{r.res_id}/_history/{r.version_id}",
+                    "element": r.element,
+                    "source": r.source_field,
+                }
                 for r in conn.execute(stmt)
             ]

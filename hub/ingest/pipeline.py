@@ -48,8 +48,14 @@ class Written:
 
 
 class Pipeline:
-    def __init__(self, ctx: Context, store: MessageStore, adapters: AdapterRegistry,
-                 mappings: Mapping[str, Mapping_], max_attempts: int = 5) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        store: MessageStore,
+        adapters: AdapterRegistry,
+        mappings: Mapping[str, Mapping_],
+        max_attempts: int = 5,
+    ) -> None:
         self.ctx = ctx
         self.store = store
         self.adapters = adapters
@@ -75,9 +81,16 @@ class Pipeline:
         if not message.order_key:
             return False
         with self.store.engine.connect() as conn:
-            row = conn.execute(select(messages.c.id).where(
-                messages.c.source == message.source, messages.c.order_key == message.order_key,
-                messages.c.id < message.id, messages.c.status.in_(OPEN)).limit(1)).first()
+            row = conn.execute(
+                select(messages.c.id)
+                .where(
+                    messages.c.source == message.source,
+                    messages.c.order_key == message.order_key,
+                    messages.c.id < message.id,
+                    messages.c.status.in_(OPEN),
+                )
+                .limit(1)
+            ).first()
         return row is not None
 
     def blocking(self, message_id: int) -> list[int]:
@@ -86,9 +99,19 @@ class Pipeline:
         if message is None or not message.order_key:
             return []
         with self.store.engine.connect() as conn:
-            return [r[0] for r in conn.execute(select(messages.c.id).where(
-                messages.c.source == message.source, messages.c.order_key == message.order_key,
-                messages.c.id < message.id, messages.c.status.in_(OPEN)).order_by(messages.c.id))]
+            return [
+                r[0]
+                for r in conn.execute(
+                    select(messages.c.id)
+                    .where(
+                        messages.c.source == message.source,
+                        messages.c.order_key == message.order_key,
+                        messages.c.id < message.id,
+                        messages.c.status.in_(OPEN),
+                    )
+                    .order_by(messages.c.id)
+                )
+            ]
 
     def process(self, message_id: int) -> Outcome:
         message = self.store.get(message_id)
@@ -136,13 +159,11 @@ class Pipeline:
                 self.store.set_status(message_id, "dead", f"after {attempts} attempts: {error}")
                 log.error("message %s is dead after %s attempts: %s", message_id, attempts, error)
                 return Outcome.DEAD
-            log.warning("message %s attempt %s failed, will retry: %s", message_id, attempts,
-                        error)
+            log.warning("message %s attempt %s failed, will retry: %s", message_id, attempts, error)
             return Outcome.RETRY
 
     def _fail(self, message: Message, error: Exception) -> Outcome:
         field = getattr(error, "field", None)
-        label = getattr(self.adapters.available.get(message.adapter), "name", "")
         try:
             label = self.adapters.get(message.adapter).field_label
         except LookupError:
@@ -154,24 +175,38 @@ class Pipeline:
     def _claim(self, tx: Transaction, message_id: int) -> list[str] | None:
         """Lock the message row for this transaction; None when another run finished it, else
         what it produced before (empty unless it is a replay)."""
-        rows = tx.lock_row(select(messages.c.status, messages.c.produced)
-                           .where(messages.c.id == message_id))
+        rows = tx.lock_row(
+            select(messages.c.status, messages.c.produced).where(messages.c.id == message_id)
+        )
         if not rows or rows[0][0] not in OPEN:
             return None
         return list(json.loads(rows[0][1])) if rows[0][1] else []
 
     def _superseded(self, tx: Transaction, message: Message, resource: dict[str, Any]) -> bool:
         """A later message wrote this resource already: this one's data is older (a replay)."""
-        return bool(tx.rows(select(lineage.c.message_id).where(
-            lineage.c.res_type == resource["resourceType"], lineage.c.res_id == resource["id"],
-            lineage.c.message_id > message.id).limit(1)))
+        return bool(
+            tx.rows(
+                select(lineage.c.message_id)
+                .where(
+                    lineage.c.res_type == resource["resourceType"],
+                    lineage.c.res_id == resource["id"],
+                    lineage.c.message_id > message.id,
+                )
+                .limit(1)
+            )
+        )
 
-    def _produced_before(self, tx: Transaction, message: Message, resource: dict[str, Any]
-                         ) -> list[Version]:
+    def _produced_before(
+        self, tx: Transaction, message: Message, resource: dict[str, Any]
+    ) -> list[Version]:
         """The last version of a superseded resource this message wrote, if it wrote one."""
-        rows = tx.rows(select(func.max(lineage.c.version_id)).where(
-            lineage.c.res_type == resource["resourceType"], lineage.c.res_id == resource["id"],
-            lineage.c.message_id == message.id))
+        rows = tx.rows(
+            select(func.max(lineage.c.version_id)).where(
+                lineage.c.res_type == resource["resourceType"],
+                lineage.c.res_id == resource["id"],
+                lineage.c.message_id == message.id,
+            )
+        )
         version_id = rows[0][0] if rows else None
         if version_id is None:
             return []
@@ -179,8 +214,9 @@ class Pipeline:
         return [version] if version is not None else []
 
     def _write(self, tx: Transaction, resource: dict[str, Any]) -> Version:
-        result = save(self.ctx, tx, resource["resourceType"], resource["id"], resource,
-                      method="PUT")
+        result = save(
+            self.ctx, tx, resource["resourceType"], resource["id"], resource, method="PUT"
+        )
         assert result.version is not None
         return result.version
 
@@ -193,22 +229,40 @@ class Pipeline:
                 for v in targets
             ],
             "recorded": instant(now()),
-            "activity": {"coding": [{
-                "system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
-                "code": "UPDATE"}]},
-            "agent": [{
-                "type": {"coding": [{
-                    "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
-                    "code": "author"}]},
-                "who": {"identifier": {"system": "urn:fhir-hub:source", "value": message.source},
-                        "display": message.source},
-            }],
-            "entity": [{
-                "role": "source",
-                "what": {"identifier": {"system": MESSAGE_SYSTEM, "value": str(message.id)},
-                         "display": f"{message.adapter} message {message.external_id}"
-                                    + (f" ({message.origin})" if message.origin else "")},
-            }],
+            "activity": {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
+                        "code": "UPDATE",
+                    }
+                ]
+            },
+            "agent": [
+                {
+                    "type": {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                                "code": "author",
+                            }
+                        ]
+                    },
+                    "who": {
+                        "identifier": {"system": "urn:fhir-hub:source", "value": message.source},
+                        "display": message.source,
+                    },
+                }
+            ],
+            "entity": [
+                {
+                    "role": "source",
+                    "what": {
+                        "identifier": {"system": MESSAGE_SYSTEM, "value": str(message.id)},
+                        "display": f"{message.adapter} message {message.external_id}"
+                        + (f" ({message.origin})" if message.origin else ""),
+                    },
+                }
+            ],
         }
         # Only a message that was done before (a replay) can have its Provenance already.
         current = tx.current("Provenance", provenance["id"]) if message.produced else None
@@ -218,20 +272,36 @@ class Pipeline:
                 return current  # a replay that changed nothing: no new version
         return self._write(tx, provenance)
 
-    def _record(self, tx: Transaction, message: Message, written: list[Written],
-                produced_versions: list[Version]) -> None:
+    def _record(
+        self,
+        tx: Transaction,
+        message: Message,
+        written: list[Written],
+        produced_versions: list[Version],
+    ) -> None:
         # A replay records a version's lineage again; older ones stay. A message never done
         # before (nothing produced) has no lineage rows to replace.
         for w in written if message.produced else ():
             v = w.version
-            tx.execute(delete(lineage).where(
-                lineage.c.message_id == message.id, lineage.c.res_type == v.resource_type,
-                lineage.c.res_id == v.resource_id, lineage.c.version_id == v.version_id))
+            tx.execute(
+                delete(lineage).where(
+                    lineage.c.message_id == message.id,
+                    lineage.c.res_type == v.resource_type,
+                    lineage.c.res_id == v.resource_id,
+                    lineage.c.version_id == v.version_id,
+                )
+            )
         rows = [
-            {"res_type": w.version.resource_type, "res_id": w.version.resource_id,
-             "version_id": w.version.version_id, "element": element, "source_field": field,
-             "message_id": message.id}
-            for w in written for element, field in w.lineage
+            {
+                "res_type": w.version.resource_type,
+                "res_id": w.version.resource_id,
+                "version_id": w.version.version_id,
+                "element": element,
+                "source_field": field,
+                "message_id": message.id,
+            }
+            for w in written
+            for element, field in w.lineage
         ]
         if rows:
             conn = getattr(tx, "conn", None)
@@ -240,8 +310,10 @@ class Pipeline:
             else:
                 tx.execute(insert(lineage).values(rows))
         produced = [
-            f"{v.resource_type}/{v.resource_id}/_history/{v.version_id}"
-            for v in produced_versions
+            f"{v.resource_type}/{v.resource_id}/_history/{v.version_id}" for v in produced_versions
         ]
-        tx.execute(update(messages).where(messages.c.id == message.id).values(
-            status=DONE, error=None, produced=json.dumps(produced), updated_at=now()))
+        tx.execute(
+            update(messages)
+            .where(messages.c.id == message.id)
+            .values(status=DONE, error=None, produced=json.dumps(produced), updated_at=now())
+        )

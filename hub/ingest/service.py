@@ -48,9 +48,15 @@ class Summary:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "units": self.units, "accepted": self.accepted, "duplicates": self.duplicates,
-            "done": self.done, "rejected": self.rejected, "dead": self.dead, "open": self.open,
-            "resourcesWritten": self.resources, "errors": self.errors[:100],
+            "units": self.units,
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "done": self.done,
+            "rejected": self.rejected,
+            "dead": self.dead,
+            "open": self.open,
+            "resourcesWritten": self.resources,
+            "errors": self.errors[:100],
         }
 
 
@@ -76,8 +82,9 @@ class IngestService:
         self.adapters = AdapterRegistry.discover(settings.adapters)
         # The hub's mappings, and those adapter packages ship (the hub's win on a name clash).
         self.mappings: dict[str, Mapping_] = self.adapters.mappings(settings.mappings_dir)
-        self.pipeline = Pipeline(ctx, self.store, self.adapters, self.mappings,
-                                 settings.ingest_max_attempts)
+        self.pipeline = Pipeline(
+            ctx, self.store, self.adapters, self.mappings, settings.ingest_max_attempts
+        )
         mode = dispatcher or ("celery" if settings.broker_url else "threads")
         self.dispatcher: Dispatcher
         if mode == "celery":
@@ -90,9 +97,12 @@ class IngestService:
         self.sweeper: Sweeper | None = None
 
     def start_sweeper(self) -> None:
-        self.sweeper = Sweeper(self.store, self.dispatcher,
-                               timedelta(seconds=self.settings.ingest_stale_seconds),
-                               self.settings.ingest_sweep_seconds)
+        self.sweeper = Sweeper(
+            self.store,
+            self.dispatcher,
+            timedelta(seconds=self.settings.ingest_stale_seconds),
+            self.settings.ingest_sweep_seconds,
+        )
         self.sweeper.start()
 
     def close(self) -> None:
@@ -106,8 +116,10 @@ class IngestService:
         mapping = self.mappings.get(name)
         if mapping is None:
             known = sorted(m.name for m in self.mappings.values() if m.adapter == adapter)
-            raise NotFound(f"unknown mapping '{name}' for adapter {adapter}; "
-                           f"known: {', '.join(known) or 'none'}")
+            raise NotFound(
+                f"unknown mapping '{name}' for adapter {adapter}; "
+                f"known: {', '.join(known) or 'none'}"
+            )
         if mapping.adapter != adapter:
             raise Invalid(f"mapping '{name}' is for the {mapping.adapter} adapter, not {adapter}")
         return mapping
@@ -139,24 +151,32 @@ class IngestService:
         summary = Summary()
         accepted: set[int] = set()
         for batch in _batches(adapter.split(stream, origin, mapping_name or ""), BATCH):
-            results = self.store.receive(batch, source=source, adapter=adapter_name,
-                                         mapping=mapping_name, content_type=content_type)
+            results = self.store.receive(
+                batch,
+                source=source,
+                adapter=adapter_name,
+                mapping=mapping_name,
+                content_type=content_type,
+                order_keys=[
+                    self.pipeline.order_key(adapter_name, mapping_name, u.raw, source)
+                    for u in batch
+                ],
+            )
             fresh, repeated = [], []
-            for unit, (message_id, new) in zip(batch, results, strict=True):
+            for message_id, new in results:
                 summary.units += 1
                 if message_id is None:
                     continue
                 summary.message_ids.append(message_id)
                 if new:
                     summary.accepted += 1
-                    fresh.append((message_id, unit))
+                    fresh.append(message_id)
                 else:
                     summary.duplicates += 1
                     repeated.append(message_id)
-            accepted.update(m for m, _ in fresh)
+            accepted.update(fresh)
             summary.duplicate_ids.update(m for m in repeated if m not in accepted)
-            self._set_order_keys(adapter_name, mapping_name, source, fresh)
-            self.dispatcher.submit([m for m, _ in fresh])
+            self.dispatcher.submit(fresh)
             if self.mode == "inline" and repeated:
                 # No sweeper works the store here: finish what an interrupted run left open.
                 self.dispatcher.submit(self.store.open_ids(repeated))
@@ -166,36 +186,20 @@ class IngestService:
             self.wait(summary.message_ids, progress=progress, summary=summary)
         return summary
 
-    def _set_order_keys(self, adapter: str, mapping: str | None, source: str,
-                        fresh: list[tuple[int, Unit]]) -> None:
-        from sqlalchemy import update
-
-        from hub.store.schema import messages
-
-        keyed = []
-        for message_id, unit in fresh:
-            key = self.pipeline.order_key(adapter, mapping, unit.raw, source)
-            if key:
-                keyed.append({"mid": message_id, "key": key})
-        if not keyed:
-            return
-        from sqlalchemy import bindparam
-
-        stmt = (update(messages).where(messages.c.id == bindparam("mid"))
-                .values(order_key=bindparam("key")))
-        with self.store.engine.connect().execution_options(hub_write=True) as conn, \
-                conn.begin():
-            conn.execute(stmt, keyed)
-
-    def wait(self, ids: list[int], *, timeout: float | None = None,
-             progress: Callable[[Summary], None] | None = None,
-             summary: Summary | None = None) -> Summary:
+    def wait(
+        self,
+        ids: list[int],
+        *,
+        timeout: float | None = None,
+        progress: Callable[[Summary], None] | None = None,
+        summary: Summary | None = None,
+    ) -> Summary:
         summary = summary or Summary(message_ids=ids)
         deadline = time.monotonic() + timeout if timeout else None
         while True:
             counts: dict[str, int] = {}
             for start in range(0, len(ids), 5000):
-                for status, n in self.store.counts(ids[start:start + 5000]).items():
+                for status, n in self.store.counts(ids[start : start + 5000]).items():
                     counts[status] = counts.get(status, 0) + n
             summary.done = counts.get(DONE, 0)
             summary.rejected = counts.get(FAILED, 0)
@@ -214,11 +218,10 @@ class IngestService:
         summary.errors = []
         for start in range(0, len(summary.message_ids), 1000):
             for message_id, status, produced, error in self.store.results(
-                summary.message_ids[start:start + 1000]
+                summary.message_ids[start : start + 1000]
             ):
                 if message_id not in summary.duplicate_ids:
-                    summary.resources += sum(
-                        1 for p in produced if not p.startswith("Provenance/"))
+                    summary.resources += sum(1 for p in produced if not p.startswith("Provenance/"))
                 if status == FAILED and error:
                     summary.errors.append(error)
 

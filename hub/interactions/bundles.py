@@ -30,12 +30,16 @@ def full_url(base_url: str, version: Version) -> str:
     return f"{base_url}/{version.resource_type}/{version.resource_id}"
 
 
-def version_response(version: Version, status: int) -> dict[str, Any]:
-    return {
-        "status": status_line(status),
-        "etag": etag(version),
-        "lastModified": instant(version.last_updated),
-    }
+def version_response(version: Version, status: int, *, location: bool = False) -> dict[str, Any]:
+    """`Bundle.entry.response` for a stored version (history, transaction-response)."""
+    out = {"status": status_line(status)}
+    if location:
+        out["location"] = (
+            f"{version.resource_type}/{version.resource_id}/_history/{version.version_id}"
+        )
+    out["etag"] = etag(version)
+    out["lastModified"] = instant(version.last_updated)
+    return out
 
 
 def link(relation: str, url: str, params: list[tuple[str, str]]) -> dict[str, str]:

@@ -73,10 +73,6 @@ class Request:
     prefer_return: str | None = None
     prefer_handling: str | None = None  # strict (the default) or lenient
 
-    @property
-    def conditional(self) -> bool:
-        return self.resource_id is None and bool(self.params)
-
 
 @dataclass
 class Result:

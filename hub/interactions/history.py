@@ -11,10 +11,9 @@ from datetime import datetime
 from typing import Any
 
 from hub.errors import Invalid
-from hub.interactions.bundles import bundle, full_url, link, status_line, stored
-from hub.interactions.context import Context, Request, Result, etag
+from hub.interactions.bundles import bundle, full_url, link, stored, version_response
+from hub.interactions.context import Context, Request, Result
 from hub.interactions.paging import page_size, parse_instant
-from hub.interactions.writes import instant
 from hub.store.repository import Transaction, Version
 
 _ACCEPTED = {"_since", "_count", "_page_before", "_format", "_pretty"}
@@ -34,11 +33,7 @@ def _entry(base_url: str, v: Version) -> dict[str, Any]:
     if not v.deleted:
         entry["resource"] = stored(v)
     entry["request"] = request
-    entry["response"] = {
-        "status": status_line(status),
-        "etag": etag(v),
-        "lastModified": instant(v.last_updated),
-    }
+    entry["response"] = version_response(v, status)
     return entry
 
 

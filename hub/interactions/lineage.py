@@ -31,9 +31,9 @@ def lineage_of(ctx: Context, req: Request, tx: Transaction | None = None) -> Res
     with ctx.reading(tx) as t:
         if t.current(req.resource_type, req.resource_id) is None:
             raise NotFound(f"{req.resource_type}/{req.resource_id} is not known")
-        stmt = select(lineage.c.version_id, lineage.c.element, lineage.c.source_field,
-                      lineage.c.message_id).where(
-            lineage.c.res_type == req.resource_type, lineage.c.res_id == req.resource_id)
+        stmt = select(
+            lineage.c.version_id, lineage.c.element, lineage.c.source_field, lineage.c.message_id
+        ).where(lineage.c.res_type == req.resource_type, lineage.c.res_id == req.resource_id)
         if version is not None:
             stmt = stmt.where(lineage.c.version_id == version)
         rows = t.rows(stmt.order_by(lineage.c.version_id, lineage.c.element))

@@ -7,17 +7,14 @@ from datetime import UTC, datetime
 
 from hub.errors import Invalid
 from hub.interactions.context import Context
+from hub.search.parse import parse_count
 
 
 def page_size(ctx: Context, params: Sequence[tuple[str, str]]) -> int:
     value = next((v for k, v in params if k == "_count"), None)
     if value is None:
         return ctx.settings.default_page_size
-    if not value.isdigit():
-        raise Invalid(
-            f"_count must be a non-negative integer, not '{value}'", expression=("_count",)
-        )
-    return max(1, min(int(value), ctx.settings.max_page_size))
+    return max(1, parse_count(value, ctx.settings.max_page_size))  # history has no _count=0
 
 
 def parse_instant(name: str, value: str) -> datetime:

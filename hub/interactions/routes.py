@@ -28,8 +28,6 @@ TYPE_INTERACTIONS = (
 )
 SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system", "search-system")
 OPERATIONS = {"everything": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}
-# Operations of the hub's own, on every type.
-INSTANCE_OPERATIONS = ("lineage",)
 
 
 def dispatch(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:

@@ -19,9 +19,9 @@ import orjson
 
 from hub.errors import HubError, Invalid, Issue, NotFound, PreconditionFailed, outcome_of, status_of
 from hub.fhir import is_resource_type
-from hub.interactions.bundles import bundle, full_url, status_line, stored
-from hub.interactions.context import Context, Request, Result, etag
-from hub.interactions.writes import instant, matches, new_id, single_match
+from hub.interactions.bundles import bundle, full_url, status_line, stored, version_response
+from hub.interactions.context import Context, Request, Result
+from hub.interactions.writes import matches, new_id, single_match
 from hub.store.repository import Transaction
 
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -134,12 +134,7 @@ def _entry_response(req: Request, result: Result) -> dict[str, Any]:
     entry: dict[str, Any] = {}
     version = result.version
     if version is not None:
-        if req.method != "GET":
-            response["location"] = (
-                f"{version.resource_type}/{version.resource_id}/_history/{version.version_id}"
-            )
-        response["etag"] = etag(version)
-        response["lastModified"] = instant(version.last_updated)
+        response = version_response(version, result.status, location=req.method != "GET")
         if req.prefer_return != "minimal":
             entry["fullUrl"] = full_url(req.base_url, version)
             entry["resource"] = stored(version)

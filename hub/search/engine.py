@@ -146,10 +146,10 @@ class SearchEngine:
             keys: list[tuple[str, str]] = []
             for inc in request.includes:
                 if round_ == 0 or inc.iterate:
-                    keys += self._forward(tx, inc, frontier)
+                    keys += self._linked(tx, inc, frontier, reverse=False)
             for inc in request.revincludes:
                 if round_ == 0 or inc.iterate:
-                    keys += self._reverse(tx, inc, frontier)
+                    keys += self._linked(tx, inc, frontier, reverse=True)
             fresh = list(dict.fromkeys(k for k in keys if k not in seen))
             if not fresh:
                 break
@@ -158,48 +158,31 @@ class SearchEngine:
             found.extend(frontier)
         return found
 
-    def _forward(
-        self, tx: Transaction, inc: Include, sources: list[Version]
+    def _linked(
+        self, tx: Transaction, inc: Include, versions: list[Version], *, reverse: bool
     ) -> list[tuple[str, str]]:
+        """What `versions` reference (`_include`), or what references them (`_revinclude`)."""
         r = search_reference
-        keys: list[tuple[str, str]] = []
+        # "near" is the side of `versions`, "far" the side that is answered.
+        near_type, near_id, far_type, far_id = (
+            (r.c.target_type, r.c.target_id, r.c.res_type, r.c.res_id)
+            if reverse
+            else (r.c.res_type, r.c.res_id, r.c.target_type, r.c.target_id)
+        )
+        near, far = (inc.target, inc.source) if reverse else (inc.source, inc.target)
         by_type: dict[str, list[str]] = {}
-        for v in sources:
-            if inc.source in ("*", v.resource_type):
+        for v in versions:
+            if near in (None, "*", v.resource_type):
                 by_type.setdefault(v.resource_type, []).append(v.resource_id)
-        for resource_type, ids in by_type.items():
-            conds = [
-                r.c.res_type == resource_type,
-                r.c.res_id.in_(ids),
-                r.c.target_type.is_not(None),
-            ]
-            if inc.param is not None:
-                conds.append(r.c.param == inc.param.code)
-            if inc.target is not None:
-                conds.append(r.c.target_type == inc.target)
-            keys += [
-                (str(row[0]), str(row[1]))
-                for row in tx.rows(select(r.c.target_type, r.c.target_id).where(*conds))
-            ]
-        return keys
-
-    def _reverse(
-        self, tx: Transaction, inc: Include, targets: list[Version]
-    ) -> list[tuple[str, str]]:
-        r = search_reference
         keys: list[tuple[str, str]] = []
-        by_type: dict[str, list[str]] = {}
-        for v in targets:
-            if inc.target in (None, v.resource_type):
-                by_type.setdefault(v.resource_type, []).append(v.resource_id)
         for resource_type, ids in by_type.items():
-            conds = [r.c.target_type == resource_type, r.c.target_id.in_(ids)]
-            if inc.source != "*":
-                conds.append(r.c.res_type == inc.source)
+            conds = [near_type == resource_type, near_id.in_(ids), far_type.is_not(None)]
+            if far not in (None, "*"):
+                conds.append(far_type == far)
             if inc.param is not None:
                 conds.append(r.c.param == inc.param.code)
             keys += [
                 (str(row[0]), str(row[1]))
-                for row in tx.rows(select(r.c.res_type, r.c.res_id).where(*conds))
+                for row in tx.rows(select(far_type, far_id).where(*conds))
             ]
         return keys

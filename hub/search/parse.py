@@ -383,15 +383,20 @@ def parse(
     return request
 
 
+def parse_count(value: str, maximum: int) -> int:
+    """`_count` of a search or history: a non-negative integer, capped at `maximum`."""
+    if not value.isdigit():
+        raise Invalid(
+            f"_count must be a non-negative integer, not '{value}'", expression=("_count",)
+        )
+    return min(int(value), maximum)
+
+
 def _result_parameter(
     registry: Registry, request: SearchRequest, name: str, code: str, value: str, max_count: int
 ) -> None:
     if code == "_count":
-        if not value.isdigit():
-            raise Invalid(
-                f"_count must be a non-negative integer, not '{value}'", expression=("_count",)
-            )
-        request.count = min(int(value), max_count)
+        request.count = parse_count(value, max_count)
     elif code == "_sort":
         for key in value.split(","):
             descending = key.startswith("-")
@@ -423,8 +428,10 @@ def _result_parameter(
         # Aidbox's spelling, which fhirpy's count() sends: count is an accurate total.
         methods = {"count": "accurate", "estimate": "estimate", "none": "none"}
         if value not in methods:
-            raise Invalid(f"_totalMethod takes count, estimate or none, not '{value}'",
-                          expression=("_totalMethod",))
+            raise Invalid(
+                f"_totalMethod takes count, estimate or none, not '{value}'",
+                expression=("_totalMethod",),
+            )
         request.total = methods[value]
     elif code == "_summary":
         if value not in SUMMARY_MODES:

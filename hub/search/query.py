@@ -22,7 +22,6 @@ from sqlalchemy import (
     false,
     func,
     literal,
-    not_,
     or_,
     select,
     true,
@@ -501,4 +500,4 @@ def from_cursor(value: Any) -> Any:
     return value
 
 
-__all__ = ["QueryBuilder", "Segment", "cursor_value", "from_cursor", "keyset", "not_", "order"]
+__all__ = ["QueryBuilder", "Segment", "cursor_value", "from_cursor", "keyset", "order"]
