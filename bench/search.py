@@ -63,6 +63,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere: the hub is impor
 from hub.interactions.writes import content_hash, stamp
 from hub.search.extract import extract
 from hub.search.registry import Registry, load_default
+from hub.settings import Settings
 from hub.store.schema import INDEX_TABLES, resource_history, resources
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/hub_bench_search"
@@ -71,6 +72,8 @@ DEFAULT_SEED = 20261124
 # Bump when the generated population changes, so that --reuse reloads.
 GENERATOR_VERSION = 1
 MARKER_TABLE = "bench_search_population"
+# Without _total the hub counts up to this many matches (its default setting).
+TOTAL_LIMIT = int(Settings.model_fields["search_total_limit"].default)
 BASE_PATH = "/fhir"
 
 # --- the population --------------------------------------------------------------------------
@@ -743,7 +746,7 @@ class Case:
     counted: bool = True  # the answer has a total (the first page, without _total=none)
 
 
-def run_sql(conn: psycopg.Connection[Any], case: Case) -> tuple[float, Answer]:
+def run_sql(conn: psycopg.Connection[Any], case: Case, up_to: int | None) -> tuple[float, Answer]:
     params = dict(case.params)
     with conn.cursor() as cur:
         if case.sql_cursor is not None:
@@ -759,22 +762,33 @@ def run_sql(conn: psycopg.Connection[Any], case: Case) -> tuple[float, Answer]:
     if total is None and "total" in params:
         total = params["total"]
     counted = case.counted and case.pages == 1
+    if counted and up_to is not None and (total or 0) > up_to:
+        counted = False  # more matches than the hub counts by default: it states no total
     return elapsed, Answer(matches, included, (total or 0) if counted else None)
 
 
 @dataclass(frozen=True)
 class Pools:
-    """Values the queries draw from (sampled patients, the codes in the data), and whether
-    the searches ask for the total (the hub's default) or not (`_total=none`)."""
+    """Values the queries draw from (sampled patients, the codes in the data), and the total
+    the searches ask for (`--total`)."""
 
     patients: list[Sampled]
     codes: list[tuple[str, int]]  # LOINC codes of the Observations, with their counts
     years: tuple[int, int]
-    totals: bool = True
+    total: str = "default"
+
+    @property
+    def totals(self) -> bool:
+        """Whether the first page states a total (beyond TOTAL_LIMIT by default it does not)."""
+        return self.total != "none"
+
+    @property
+    def up_to(self) -> int | None:
+        return TOTAL_LIMIT if self.total == "default" else None
 
     @property
     def suffix(self) -> str:
-        return "" if self.totals else "&_total=none"
+        return "" if self.total == "default" else f"&_total={self.total}"
 
     def code(self, rng: random.Random, at_least: int = 0) -> str:
         return str(rng.choice([c for c in self.codes if c[1] >= at_least] or self.codes)[0])
@@ -790,7 +804,7 @@ class Sampled:
     codes: tuple[str, ...]
 
 
-def sample_pools(url: str, seed: int, size: int = 5000, totals: bool = True) -> Pools:
+def sample_pools(url: str, seed: int, size: int = 5000, total: str = "default") -> Pools:
     with psycopg.connect(libpq_url(url)) as conn:
         patients = conn.execute(
             """
@@ -822,7 +836,7 @@ def sample_pools(url: str, seed: int, size: int = 5000, totals: bool = True) -> 
         [Sampled(r[0], r[1], r[2], tuple(r[3])) for r in patients if r[2] and r[3]],
         [(r[0], int(r[1])) for r in codes],
         (2015, 2024),
-        totals,
+        total,
     )
 
 
@@ -854,9 +868,18 @@ CODE = (
 )
 
 
-def by_id(resource_type: str, matches: str, count: int, total: bool) -> str:
+def count_sql(rows: str, total: str) -> str:
+    """The total of a search as the hub states it (`--total`), of the SQL `rows`."""
+    if total == "none":
+        return "NULL::bigint"
+    if total == "accurate":
+        return f"(SELECT count(*) FROM {rows})"
+    return f"(SELECT count(*) FROM (SELECT 1 FROM {rows} LIMIT {TOTAL_LIMIT + 1}) c)"
+
+
+def by_id(resource_type: str, matches: str, count: int, total: str) -> str:
     """One page in id order, and the total, of the ids `matches` selects (one row each)."""
-    counted = "(SELECT count(*) FROM m)" if total else "NULL::bigint"
+    counted = count_sql("m", total)
     return f"""WITH m AS MATERIALIZED ({matches})
         SELECT 'match' AS mode, r.res_type, r.res_id, r.content, {counted}
         FROM resources r
@@ -865,7 +888,7 @@ def by_id(resource_type: str, matches: str, count: int, total: bool) -> str:
         ORDER BY r.res_id"""
 
 
-def by_date(matches: str, count: int, *, total: bool = True, after: bool = False) -> str:
+def by_date(matches: str, count: int, *, total: str, after: bool = False) -> str:
     """One page of Observations newest first, of the ids `matches` selects ('' for all)."""
     among = f"AND d.res_id IN ({matches})" if matches else ""
     keyset = (
@@ -874,13 +897,13 @@ def by_date(matches: str, count: int, *, total: bool = True, after: bool = False
         if after
         else ""
     )
-    counted = (
-        f"(SELECT count(*) FROM ({matches}) m)"
+    counted = count_sql(
+        f"({matches}) m"
         if matches
-        else "(SELECT count(*) FROM resources WHERE res_type = 'Observation' AND deleted IS false)"
+        else "resources WHERE res_type = 'Observation' AND deleted IS false",
+        total,
     )
-    return f"""SELECT 'match' AS mode, r.res_type, r.res_id, r.content,
-          {counted if total else "NULL::bigint"}
+    return f"""SELECT 'match' AS mode, r.res_type, r.res_id, r.content, {counted}
         FROM (SELECT d.res_id, d.high FROM search_date d
               WHERE d.res_type = 'Observation' AND d.param = 'date' {among} {keyset}
               ORDER BY d.high DESC, d.res_id LIMIT {count}) page
@@ -897,7 +920,7 @@ def case_identifier(rng: random.Random, pools: Pools) -> Case:
             "SELECT DISTINCT t.res_id FROM search_token t WHERE t.res_type = 'Patient' "
             "AND t.param = 'identifier' AND t.system = 'urn:mrn' AND t.code = %(mrn)s",
             20,
-            pools.totals,
+            pools.total,
         ),
         {"mrn": mrn},
         counted=pools.totals,
@@ -913,7 +936,7 @@ def case_family(rng: random.Random, pools: Pools) -> Case:
             "SELECT DISTINCT s.res_id FROM search_string s WHERE s.res_type = 'Patient' "
             "AND s.param = 'family' AND s.value LIKE %(prefix)s",
             20,
-            pools.totals,
+            pools.total,
         ),
         {"prefix": _like(prefix)},
         counted=pools.totals,
@@ -931,7 +954,7 @@ def case_date_range(rng: random.Random, pools: Pools) -> Case:
             "SELECT d.res_id FROM search_date d WHERE d.res_type = 'Observation' "
             "AND d.param = 'date' AND d.low >= %(start)s AND d.low < %(end)s",
             50,
-            pools.totals,
+            pools.total,
         ),
         {"start": start, "end": end},
         counted=pools.totals,
@@ -948,7 +971,7 @@ def case_reference(rng: random.Random, pools: Pools) -> Case:
             "AND s.param = 'subject' AND s.target_type = 'Patient' "
             "AND s.target_id = %(patient)s",
             20,
-            pools.totals,
+            pools.total,
         ),
         {"patient": pid},
         counted=pools.totals,
@@ -967,7 +990,7 @@ def case_code_date(rng: random.Random, pools: Pools) -> Case:
                               AND d.param = 'date' AND d.low >= %(start)s
             WHERE {CODE}""",
             20,
-            pools.totals,
+            pools.total,
         ),
         {"code": code, "start": datetime(year, 1, 1, tzinfo=UTC)},
         counted=pools.totals,
@@ -989,7 +1012,7 @@ def case_chained(rng: random.Random, pools: Pools) -> Case:
                  AND t.param = 'code' AND t.system = 'http://loinc.org' AND t.code = %(code)s
             WHERE n.res_type = 'Patient' AND n.param = 'name' AND n.value LIKE %(name)s""",
             20,
-            pools.totals,
+            pools.total,
         ),
         {"code": code, "name": _like(family)},
         counted=pools.totals,
@@ -1013,7 +1036,7 @@ def case_has(rng: random.Random, pools: Pools) -> Case:
                 WHERE s.res_type = 'Observation' AND s.param = 'patient'
                   AND s.target_type = 'Patient' AND s.target_id = f.res_id)""",
             20,
-            pools.totals,
+            pools.total,
         ),
         {"code": code, "family": _like(family)},
         counted=pools.totals,
@@ -1028,7 +1051,7 @@ def case_include(rng: random.Random, pools: Pools) -> Case:
         f"""WITH m AS MATERIALIZED (SELECT t.res_id FROM search_token t WHERE {CODE}),
         page AS (SELECT res_id FROM m ORDER BY res_id LIMIT 50)
         SELECT 'match' AS mode, r.res_type, r.res_id, r.content,
-          {"(SELECT count(*) FROM m)" if pools.totals else "NULL::bigint"}
+          {count_sql("m", pools.total)}
         FROM resources r WHERE r.res_type = 'Observation' AND r.res_id IN (SELECT * FROM page)
         UNION ALL
         SELECT 'include', p.res_type, p.res_id, p.content, NULL FROM resources p
@@ -1046,7 +1069,7 @@ def case_sort_code(rng: random.Random, pools: Pools) -> Case:
     code = pools.code(rng)
     return Case(
         f"{BASE_PATH}/Observation?code={_q(f'{LOINC}|{code}')}&_sort=-date&_count=50{pools.suffix}",
-        by_date(f"SELECT t.res_id FROM search_token t WHERE {CODE}", 50, total=pools.totals),
+        by_date(f"SELECT t.res_id FROM search_token t WHERE {CODE}", 50, total=pools.total),
         {"code": code},
         counted=pools.totals,
     )
@@ -1055,7 +1078,7 @@ def case_sort_code(rng: random.Random, pools: Pools) -> Case:
 def case_sort_all(rng: random.Random, pools: Pools) -> Case:
     return Case(
         f"{BASE_PATH}/Observation?_sort=-date&_count=50{pools.suffix}",
-        by_date("", 50, total=pools.totals),
+        by_date("", 50, total=pools.total),
         {},
         counted=pools.totals,
     )
@@ -1066,7 +1089,7 @@ def case_page3(rng: random.Random, pools: Pools) -> Case:
     matches = f"SELECT t.res_id FROM search_token t WHERE {CODE}"
     return Case(
         f"{BASE_PATH}/Observation?code={_q(f'{LOINC}|{code}')}&_sort=-date&_count=50{pools.suffix}",
-        by_date(matches, 50, total=False, after=True),
+        by_date(matches, 50, total="none", after=True),
         {"code": code},
         pages=3,
         sql_cursor=f"""SELECT d.high, d.res_id FROM search_date d
@@ -1156,7 +1179,7 @@ def measure(
     for _ in range(warmup):
         case = shape.make(rng, pools)
         client.search(case)
-        run_sql(conn, case)
+        run_sql(conn, case, pools.up_to)
         if time.perf_counter() - started > budget / 4:
             break
     started = time.perf_counter()
@@ -1164,9 +1187,9 @@ def measure(
         case = shape.make(rng, pools)
         if i % 2 == 0:
             hub_s, hub_answer = client.search(case)
-            sql_s, sql_answer = run_sql(conn, case)
+            sql_s, sql_answer = run_sql(conn, case, pools.up_to)
         else:
-            sql_s, sql_answer = run_sql(conn, case)
+            sql_s, sql_answer = run_sql(conn, case, pools.up_to)
             hub_s, hub_answer = client.search(case)
         figure.hub.append(hub_s)
         figure.sql.append(sql_s)
@@ -1404,9 +1427,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--patience", type=float, default=600.0, help="seconds to wait for --idle")
     p.add_argument(
-        "--no-total",
-        action="store_true",
-        help="searches ask for no total (_total=none; the SQL counts nothing either)",
+        "--total",
+        choices=("default", "accurate", "none"),
+        default="default",
+        help="the total searches ask for: default (no _total: the hub counts up to "
+        f"{TOTAL_LIMIT:,} matches and states no total beyond), accurate (_total=accurate: "
+        "every match counted), none (_total=none); the SQL counts alike",
     )
     p.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE of each shape")
     p.add_argument("--no-measure", action="store_true", help="with --explain: plans only")
@@ -1467,7 +1493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(machine(url)), flush=True)
     if stored:
         print("load (when this database was loaded):\n" + stored, flush=True)
-    pools = sample_pools(url, args.seed, totals=not args.no_total)
+    pools = sample_pools(url, args.seed, total=args.total)
     if args.explain:
         explain(url, shapes, pools, args.seed)
         if args.no_measure:

@@ -56,6 +56,12 @@ class Settings(BaseSettings):
         description="Entries per page of history and search when _count is absent.",
     )
     max_page_size: int = Field(default=1000, ge=1, description="Upper bound on _count.")
+    search_total_limit: int = Field(
+        default=1000,
+        ge=0,
+        description="Without _total, a search's first page states the total only when it is at "
+        "most this many (counting stops there); _total=accurate always counts.",
+    )
     db_pool_size: int = Field(
         default=40,
         ge=1,

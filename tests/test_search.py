@@ -1021,6 +1021,65 @@ def test_total_modes(hub: Hub) -> None:
     assert_error(hub.get("Patient?_total=all"), 400, "_total")
 
 
+@pytest.fixture()
+def counting_to_two(ctx: Context, settings: Settings, uid: str) -> Iterator[Hub]:
+    """The hub stating a total without _total only up to two matches."""
+    small = settings.model_copy(update={"search_total_limit": 2})
+    custom = dataclasses.replace(ctx, settings=small)
+    with TestClient(create_app(small, custom), raise_server_exceptions=False) as c:
+        yield Hub(c, uid)
+
+
+def test_total_without_total_parameter_is_counted_up_to_the_limit(counting_to_two: Hub) -> None:
+    hub = counting_to_two
+    for i in range(3):
+        hub.put("Patient", f"p{i}", gender="male")
+    hub.put("Patient", "f1", gender="female")
+    hub.put("Patient", "f2", gender="female")
+    assert hub.bundle("Patient?gender=female")["total"] == 2  # at the limit: stated
+    broad = hub.bundle("Patient?gender=male")
+    assert "total" not in broad  # beyond it: left out...
+    assert len(broad["entry"]) == 3  # ...the matches are all there
+    # Asked for, the total is always counted.
+    assert hub.bundle("Patient?gender=male&_total=accurate")["total"] == 3
+    assert hub.bundle("Patient?gender=male&_summary=count")["total"] == 3
+    assert hub.bundle("Patient?gender=male&_count=0")["total"] == 3
+
+
+def test_repeated_date_parameter_with_one_or_many_values(hub: Hub) -> None:
+    enc = {"status": "finished", "class": {"code": "AMB"}}
+    hub.put("Encounter", "march", **enc, period={"start": "2024-03-05", "end": "2024-03-07"})
+    hub.put("Encounter", "may", **enc, period={"start": "2024-05-02", "end": "2024-05-03"})
+    # Encounter.period holds one value: both bounds are tested on it (one index row).
+    assert hub.find("Encounter?date=ge2024-03-01&date=lt2024-04-01") == ["march"]
+    assert hub.find("Encounter?date=ge2024-03-06&date=le2024-05-03") == ["march", "may"]
+    assert hub.find("Encounter?date=gt2024-03-07&date=lt2024-05-02") == []
+    # CarePlan.activity.detail.scheduled repeats: each criterion may be met by another value.
+    activity = [
+        {"detail": {"status": "completed", "scheduledString": "x"}},
+        {"detail": {"status": "completed", "scheduledPeriod": {"start": "2020-06-01"}}},
+    ]
+    activity[1]["detail"]["scheduledPeriod"]["end"] = "2020-06-02"
+    activity.append(
+        {
+            "detail": {
+                "status": "completed",
+                "scheduledPeriod": {"start": "2022-06-01", "end": "2022-06-02"},
+            }
+        }
+    )
+    hub.put(
+        "CarePlan",
+        "plan",
+        status="active",
+        intent="plan",
+        subject=hub.ref("Patient", "x"),
+        activity=activity,
+    )
+    assert hub.find("CarePlan?activity-date=lt2021&activity-date=gt2021") == ["plan"]
+    assert hub.find("CarePlan?activity-date=lt2020&activity-date=gt2021") == []
+
+
 def _tags(resource: dict[str, Any]) -> list[str]:
     return [t["code"] for t in resource.get("meta", {}).get("tag", [])]
 

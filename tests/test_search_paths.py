@@ -124,3 +124,26 @@ def test_sample_is_not_empty() -> None:
     # The comparison above means something only if the samples hold values.
     sample = _sample("Observation", "Observation.code | Observation.value.as(Quantity)")
     assert "code" in sample and "valueQuantity" in sample
+
+
+def test_parameters_with_one_value_per_resource_are_known() -> None:
+    registry = load_default()
+    single = {
+        (t, c): registry.get(t, c).single  # type: ignore[union-attr]
+        for t, c in [
+            ("Observation", "date"),  # Observation.effective[x], a choice of one value
+            ("Encounter", "date"),  # Encounter.period
+            ("Patient", "birthdate"),
+            ("Patient", "given"),  # Patient.name.given: repeats
+            ("Observation", "category"),  # Observation.category: 0..*
+            ("CarePlan", "activity-date"),  # deeper than one step: not worked out
+        ]
+    }
+    assert single == {
+        ("Observation", "date"): True,
+        ("Encounter", "date"): True,
+        ("Patient", "birthdate"): True,
+        ("Patient", "given"): False,
+        ("Observation", "category"): False,
+        ("CarePlan", "activity-date"): False,
+    }

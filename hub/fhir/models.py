@@ -49,6 +49,27 @@ def element_names(resource_type: str) -> frozenset[str]:
     return frozenset((f.alias or name) for name, f in model.model_fields.items())
 
 
+@cache
+def holds_one(path: str) -> bool:
+    """Whether the element at `Type.element` holds one value at most (max cardinality 1; for
+    a choice such as `Observation.effective`, every one of its types). False for deeper paths,
+    which are not worked out here, and for unknown elements."""
+    steps = path.split(".")
+    model = _model(steps[0]) if len(steps) == 2 else None
+    if model is None:
+        return False
+    found = [
+        f
+        for name, f in model.model_fields.items()
+        if (f.alias or name) == steps[1]
+        or (
+            isinstance(f.json_schema_extra, dict)
+            and f.json_schema_extra.get("one_of_many") == steps[1]
+        )
+    ]
+    return bool(found) and not any("List[" in str(f.annotation) for f in found)
+
+
 def _path(resource_type: str, loc: tuple[int | str, ...]) -> str:
     path = resource_type
     for part in loc:

@@ -87,7 +87,9 @@ def _run(
 ) -> Result:
     engine = SearchEngine(ctx.registry, req.base_url)
     with ctx.reading(tx) as t:
-        page = engine.run(t, request, _page_size(ctx, request), extra)
+        page = engine.run(
+            t, request, _page_size(ctx, request), extra, total_up_to=ctx.settings.search_total_limit
+        )
     return Result(200, body=_bundle(req, request, page, url))
 
 

@@ -44,18 +44,27 @@ class SearchEngine:
         count: int,
         extra: Mapping[str, Sequence[ColumnElement[bool]]] | None = None,
         total_default: str = "accurate",
+        total_up_to: int | None = None,
     ) -> Page:
-        """One page of `request`; `extra` adds conditions per type (compartments)."""
+        """One page of `request`; `extra` adds conditions per type (compartments).
+
+        Unless the request asks for a total (`_total`, `_summary=count`, `_count=0`), the
+        first page's total is counted up to `total_up_to` matches and left out beyond:
+        counting every match of a broad search costs more than finding its first page.
+        """
         extra = extra or {}
         types = list(request.resource_types)
         page = Page()
         total_mode = request.total or total_default
-        if request.summary == "count":
+        asked = request.total is not None or request.summary == "count" or count == 0
+        if request.summary == "count" or (count == 0 and request.total is None):
             total_mode = "accurate"
         if total_mode != "none" and (request.cursor is None or request.total is not None):
-            page.total = sum(
-                self._count(tx, t, request, extra.get(t, ()), total_mode) for t in types
+            up_to = None if asked or total_mode != "accurate" else total_up_to
+            total = sum(
+                self._count(tx, t, request, extra.get(t, ()), total_mode, up_to) for t in types
             )
+            page.total = None if up_to is not None and total > up_to else total
         if count == 0 or request.summary == "count":
             return page
         cursor = request.cursor or {}
@@ -117,8 +126,9 @@ class SearchEngine:
         request: SearchRequest,
         extra: Sequence[ColumnElement[bool]],
         mode: str,
+        up_to: int | None = None,
     ) -> int:
-        stmt = self.builder.count(resource_type, request, extra)
+        stmt = self.builder.count(resource_type, request, extra, up_to)
         if mode == "estimate" and getattr(tx, "dialect", "") == "postgresql":
             inner = select(resources.c.res_id).where(
                 *self.builder.where(resource_type, request, extra)

@@ -87,10 +87,12 @@ def _date_match(low: Any, high: Any, v: DateValue) -> ColumnElement[bool]:
         return high > v.high
     if v.prefix == "lt":
         return low < v.low
+    # ge and le add a bound both of their alternatives imply (low <= high): one an index on
+    # `high` (`low`) can range over, which the OR alone is not.
     if v.prefix == "ge":
-        return or_(high > v.high, contained)
+        return and_(high >= v.low, or_(high > v.high, contained))
     if v.prefix == "le":
-        return or_(low < v.low, contained)
+        return and_(low <= v.high, or_(low < v.low, contained))
     if v.prefix == "sa":
         return low >= v.high
     if v.prefix == "eb":
@@ -164,6 +166,23 @@ class Segment:
     def cursor(self, values: Sequence[Any]) -> list[Any]:
         """A cursor's values from this part's keys' values."""
         return list(values) if self.flag is None else [self.flag, *([None] * self.flag), *values]
+
+
+def _one_row_each(param: SearchParam) -> bool:
+    """Whether a resource has at most one index row for `param`: one value, and a type
+    indexed with one row per value (a string's HumanName has a row per part)."""
+    return param.single and param.type in ("date", "number", "uri")
+
+
+def _one_row(c: Criterion) -> bool:
+    """Whether `c` is met by one index row of its own (see `QueryBuilder.groups`)."""
+    return (
+        c.param is not None
+        and _one_row_each(c.param)
+        and c.modifier is None
+        and not c.chain
+        and not c.has
+    )
 
 
 def _selects_live(c: Criterion) -> bool:
@@ -296,11 +315,20 @@ class QueryBuilder:
         assert table is not None
         return select(table.c.res_id).where(table.c.res_type == resource_type, or_(*alternatives))
 
-    def criterion(self, resource_type: str, c: Criterion) -> ColumnElement[bool]:
-        """The condition on `resources.res_id` (of `resource_type`) for one criterion."""
-        return resources.c.res_id.in_(self.matching(resource_type, c))
-
-    def matching(self, resource_type: str, c: Criterion) -> Select[Any]:
+    def matching(self, resource_type: str, group: Sequence[Criterion]) -> Select[Any]:
+        """ids of `resource_type` resources meeting a group of criteria (see `groups`)."""
+        if len(group) > 1:
+            table, conds = None, []
+            for c in group:
+                assert c.param is not None
+                alternatives = []
+                for value in c.values:
+                    table, cond = self._value_clause(c.param, c.modifier, value)
+                    alternatives.append(cond)
+                conds.append(or_(*alternatives))
+            assert table is not None
+            return select(table.c.res_id).where(table.c.res_type == resource_type, *conds)
+        c = group[0]
         r = search_reference
         # The type the chain starts from: the searched type, or the innermost _has source.
         origin = c.has[-1][0] if c.has else resource_type
@@ -347,27 +375,55 @@ class QueryBuilder:
             resources.c.deleted.is_(False),
             *extra,
         ]
-        for c in request.criteria:
-            if c.root == resource_type:
-                clauses.append(self.criterion(resource_type, c))
+        for group in self.groups(resource_type, request):
+            clauses.append(resources.c.res_id.in_(self.matching(resource_type, group)))
         return clauses
 
+    def groups(self, resource_type: str, request: SearchRequest) -> list[list[Criterion]]:
+        """The criteria on `resource_type`, those that one index row must meet together grouped.
+
+        A resource matches criteria repeating a parameter (`date=ge2024&date=lt2025`) when
+        each is met by one of its values, not necessarily the same. When the parameter has
+        at most one value per resource, that is one index row meeting all of them: a range
+        an index can answer, where separate criteria intersect two halves of the table.
+        """
+        out: list[list[Criterion]] = []
+        by_code: dict[str, list[Criterion]] = {}
+        for c in request.criteria:
+            if c.root != resource_type:
+                continue
+            if _one_row(c):
+                assert c.param is not None
+                if c.param.code in by_code:
+                    by_code[c.param.code].append(c)
+                    continue
+                by_code[c.param.code] = [c]
+                out.append(by_code[c.param.code])
+            else:
+                out.append([c])
+        return out
+
     def count(
-        self, resource_type: str, request: SearchRequest, extra: Sequence[ColumnElement[bool]] = ()
+        self,
+        resource_type: str,
+        request: SearchRequest,
+        extra: Sequence[ColumnElement[bool]] = (),
+        up_to: int | None = None,
     ) -> Select[Any]:
-        criteria = [c for c in request.criteria if c.root == resource_type]
-        if criteria and not extra and all(_selects_live(c) for c in criteria):
+        """The number of matches; with `up_to`, counting stops past it (at `up_to` + 1)."""
+        groups = self.groups(resource_type, request)
+        matched: Select[Any]
+        if groups and not extra and all(_selects_live(c) for g in groups for c in g):
             # Index rows belong to live resources only: the ids the criteria select are the
             # matches, counted from the indexes without reading `resources` (wide: its JSON).
-            first, *others = [self.matching(resource_type, c) for c in criteria]
+            first, *others = [self.matching(resource_type, g) for g in groups]
             ids = first.subquery().c[0]
             matched = select(ids).where(*[ids.in_(o) for o in others]).distinct()
-            return select(func.count()).select_from(matched.subquery())
-        return (
-            select(func.count())
-            .select_from(resources)
-            .where(*self.where(resource_type, request, extra))
-        )
+        else:
+            matched = select(resources.c.res_id).where(*self.where(resource_type, request, extra))
+        if up_to is not None:
+            matched = matched.limit(up_to + 1)
+        return select(func.count()).select_from(matched.subquery())
 
     def sort_keys(
         self, resource_type: str, keys: Sequence[SortKey]
@@ -424,25 +480,26 @@ class QueryBuilder:
         table = _TABLES[first.param.type]
         row, other, anyone = table.alias(), table.alias(), table.alias()
         columns = _ROW_ORDER[first.param.type][first.descending]
-        ahead = [
-            and_(
-                *[other.c[n] == row.c[n] for n in columns[:i]],
-                other.c[c] > row.c[c] if first.descending else other.c[c] < row.c[c],
-            )
-            for i, c in enumerate(columns)
-        ]
-        better = exists().where(
-            other.c.res_type == row.c.res_type,
-            other.c.res_id == row.c.res_id,
-            other.c.param == row.c.param,
-            or_(*ahead),
-        )
         valued = [
             row.c.res_type == resource_type,
             row.c.res_id == resources.c.res_id,
             row.c.param == code,
-            ~better,
         ]
+        if not _one_row_each(first.param):  # several rows: the resource's is its best one
+            ahead = [
+                and_(
+                    *[other.c[n] == row.c[n] for n in columns[:i]],
+                    other.c[c] > row.c[c] if first.descending else other.c[c] < row.c[c],
+                )
+                for i, c in enumerate(columns)
+            ]
+            better = exists().where(
+                other.c.res_type == row.c.res_type,
+                other.c.res_id == row.c.res_id,
+                other.c.param == row.c.param,
+                or_(*ahead),
+            )
+            valued.append(~better)
         has_value = exists().where(
             anyone.c.res_type == resource_type,
             anyone.c.res_id == resources.c.res_id,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from importlib import resources as package_files
 from typing import Any
 
-from hub.fhir import R4_RESOURCE_TYPES
+from hub.fhir import R4_RESOURCE_TYPES, holds_one
 from hub.search.paths import Part, compile_expression, compile_relative, plain_path, split_union
 
 SUPPORTED_TYPES = frozenset(
@@ -64,6 +64,7 @@ class SearchParam:
     url: str | None = None
     parts: tuple[Part, ...] = field(default=(), repr=False, compare=False)
     components: tuple[Component, ...] = field(default=(), repr=False, compare=False)
+    single: bool = field(default=False, compare=False)  # a resource has one value at most
 
     def target_types(self) -> tuple[str, ...]:
         return tuple(sorted(R4_RESOURCE_TYPES)) if "*" in self.targets else self.targets
@@ -150,7 +151,9 @@ def make_param(
         comps.append(Component(comp_code, comp_type, per_part))
     if kind == "composite" and len(comps) != 2:
         raise ValueError("only composites of two components are supported")
-    return SearchParam(code, kind, own, (base,), tuple(targets), url, parts, tuple(comps))
+    path = plain_path(own) if len(parts) == 1 else None
+    single = path is not None and holds_one(path)
+    return SearchParam(code, kind, own, (base,), tuple(targets), url, parts, tuple(comps), single)
 
 
 def _compact(data: Mapping[str, Mapping[str, list[Any]]]) -> Iterator[SearchParam]:
