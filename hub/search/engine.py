@@ -59,13 +59,17 @@ class SearchEngine:
         asked = request.total is not None or request.summary == "count" or count == 0
         if request.summary == "count" or (count == 0 and request.total is None):
             total_mode = "accurate"
-        if total_mode != "none" and (request.cursor is None or request.total is not None):
-            up_to = None if asked or total_mode != "accurate" else total_up_to
-            total = sum(
+        wants_total = total_mode != "none" and (request.cursor is None or request.total is not None)
+        up_to = None if asked or total_mode != "accurate" else total_up_to
+
+        def total() -> int | None:
+            counted = sum(
                 self._count(tx, t, request, extra.get(t, ()), total_mode, up_to) for t in types
             )
-            page.total = None if up_to is not None and total > up_to else total
+            return None if up_to is not None and counted > up_to else counted
+
         if count == 0 or request.summary == "count":
+            page.total = total() if wants_total else None
             return page
         cursor = request.cursor or {}
         backward = cursor.get("d") == "b"
@@ -117,6 +121,10 @@ class SearchEngine:
                 page.next_cursor = after if more else None
                 page.previous_cursor = before if cursor else None
         page.included = self._includes(tx, request, page.matches)
+        if wants_total:
+            whole = request.cursor is None and page.next_cursor is None
+            # A first page with no next one holds every match: nothing to count.
+            page.total = len(page.matches) if whole and total_mode == "accurate" else total()
         return page
 
     def _count(
