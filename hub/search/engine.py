@@ -49,8 +49,9 @@ class SearchEngine:
         """One page of `request`; `extra` adds conditions per type (compartments).
 
         Unless the request asks for a total (`_total`, `_summary=count`, `_count=0`), the
-        first page's total is counted up to `total_up_to` matches and left out beyond:
-        counting every match of a broad search costs more than finding its first page.
+        first page's total is the page's size when it holds every match, else counted up to
+        `total_up_to` matches and left out beyond: counting every match of a broad search
+        costs more than finding its first page.
         """
         extra = extra or {}
         types = list(request.resource_types)
