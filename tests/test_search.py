@@ -1082,6 +1082,40 @@ def test_repeated_date_parameter_with_one_or_many_values(hub: Hub) -> None:
     assert hub.find("CarePlan?activity-date=lt2020&activity-date=gt2021") == []
 
 
+def _lab(hub: Hub, short: str, code: str, when: str | None, *, other: str | None = None) -> None:
+    codings = [{"system": LOINC, "code": code}]
+    if other:  # the same code in another system too
+        codings.append({"system": "http://example.org/labs", "code": other})
+    extra = {"effectiveDateTime": when} if when else {}
+    hub.put("Observation", short, status="final", code={"coding": codings}, **extra)
+
+
+def test_code_with_date_and_sort_by_date(hub: Hub) -> None:
+    """`code=system|x` with a date, and sorted by date, read the `code-date` composite."""
+    _lab(hub, "a1", "2339-0", "2024-01-10")
+    _lab(hub, "a2", "2339-0", "2024-03-05T10:00:00Z", other="2339-0")  # two codings of 2339-0
+    _lab(hub, "a3", "2339-0", "2023-12-31")
+    _lab(hub, "a4", "2339-0", None)  # no date
+    _lab(hub, "b1", "8302-2", "2024-02-01")
+    glucose = f"{LOINC}|2339-0"
+    assert hub.find(f"Observation?code={glucose}&date=ge2024") == ["a1", "a2"]
+    assert hub.find(f"Observation?code={glucose}&date=ge2024-01&date=lt2024-03") == ["a1"]
+    assert hub.find(f"Observation?code={glucose},{LOINC}|8302-2&date=ge2024-02") == ["a2", "b1"]
+    assert hub.find("Observation?code=2339-0&date=ge2024") == ["a1", "a2"]  # any system
+    assert hub.find(f"Observation?code-date={quote(glucose)}$lt2024") == ["a3"]
+    # Newest first, the undated last, each once however many codings match.
+    assert hub.order(f"Observation?code={glucose}&_sort=-date") == ["a2", "a1", "a3", "a4"]
+    assert hub.order(f"Observation?code={glucose}&_sort=date") == ["a3", "a1", "a2", "a4"]
+    assert hub.order("Observation?code=2339-0&_sort=-date") == ["a2", "a1", "a3", "a4"]
+    pages, url = [], f"Observation?code={glucose}&_sort=-date&_count=1"
+    while url:
+        body = hub.bundle(url)
+        pages += [hub.short(e["resource"]["id"]) for e in body.get("entry", [])]
+        url = relative(links(body)["next"]) if "next" in links(body) else ""
+    assert pages == ["a2", "a1", "a3", "a4"]
+    assert hub.bundle(f"Observation?code={glucose}&date=ge2024&_total=accurate")["total"] == 2
+
+
 def _tags(resource: dict[str, Any]) -> list[str]:
     return [t["code"] for t in resource.get("meta", {}).get("tag", [])]
 

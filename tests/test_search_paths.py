@@ -147,3 +147,11 @@ def test_parameters_with_one_value_per_resource_are_known() -> None:
         ("Observation", "category"): False,
         ("CarePlan", "activity-date"): False,
     }
+
+
+def test_token_and_date_composites_pair_their_parameters() -> None:
+    registry = load_default()
+    composite = registry.paired("Observation", "code", "date")
+    assert composite is not None and composite.code == "code-date"
+    assert registry.paired("Observation", "category", "date") is None  # no such composite
+    assert registry.paired("CarePlan", "code", "activity-date") is None

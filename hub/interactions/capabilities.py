@@ -28,7 +28,9 @@ def _resource(ctx: Context, resource_type: str) -> dict[str, Any]:
     for param in sorted(registered.values(), key=lambda p: p.code):
         entry = {"name": param.code, "type": param.type}
         base = "Resource" if param.base == (COMMON,) else resource_type
-        entry["definition"] = param.url or f"{_SPEC}/{base}-{param.code.lstrip('_')}"
+        entry["definition"] = (
+            param.url or param.canonical or f"{_SPEC}/{base}-{param.code.lstrip('_')}"
+        )
         params.append(entry)
     references = sorted(p.code for p in registered.values() if p.type == "reference")
     statement: dict[str, Any] = {

@@ -35,7 +35,7 @@ class Page:
 class SearchEngine:
     def __init__(self, registry: Registry, base_url: str) -> None:
         self.registry = registry
-        self.builder = QueryBuilder(base_url)
+        self.builder = QueryBuilder(base_url, registry)
 
     def run(
         self,
@@ -86,7 +86,9 @@ class SearchEngine:
             if first_cursor and cursor and cursor.get("rt", resource_type) == resource_type:
                 last = [from_cursor(v) for v in cursor["k"]]
             first_cursor = False
-            parts = self.builder.segments(resource_type, request.sort)
+            parts = self.builder.segments(
+                resource_type, request.sort, self.builder.sort_pair(resource_type, request)
+            )
             for part in reversed(parts) if backward else parts:
                 where = [*clauses, *part.where]
                 if last is not None and part.flag is not None and last[0] != part.flag:

@@ -237,6 +237,11 @@ def _component_row(kind: str, value: Any) -> list[dict[str, Any]]:
     return [{"c2_system": s, "c2_code": c} for s, c in tokens(value)]
 
 
+# Every composite row names every column: a resource's rows are inserted together, and
+# composites of different kinds (a quantity, a date) fill different ones.
+_NO_SECOND = dict.fromkeys(("c2_system", "c2_code", "c2_value", "c2_low", "c2_high", "c2_text"))
+
+
 def _composite(rows: _Rows, param: SearchParam, resource: dict[str, Any]) -> None:
     first, second = param.components
     for i, part in enumerate(param.parts):
@@ -253,7 +258,11 @@ def _composite(rows: _Rows, param: SearchParam, resource: dict[str, Any]) -> Non
             for system, code in heads:
                 for tail in tails:
                     rows.add(
-                        "search_composite", param=param.code, c1_system=system, c1_code=code, **tail
+                        "search_composite",
+                        param=param.code,
+                        c1_system=system,
+                        c1_code=code,
+                        **{**_NO_SECOND, **tail},
                     )
 
 

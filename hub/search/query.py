@@ -29,7 +29,7 @@ from sqlalchemy import (
 
 from hub.search.extract import MAX_STRING
 from hub.search.parse import Criterion, DateValue, NumberValue, SearchRequest, SortKey
-from hub.search.registry import SearchParam
+from hub.search.registry import Registry, SearchParam
 from hub.search.values import normalise
 from hub.store.schema import (
     resources,
@@ -185,19 +185,49 @@ def _one_row(c: Criterion) -> bool:
     )
 
 
-def _selects_live(c: Criterion) -> bool:
-    """Whether the ids `matching` gives for `c` are all of live resources of the searched type.
+def _selects_live(group: Sequence[Criterion] | Paired) -> bool:
+    """Whether the ids `matching` gives for a group are all of live resources of the searched
+    type.
 
     Index rows exist for live resources only (a write replaces them, a delete removes them).
     Not so for `_id`, which reads `resources` whatever their state, nor `_has`, whose ids are
     what references point to.
     """
-    return c.param is not None and not c.has
+    if isinstance(group, Paired):
+        return True
+    return all(c.param is not None and not c.has for c in group)
+
+
+@dataclass(frozen=True)
+class Paired:
+    """A token criterion and date criteria that one row of a composite of the two meets (see
+    `Registry.paired`): `code=x&date=ge2024` is one range of one index."""
+
+    composite: SearchParam
+    token: Criterion
+    dates: tuple[Criterion, ...]
+
+
+Group = Sequence[Criterion] | Paired
+
+
+def _pairable(c: Criterion) -> bool:
+    """A token criterion a composite row can stand for: `system|code` values only, so that
+    one coding gives one row (a bare code could match two codings of one resource)."""
+    return (
+        c.param is not None
+        and c.param.type == "token"
+        and c.modifier is None
+        and not c.chain
+        and not c.has
+        and all(isinstance(v, tuple) and v[0] and v[1] is not None for v in c.values)
+    )
 
 
 class QueryBuilder:
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, registry: Registry | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self.registry = registry
 
     # -- values of one parameter on one resource type ------------------------------------------
 
@@ -315,8 +345,18 @@ class QueryBuilder:
         assert table is not None
         return select(table.c.res_id).where(table.c.res_type == resource_type, or_(*alternatives))
 
-    def matching(self, resource_type: str, group: Sequence[Criterion]) -> Select[Any]:
+    def matching(self, resource_type: str, group: Group) -> Select[Any]:
         """ids of `resource_type` resources meeting a group of criteria (see `groups`)."""
+        if isinstance(group, Paired):
+            t = search_composite
+            conds = [
+                or_(*[_token_match(t.c.c1_system, t.c.c1_code, v) for v in group.token.values])
+            ]
+            for c in group.dates:
+                conds.append(or_(*[_date_match(t.c.c2_low, t.c.c2_high, v) for v in c.values]))
+            return select(t.c.res_id).where(
+                t.c.res_type == resource_type, t.c.param == group.composite.code, *conds
+            )
         if len(group) > 1:
             table, conds = None, []
             for c in group:
@@ -379,7 +419,7 @@ class QueryBuilder:
             clauses.append(resources.c.res_id.in_(self.matching(resource_type, group)))
         return clauses
 
-    def groups(self, resource_type: str, request: SearchRequest) -> list[list[Criterion]]:
+    def groups(self, resource_type: str, request: SearchRequest) -> list[Group]:
         """The criteria on `resource_type`, those that one index row must meet together grouped.
 
         A resource matches criteria repeating a parameter (`date=ge2024&date=lt2025`) when
@@ -401,7 +441,51 @@ class QueryBuilder:
                 out.append(by_code[c.param.code])
             else:
                 out.append([c])
+        return self._pair(resource_type, out)
+
+    def _pair(self, resource_type: str, groups: list[list[Criterion]]) -> list[Group]:
+        """A token criterion and the criteria on a one-valued date, as one `Paired` group
+        when a composite of the two exists."""
+        if self.registry is None:
+            return list(groups)
+        out: list[Group] = list(groups)
+        for dates in groups:
+            if not dates or dates[0].param is None or dates[0].param.type != "date":
+                continue
+            if not all(_one_row(c) for c in dates):
+                continue
+            for i, group in enumerate(out):
+                token = group[0] if isinstance(group, list) and len(group) == 1 else None
+                if token is None or not _pairable(token):
+                    continue
+                assert token.param is not None and dates[0].param is not None
+                composite = self.registry.paired(
+                    resource_type, token.param.code, dates[0].param.code
+                )
+                if composite is not None:
+                    out[i] = Paired(composite, token, tuple(dates))
+                    out = [g for g in out if g is not dates]
+                    break
         return out
+
+    def sort_pair(
+        self, resource_type: str, request: SearchRequest
+    ) -> tuple[SearchParam, Criterion] | None:
+        """For a sort led by a one-valued date: a token criterion of the search and the
+        composite of the two, whose rows give the matches in date order."""
+        first = request.sort[0] if request.sort else None
+        if self.registry is None or first is None or first.param is None:
+            return None
+        if not _one_row_each(first.param) or first.param.type != "date":
+            return None
+        for c in request.criteria:
+            # One value: a resource has one row of it (two codes OR-ed could give two rows).
+            if c.root == resource_type and _pairable(c) and len(c.values) == 1:
+                assert c.param is not None
+                composite = self.registry.paired(resource_type, c.param.code, first.param.code)
+                if composite is not None:
+                    return composite, c
+        return None
 
     def count(
         self,
@@ -413,7 +497,7 @@ class QueryBuilder:
         """The number of matches; with `up_to`, counting stops past it (at `up_to` + 1)."""
         groups = self.groups(resource_type, request)
         matched: Select[Any]
-        if groups and not extra and all(_selects_live(c) for g in groups for c in g):
+        if groups and not extra and all(_selects_live(g) for g in groups):
             # Index rows belong to live resources only: the ids the criteria select are the
             # matches, counted from the indexes without reading `resources` (wide: its JSON).
             first, *others = [self.matching(resource_type, g) for g in groups]
@@ -464,7 +548,12 @@ class QueryBuilder:
         out.append((resources.c.res_id, descending_id))
         return out
 
-    def segments(self, resource_type: str, keys: Sequence[SortKey]) -> list[Segment]:
+    def segments(
+        self,
+        resource_type: str,
+        keys: Sequence[SortKey],
+        pair: tuple[SearchParam, Criterion] | None = None,
+    ) -> list[Segment]:
         """The parts of a sort (see `Segment`), in ascending order.
 
         `sort_keys` orders by a correlated max()/min() of the parameter, which PostgreSQL
@@ -478,7 +567,30 @@ class QueryBuilder:
             return [Segment(None, self.sort_keys(resource_type, keys))]
         code, rest = first.param.code, self.sort_keys(resource_type, keys[1:])
         table = _TABLES[first.param.type]
-        row, other, anyone = table.alias(), table.alias(), table.alias()
+        anyone = table.alias()
+        has_value = exists().where(
+            anyone.c.res_type == resource_type,
+            anyone.c.res_id == resources.c.res_id,
+            anyone.c.param == code,
+        )
+        if pair is not None:  # the rows of a composite of the date and a token criterion
+            composite, token = pair
+            row = search_composite.alias()
+            columns: tuple[str, ...] = (
+                ("c2_high", "c2_low") if first.descending else ("c2_low", "c2_high")
+            )
+            valued = [
+                row.c.res_type == resource_type,
+                row.c.res_id == resources.c.res_id,
+                row.c.param == composite.code,
+                _token_match(row.c.c1_system, row.c.c1_code, token.values[0]),
+                row.c[columns[0]].is_not(None),  # as the partial index says
+            ]
+            return [
+                Segment(0, [(row.c[columns[0]], first.descending), *rest], valued),
+                Segment(1, rest, [~has_value]),
+            ]
+        row, other = table.alias(), table.alias()
         columns = _ROW_ORDER[first.param.type][first.descending]
         valued = [
             row.c.res_type == resource_type,
@@ -500,11 +612,6 @@ class QueryBuilder:
                 or_(*ahead),
             )
             valued.append(~better)
-        has_value = exists().where(
-            anyone.c.res_type == resource_type,
-            anyone.c.res_id == resources.c.res_id,
-            anyone.c.param == code,
-        )
         return [
             Segment(0, [(row.c[columns[0]], first.descending), *rest], valued),
             Segment(1, rest, [~has_value]),

@@ -52,6 +52,7 @@ class Component:
     code: str
     type: str
     per_part: tuple[tuple[Part, ...], ...]
+    expression: str = ""  # relative to each part of the base
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ class SearchParam:
     parts: tuple[Part, ...] = field(default=(), repr=False, compare=False)
     components: tuple[Component, ...] = field(default=(), repr=False, compare=False)
     single: bool = field(default=False, compare=False)  # a resource has one value at most
+    # The definition's canonical URL when it is the hub's own, not one of the R4 spec.
+    canonical: str | None = field(default=None, compare=False)
 
     def target_types(self) -> tuple[str, ...]:
         return tuple(sorted(R4_RESOURCE_TYPES)) if "*" in self.targets else self.targets
@@ -86,6 +89,8 @@ class Registry:
     unsupported: tuple[Unsupported, ...] = ()
     # Compartment type -> resource type -> the parameters that put a resource in it.
     compartments: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
+    # (type, token parameter, date parameter) -> a composite of the two (see `paired`).
+    pairs: Mapping[tuple[str, str, str], SearchParam] = field(default_factory=dict)
 
     def compartment(self, compartment: str, resource_type: str) -> tuple[str, ...]:
         """Parameters of `resource_type` linking it into a compartment (indexed ones only)."""
@@ -101,6 +106,11 @@ class Registry:
 
     def indexed(self, resource_type: str) -> Iterable[SearchParam]:
         return self.for_type(resource_type).values()
+
+    def paired(self, resource_type: str, token: str, date: str) -> SearchParam | None:
+        """A composite whose rows are exactly the `token` values of a resource, each with its
+        one `date` value: criteria on both are met by one of its rows (`QueryBuilder`)."""
+        return self.pairs.get((resource_type, token, date))
 
     def __len__(self) -> int:
         return sum(len(v) for v in self.by_type.values())
@@ -126,6 +136,7 @@ def make_param(
     components: Iterable[tuple[str, str]] = (),
     url: str | None = None,
     siblings: Mapping[str, tuple[str, ...]] | None = None,
+    canonical: str | None = None,
 ) -> SearchParam:
     """One parameter for one base type; raises ValueError when it cannot be supported."""
     if kind not in SUPPORTED_TYPES:
@@ -148,12 +159,14 @@ def make_param(
         if any(c is None for c in contexts):
             raise ValueError("a composite's base must be a path")
         per_part = tuple(tuple(compile_relative(str(c), comp_expr)) for c in contexts)
-        comps.append(Component(comp_code, comp_type, per_part))
+        comps.append(Component(comp_code, comp_type, per_part, comp_expr))
     if kind == "composite" and len(comps) != 2:
         raise ValueError("only composites of two components are supported")
     path = plain_path(own) if len(parts) == 1 else None
     single = path is not None and holds_one(path)
-    return SearchParam(code, kind, own, (base,), tuple(targets), url, parts, tuple(comps), single)
+    return SearchParam(
+        code, kind, own, (base,), tuple(targets), url, parts, tuple(comps), single, canonical
+    )
 
 
 def _compact(data: Mapping[str, Mapping[str, list[Any]]]) -> Iterator[SearchParam]:
@@ -170,6 +183,7 @@ def _compact(data: Mapping[str, Mapping[str, list[Any]]]) -> Iterator[SearchPara
                 targets=extra if kind == "reference" else (),
                 components=[tuple(c) for c in extra] if kind == "composite" else (),
                 siblings=siblings,
+                canonical=spec[3] if len(spec) > 3 else None,
             )
 
 
@@ -184,7 +198,31 @@ def assemble(params: Iterable[SearchParam], unsupported: Iterable[Unsupported] =
         name: {t: tuple(codes) for t, codes in members.items()}
         for name, members in json.loads(text).items()
     }
-    return Registry(by_type, tuple(unsupported), compartments)
+    return Registry(by_type, tuple(unsupported), compartments, _pairs(by_type))
+
+
+def _pairs(
+    by_type: Mapping[str, Mapping[str, SearchParam]],
+) -> dict[tuple[str, str, str], SearchParam]:
+    """Composites of a token parameter and a one-valued date parameter, on the same elements:
+    their base is the resource itself and each component's expression is that parameter's."""
+    found: dict[tuple[str, str, str], SearchParam] = {}
+    for resource_type, params in by_type.items():
+        for p in params.values():
+            if p.type != "composite" or p.expression != resource_type or len(p.components) != 2:
+                continue
+            first, second = p.components
+            token, date = params.get(first.code), params.get(second.code)
+            if (
+                token is not None
+                and date is not None
+                and (token.type, date.type, second.type) == ("token", "date", "date")
+                and date.single
+                and token.expression == f"{resource_type}.{first.expression}"
+                and date.expression == f"{resource_type}.{second.expression}"
+            ):
+                found[(resource_type, token.code, date.code)] = p
+    return found
 
 
 def default_definitions() -> dict[str, dict[str, list[Any]]]:

@@ -31,5 +31,9 @@ def upgrade(url: str, migrations_dir: Path, revision: str = "head") -> None:
     command.upgrade(_config(url, migrations_dir), revision)
 
 
+def downgrade(url: str, migrations_dir: Path, revision: str) -> None:
+    command.downgrade(_config(url, migrations_dir), revision)
+
+
 def current(url: str, migrations_dir: Path) -> None:
     command.current(_config(url, migrations_dir), verbose=False)

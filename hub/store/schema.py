@@ -149,6 +149,19 @@ search_composite = _index_table(
     Column("c2_text", String(500), nullable=True),
     lookups=(("c1_code",),),
 )
+# A token-and-date composite's rows of one code in date order, either way (a code's latest
+# results: `Observation?code=x&_sort=-date`); only date composites have c2_low/c2_high.
+for _column in ("c2_high", "c2_low"):
+    Index(
+        f"ix_search_composite_c1_{_column}",
+        search_composite.c.res_type,
+        search_composite.c.param,
+        search_composite.c.c1_code,
+        search_composite.c[_column],
+        search_composite.c.res_id,
+        postgresql_where=search_composite.c[_column].is_not(None),
+        sqlite_where=search_composite.c[_column].is_not(None),
+    )
 # Reverse lookups (_revinclude, _has, compartments) go from the target to the source.
 Index(
     "ix_search_reference_target",
