@@ -90,7 +90,12 @@ class SearchEngine:
                 resource_type, request.sort, self.builder.sort_pair(resource_type, request)
             )
             for part in reversed(parts) if backward else parts:
-                where = [*clauses, *part.where]
+                own = clauses
+                if part.imposes is not None:  # one criterion is the segment's own condition
+                    own = self.builder.where(
+                        resource_type, request, extra.get(resource_type, ()), part.imposes
+                    )
+                where = [*own, *part.where]
                 if last is not None and part.flag is not None and last[0] != part.flag:
                     if (last[0] > part.flag) != backward:
                         continue  # the cursor's row lies beyond this whole part

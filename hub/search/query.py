@@ -158,6 +158,9 @@ class Segment:
     flag: int | None
     keys: list[tuple[ColumnElement[Any], bool]]
     where: list[ColumnElement[bool]] = field(default_factory=list)
+    # A criterion of the search that `where` imposes already: left out of the statement, as
+    # PostgreSQL otherwise counts it twice and expects too few rows to read in order.
+    imposes: Criterion | None = None
 
     def own(self, last: Sequence[Any]) -> list[Any]:
         """This part's keys' values in a cursor's values."""
@@ -408,7 +411,11 @@ class QueryBuilder:
     # -- the whole search -----------------------------------------------------------------------
 
     def where(
-        self, resource_type: str, request: SearchRequest, extra: Sequence[ColumnElement[bool]] = ()
+        self,
+        resource_type: str,
+        request: SearchRequest,
+        extra: Sequence[ColumnElement[bool]] = (),
+        imposed: Criterion | None = None,
     ) -> list[ColumnElement[bool]]:
         clauses: list[ColumnElement[bool]] = [
             resources.c.res_type == resource_type,
@@ -416,6 +423,8 @@ class QueryBuilder:
             *extra,
         ]
         for group in self.groups(resource_type, request):
+            if isinstance(group, list) and group == [imposed]:
+                continue
             clauses.append(resources.c.res_id.in_(self.matching(resource_type, group)))
         return clauses
 
@@ -587,7 +596,7 @@ class QueryBuilder:
                 row.c[columns[0]].is_not(None),  # as the partial index says
             ]
             return [
-                Segment(0, [(row.c[columns[0]], first.descending), *rest], valued),
+                Segment(0, [(row.c[columns[0]], first.descending), *rest], valued, token),
                 Segment(1, rest, [~has_value]),
             ]
         row, other = table.alias(), table.alias()
