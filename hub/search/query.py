@@ -428,7 +428,7 @@ class QueryBuilder:
             clauses.append(resources.c.res_id.in_(self.matching(resource_type, group)))
         return clauses
 
-    def groups(self, resource_type: str, request: SearchRequest) -> list[Group]:
+    def groups(self, resource_type: str, request: SearchRequest, pair: bool = False) -> list[Group]:
         """The criteria on `resource_type`, those that one index row must meet together grouped.
 
         A resource matches criteria repeating a parameter (`date=ge2024&date=lt2025`) when
@@ -450,7 +450,7 @@ class QueryBuilder:
                 out.append(by_code[c.param.code])
             else:
                 out.append([c])
-        return self._pair(resource_type, out)
+        return self._pair(resource_type, out) if pair else list(out)
 
     def _pair(self, resource_type: str, groups: list[list[Criterion]]) -> list[Group]:
         """A token criterion and the criteria on a one-valued date, as one `Paired` group
@@ -503,8 +503,13 @@ class QueryBuilder:
         extra: Sequence[ColumnElement[bool]] = (),
         up_to: int | None = None,
     ) -> Select[Any]:
-        """The number of matches; with `up_to`, counting stops past it (at `up_to` + 1)."""
-        groups = self.groups(resource_type, request)
+        """The number of matches; with `up_to`, counting stops past it (at `up_to` + 1).
+
+        Here a token and a date criterion are one range of their composite (`_pair`): a
+        count reads every match. A page of matches in id order is found sooner by walking
+        both criteria's id-ordered indexes together (`where`), which stops at the page's end.
+        """
+        groups = self.groups(resource_type, request, pair=True)
         matched: Select[Any]
         if groups and not extra and all(_selects_live(g) for g in groups):
             # Index rows belong to live resources only: the ids the criteria select are the
