@@ -867,6 +867,11 @@ CODE = (
     "t.res_type = 'Observation' AND t.param = 'code' AND t.system = 'http://loinc.org' "
     "AND t.code = %(code)s"
 )
+# The same code's rows of the `code-date` composite (d: search_composite), with a date.
+CODE_DATE = (
+    "d.res_type = 'Observation' AND d.param = 'code-date' AND d.c1_system = 'http://loinc.org' "
+    "AND d.c1_code = %(code)s AND d.c2_high IS NOT NULL"
+)
 
 
 def count_sql(rows: str, total: str) -> str:
@@ -889,12 +894,22 @@ def by_id(resource_type: str, matches: str, count: int, total: str) -> str:
         ORDER BY r.res_id"""
 
 
-def by_date(matches: str, count: int, *, total: str, after: bool = False) -> str:
-    """One page of Observations newest first, of the ids `matches` selects ('' for all)."""
-    among = f"AND d.res_id IN ({matches})" if matches else ""
+def by_date(
+    matches: str, count: int, *, total: str, after: bool = False, of_code: bool = False
+) -> str:
+    """One page of Observations newest first, of the ids `matches` selects ('' for all).
+
+    `of_code`: `matches` are those of one LOINC code, whose dates the `code-date` composite
+    rows hold in order (each Observation has a date here)."""
+    rows, high = "search_date d", "d.high"
+    among = f"AND d.res_type = 'Observation' AND d.param = 'date' AND d.res_id IN ({matches})"
+    if not matches:
+        among = "AND d.res_type = 'Observation' AND d.param = 'date'"
+    if of_code:
+        rows, high, among = "search_composite d", "d.c2_high", f"AND {CODE_DATE}"
     keyset = (
-        "AND d.high <= %(k_value)s "
-        "AND (d.high < %(k_value)s OR (d.high = %(k_value)s AND d.res_id > %(k_id)s))"
+        f"AND {high} <= %(k_value)s "
+        f"AND ({high} < %(k_value)s OR ({high} = %(k_value)s AND d.res_id > %(k_id)s))"
         if after
         else ""
     )
@@ -905,9 +920,9 @@ def by_date(matches: str, count: int, *, total: str, after: bool = False) -> str
         total,
     )
     return f"""SELECT 'match' AS mode, r.res_type, r.res_id, r.content, {counted}
-        FROM (SELECT d.res_id, d.high FROM search_date d
-              WHERE d.res_type = 'Observation' AND d.param = 'date' {among} {keyset}
-              ORDER BY d.high DESC, d.res_id LIMIT {count}) page
+        FROM (SELECT d.res_id, {high} AS high FROM {rows}
+              WHERE true {among} {keyset}
+              ORDER BY {high} DESC, d.res_id LIMIT {count}) page
         JOIN resources r ON r.res_type = 'Observation' AND r.res_id = page.res_id
         ORDER BY page.high DESC, page.res_id"""
 
@@ -986,10 +1001,7 @@ def case_code_date(rng: random.Random, pools: Pools) -> Case:
         f"{BASE_PATH}/Observation?code={_q(f'{LOINC}|{code}')}&date=ge{year}{pools.suffix}",
         by_id(
             "Observation",
-            f"""SELECT t.res_id FROM search_token t
-            JOIN search_date d ON d.res_type = t.res_type AND d.res_id = t.res_id
-                              AND d.param = 'date' AND d.low >= %(start)s
-            WHERE {CODE}""",
+            f"SELECT d.res_id FROM search_composite d WHERE {CODE_DATE} AND d.c2_low >= %(start)s",
             20,
             pools.total,
         ),
@@ -1070,7 +1082,12 @@ def case_sort_code(rng: random.Random, pools: Pools) -> Case:
     code = pools.code(rng)
     return Case(
         f"{BASE_PATH}/Observation?code={_q(f'{LOINC}|{code}')}&_sort=-date&_count=50{pools.suffix}",
-        by_date(f"SELECT t.res_id FROM search_token t WHERE {CODE}", 50, total=pools.total),
+        by_date(
+            f"SELECT t.res_id FROM search_token t WHERE {CODE}",
+            50,
+            total=pools.total,
+            of_code=True,
+        ),
         {"code": code},
         counted=pools.totals,
     )
@@ -1090,13 +1107,11 @@ def case_page3(rng: random.Random, pools: Pools) -> Case:
     matches = f"SELECT t.res_id FROM search_token t WHERE {CODE}"
     return Case(
         f"{BASE_PATH}/Observation?code={_q(f'{LOINC}|{code}')}&_sort=-date&_count=50{pools.suffix}",
-        by_date(matches, 50, total="none", after=True),
+        by_date(matches, 50, total="none", after=True, of_code=True),
         {"code": code},
         pages=3,
-        sql_cursor=f"""SELECT d.high, d.res_id FROM search_date d
-        WHERE d.res_type = 'Observation' AND d.param = 'date'
-          AND d.res_id IN ({matches})
-        ORDER BY d.high DESC, d.res_id OFFSET 99 LIMIT 1""",
+        sql_cursor=f"""SELECT d.c2_high, d.res_id FROM search_composite d WHERE {CODE_DATE}
+        ORDER BY d.c2_high DESC, d.res_id OFFSET 99 LIMIT 1""",
     )
 
 
