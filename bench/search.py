@@ -744,7 +744,7 @@ class Case:
     params: dict[str, Any]
     pages: int = 1
     sql_cursor: str | None = None
-    counted: bool = True  # the answer has a total (the first page, without _total=none)
+    counted: bool = True  # the answer has a total (without _total=none; see case_page3)
 
 
 def run_sql(conn: psycopg.Connection[Any], case: Case, up_to: int | None) -> tuple[float, Answer]:
@@ -762,7 +762,7 @@ def run_sql(conn: psycopg.Connection[Any], case: Case, up_to: int | None) -> tup
     total = next((r[4] for r in rows if r[0] == "match"), None)
     if total is None and "total" in params:
         total = params["total"]
-    counted = case.counted and case.pages == 1
+    counted = case.counted
     if counted and up_to is not None and (total or 0) > up_to:
         counted = False  # more matches than the hub counts by default: it states no total
     return elapsed, Answer(matches, included, (total or 0) if counted else None)
@@ -1105,10 +1105,13 @@ def case_sort_all(rng: random.Random, pools: Pools) -> Case:
 def case_page3(rng: random.Random, pools: Pools) -> Case:
     code = pools.code(rng, at_least=151)
     matches = f"SELECT t.res_id FROM search_token t WHERE {CODE}"
+    later = "accurate" if pools.total == "accurate" else "none"
     return Case(
         f"{BASE_PATH}/Observation?code={_q(f'{LOINC}|{code}')}&_sort=-date&_count=50{pools.suffix}",
-        by_date(matches, 50, total="none", after=True, of_code=True),
+        # A later page states a total only when _total asks for one.
+        by_date(matches, 50, total=later, after=True, of_code=True),
         {"code": code},
+        counted=later != "none",
         pages=3,
         sql_cursor=f"""SELECT d.c2_high, d.res_id FROM search_composite d WHERE {CODE_DATE}
         ORDER BY d.c2_high DESC, d.res_id OFFSET 99 LIMIT 1""",

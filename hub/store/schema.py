@@ -72,12 +72,19 @@ resource_history = Table(
 )
 
 
-def _index_table(name: str, *columns: Column[Any], lookups: tuple[tuple[str, ...], ...]) -> Table:
+def _index_table(
+    name: str,
+    *columns: Column[Any],
+    lookups: tuple[tuple[str, ...], ...],
+    carry: dict[str, tuple[str, ...]] | None = None,
+) -> Table:
     """A search index table: one row per (resource, parameter, value).
 
     Lookup indexes end with res_id, so that a criterion's ids come from the index alone
     (0004). On PostgreSQL, extended statistics on (res_type, param, ...) tell the planner
-    how these columns go together (0004; not expressible here).
+    how these columns go together (0004; not expressible here), and `carry` adds columns a
+    lookup's conditions test besides its own (INCLUDE, 0013): a date range bounds `low` and
+    tests `high`.
     """
     return Table(
         name,
@@ -88,7 +95,14 @@ def _index_table(name: str, *columns: Column[Any], lookups: tuple[tuple[str, ...
         *columns,
         Index(f"ix_{name}_resource", "res_type", "res_id"),
         *(
-            Index(f"ix_{name}_{'_'.join(cols)}", "res_type", "param", *cols, "res_id")
+            Index(
+                f"ix_{name}_{'_'.join(cols)}",
+                "res_type",
+                "param",
+                *cols,
+                "res_id",
+                postgresql_include=list((carry or {}).get("_".join(cols), ())),
+            )
             for cols in lookups
         ),
     )
@@ -111,6 +125,7 @@ search_date = _index_table(
     Column("low", DateTime(timezone=True), nullable=False),
     Column("high", DateTime(timezone=True), nullable=False),
     lookups=(("low",), ("high",)),
+    carry={"low": ("high",), "high": ("low",)},
 )
 search_number = _index_table(
     "search_number",
