@@ -1122,6 +1122,51 @@ def test_code_with_date_and_sort_by_date(hub: Hub) -> None:
     assert hub.bundle(f"Observation?code={glucose}&date=ge2024&_total=accurate")["total"] == 2
 
 
+def test_sort_over_several_types_uses_each_types_parameter(hub: Hub) -> None:
+    # Encounter.date (period) holds one value, MedicationRequest.date (timing events) several.
+    hub.put(
+        "Encounter",
+        "e1",
+        status="finished",
+        **{"class": {"code": "AMB"}},
+        period={"start": "2024-02-01", "end": "2024-02-02"},
+    )
+    timing = {"event": ["2024-01-01", "2024-03-01"]}
+    hub.put(
+        "MedicationRequest",
+        "m1",
+        status="active",
+        intent="order",
+        subject=hub.ref("Patient", "x"),
+        medicationCodeableConcept={"text": "x"},
+        dosageInstruction=[{"timing": timing}],
+    )
+    body = hub.bundle("/fhir?_type=Encounter,MedicationRequest&_sort=date")
+    found = [hub.short(e["resource"]["id"]) for e in body["entry"]]
+    assert sorted(found) == ["e1", "m1"] and body["total"] == 2  # each once
+
+
+def test_values_with_colons_in_a_paged_search(hub: Hub) -> None:
+    for i in range(3):
+        hub.put("Patient", f"p{i}", name=[{"family": "Smith :jr", "given": [f"G{i}"]}])
+    body = hub.bundle(f"Patient?family={quote('Smith :jr')}&_count=2")
+    assert len(body["entry"]) == 2 and "next" in links(body)
+
+
+def test_a_period_ending_before_it_starts_is_its_start(hub: Hub) -> None:
+    enc = {"status": "finished", "class": {"code": "AMB"}}
+    # 06:00 at +10:00 is 20:00 UTC the day before the start.
+    hub.put(
+        "Encounter",
+        "odd",
+        **enc,
+        period={"start": "2024-05-15", "end": "2024-05-15T06:00:00+10:00"},
+    )
+    assert hub.find("Encounter?date=ge2024-05-15") == ["odd"]
+    assert hub.find("Encounter?date=le2024-05-15") == ["odd"]
+    assert hub.find("Encounter?date=gt2024-05-15") == []
+
+
 def _tags(resource: dict[str, Any]) -> list[str]:
     return [t["code"] for t in resource.get("meta", {}).get("tag", [])]
 

@@ -169,12 +169,9 @@ class SearchEngine:
     ) -> int:
         """PostgreSQL's estimate of the number of matches, from the plan (nothing is run)."""
         inner = select(resources.c.res_id).where(*self.builder.where(resource_type, request, extra))
-        plan = tx.rows(
-            text(
-                "EXPLAIN (FORMAT JSON) "
-                + str(inner.compile(compile_kwargs={"literal_binds": True}))
-            )
-        )
+        sql = str(inner.compile(compile_kwargs={"literal_binds": True}))
+        # text() reads ':name' as a bind parameter: the values written in may hold colons.
+        plan = tx.rows(text("EXPLAIN (FORMAT JSON) " + sql.replace(":", "\\:")))
         return int(plan[0][0][0]["Plan"]["Plan Rows"])
 
     # -- _include and _revinclude ---------------------------------------------------------------

@@ -83,7 +83,12 @@ def dates(value: Any) -> list[tuple[datetime, datetime]]:
     if "start" in value or "end" in value:  # Period
         start = date_range(value["start"]) if isinstance(value.get("start"), str) else None
         end = date_range(value["end"]) if isinstance(value.get("end"), str) else None
-        return [(start[0] if start else LOWEST, end[1] if end else HIGHEST)]
+        low, high = start[0] if start else LOWEST, end[1] if end else HIGHEST
+        if start and high < low:
+            # An end before the start (in UTC; the model does not check per-1): the range is
+            # the start's, so that low <= high, which the searches' bounds rely on.
+            high = start[1]
+        return [(low, high)]
     if "event" in value or "repeat" in value:  # Timing
         ranges = [r for e in value.get("event", []) for r in dates(e)]
         bounds = value.get("repeat", {}).get("boundsPeriod")

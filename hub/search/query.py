@@ -423,7 +423,7 @@ class QueryBuilder:
             *extra,
         ]
         for group in self.groups(resource_type, request):
-            if isinstance(group, list) and group == [imposed]:
+            if isinstance(group, list) and len(group) == 1 and group[0] is imposed:
                 continue
             clauses.append(resources.c.res_id.in_(self.matching(resource_type, group)))
         return clauses
@@ -477,21 +477,30 @@ class QueryBuilder:
                     break
         return out
 
+    def _sort_param(self, resource_type: str, key: SortKey | None) -> SearchParam | None:
+        """The sort key's parameter as `resource_type` defines it: a search over several types
+        names one code, whose definition (one value or several) differs from type to type."""
+        if key is None or key.param is None:
+            return None
+        found = self.registry.get(resource_type, key.code) if self.registry else None
+        return found or key.param
+
     def sort_pair(
         self, resource_type: str, request: SearchRequest
     ) -> tuple[SearchParam, Criterion] | None:
         """For a sort led by a one-valued date: a token criterion of the search and the
         composite of the two, whose rows give the matches in date order."""
         first = request.sort[0] if request.sort else None
-        if self.registry is None or first is None or first.param is None:
+        param = self._sort_param(resource_type, first)
+        if self.registry is None or param is None:
             return None
-        if not _one_row_each(first.param) or first.param.type != "date":
+        if not _one_row_each(param) or param.type != "date":
             return None
         for c in request.criteria:
             # One value: a resource has one row of it (two codes OR-ed could give two rows).
             if c.root == resource_type and _pairable(c) and len(c.values) == 1:
                 assert c.param is not None
-                composite = self.registry.paired(resource_type, c.param.code, first.param.code)
+                composite = self.registry.paired(resource_type, c.param.code, param.code)
                 if composite is not None:
                     return composite, c
         return None
@@ -577,10 +586,11 @@ class QueryBuilder:
         or least (ascending) value, as `sort_keys` orders by.
         """
         first = keys[0] if keys else None
-        if first is None or first.param is None or first.param.type not in _ROW_ORDER:
+        param = self._sort_param(resource_type, first)
+        if first is None or param is None or param.type not in _ROW_ORDER:
             return [Segment(None, self.sort_keys(resource_type, keys))]
-        code, rest = first.param.code, self.sort_keys(resource_type, keys[1:])
-        table = _TABLES[first.param.type]
+        code, rest = param.code, self.sort_keys(resource_type, keys[1:])
+        table = _TABLES[param.type]
         anyone = table.alias()
         has_value = exists().where(
             anyone.c.res_type == resource_type,
@@ -605,13 +615,13 @@ class QueryBuilder:
                 Segment(1, rest, [~has_value]),
             ]
         row, other = table.alias(), table.alias()
-        columns = _ROW_ORDER[first.param.type][first.descending]
+        columns = _ROW_ORDER[param.type][first.descending]
         valued = [
             row.c.res_type == resource_type,
             row.c.res_id == resources.c.res_id,
             row.c.param == code,
         ]
-        if not _one_row_each(first.param):  # several rows: the resource's is its best one
+        if not _one_row_each(param):  # several rows: the resource's is its best one
             ahead = [
                 and_(
                     *[other.c[n] == row.c[n] for n in columns[:i]],
