@@ -795,6 +795,44 @@ def test_sweeps_running_together_send_each_message_once(service: IngestService) 
     assert service.store.stale(timedelta(minutes=1)) == []  # and marked as sent
 
 
+class Backlogged(HeldDispatcher):
+    """A dispatcher whose queue still holds messages no worker has taken."""
+
+    def backlog(self) -> int:
+        return 500
+
+
+def test_sweep_leaves_messages_waiting_in_a_backlog_alone(service: IngestService) -> None:
+    hold(service)
+    rows = [patient_row(f"queued-{i}") for i in range(3)]
+    waiting, taken, queued = ingest(
+        service, PATIENTS, patients(*rows), "patients.csv", wait=False
+    ).message_ids
+    with service.store.engine.begin() as conn:
+        conn.execute(update(messages).values(updated_at=now() - timedelta(minutes=5)))
+        # A worker took `taken` five minutes ago and never finished (it was killed).
+        conn.execute(update(messages).where(messages.c.id == taken).values(status=PROCESSING))
+    busy = Backlogged()
+    assert sweep(service.store, busy, timedelta(minutes=1)) == 1
+    assert busy.submitted == [taken]  # the others are queued, not lost
+    idle = HeldDispatcher()  # the backlog is gone (or the broker lost it): the rest are lost
+    assert sweep(service.store, idle, timedelta(minutes=1)) == 2
+    assert idle.submitted == [waiting, queued]
+
+
+def test_thread_dispatcher_reports_its_backlog(service: IngestService) -> None:
+    gate = threading.Event()
+    dispatcher = ThreadDispatcher(service.pipeline, threads=1)
+    dispatcher.pool.submit(gate.wait, 30)  # the only thread is busy
+    try:
+        dispatcher.submit([10**9, 10**9 + 1])  # unknown ids: processing them does nothing
+        assert dispatcher.backlog() == 2
+    finally:
+        gate.set()
+        dispatcher.close()
+    assert dispatcher.backlog() == 0
+
+
 def test_ingesting_again_inline_finishes_messages_a_crash_left_open(
     ctx: Context, settings: Settings
 ) -> None:

@@ -328,3 +328,19 @@ def test_a_redis_restart_mid_file_loses_nothing_and_duplicates_nothing(
     assert hub.counts().get(DONE, 0) < MESSAGES, "the file was done before Redis restarted"
 
     assert_every_row_done_once(hub)
+
+
+def test_celery_dispatcher_counts_the_tasks_waiting_in_the_broker(hub: Hub) -> None:
+    """The sweeper's backlog: tasks sent and taken by no worker (none runs here)."""
+    script = (
+        "from hub.ingest.dispatch import CeleryDispatcher\n"
+        "d = CeleryDispatcher()\n"
+        "before = d.backlog()\n"
+        "d.submit([101, 102, 103])\n"
+        "print(before, d.backlog())\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], env=hub.env, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["0", "3"]

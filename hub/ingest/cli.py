@@ -111,13 +111,14 @@ def _broker() -> str | None:
 def worker(concurrency: int, loglevel: str) -> None:
     if not _broker():
         raise click.ClickException("HUB_BROKER_URL is not set; `hub serve` processes feeds itself")
-    from hub.ingest.tasks import app
+    from hub.ingest.tasks import MESSAGE_QUEUE, SWEEP_QUEUE, app
 
     app.worker_main(
         [
             "worker",
             f"--concurrency={concurrency}",
             f"--loglevel={loglevel}",
+            f"--queues={SWEEP_QUEUE},{MESSAGE_QUEUE}",
             "--without-gossip",
             "--without-mingle",
         ]

@@ -2,7 +2,10 @@
 
 Delivery is never the record: the message store is. Whatever a dispatcher
 loses (a killed worker, a restarted broker), the sweeper finds again as an
-open message that has not moved for a while, and sends it once more.
+open message that has not moved for a while, and sends it once more. A message
+still `received` is only waiting for a worker while the dispatcher holds a
+backlog: the sweeper re-sends those once the backlog is gone (a restarted
+broker has none), and stale `processing` ones (a worker died on them) at once.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Protocol
 
-from hub.ingest.messages import MessageStore
+from hub.ingest.messages import OPEN, PROCESSING, MessageStore
 from hub.ingest.pipeline import Outcome, Pipeline
 
 log = logging.getLogger("hub.ingest")
@@ -28,6 +31,10 @@ def backoff(attempt: int) -> float:
 
 class Dispatcher(Protocol):
     def submit(self, message_ids: Sequence[int]) -> None: ...
+
+    def backlog(self) -> int:
+        """Messages sent and not yet taken by a worker (0 when unknown)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -64,6 +71,9 @@ class InlineDispatcher:
             if pending:
                 self.sleep(min(backoff(rounds), 5))
 
+    def backlog(self) -> int:
+        return 0  # processed before `submit` returns
+
     def close(self) -> None:
         pass
 
@@ -75,6 +85,8 @@ class ThreadDispatcher:
         self.pipeline = pipeline
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ingest")
         self._closed = False
+        self._waiting = 0  # submitted to the pool, not started
+        self._lock = threading.Lock()
 
     def submit(self, message_ids: Sequence[int]) -> None:
         for message_id in message_ids:
@@ -88,9 +100,17 @@ class ThreadDispatcher:
             timer.daemon = True
             timer.start()
             return
+        with self._lock:
+            self._waiting += 1
         self.pool.submit(self._run, message_id, round_)
 
+    def backlog(self) -> int:
+        with self._lock:
+            return self._waiting
+
     def _run(self, message_id: int, round_: int) -> None:
+        with self._lock:
+            self._waiting -= 1
         try:
             outcome = self.pipeline.process(message_id)
         except Exception:  # the sweeper will send it again
@@ -115,13 +135,26 @@ class CeleryDispatcher:
         for message_id in message_ids:
             process_message.delay(message_id)
 
+    def backlog(self) -> int:
+        from hub.ingest.tasks import MESSAGE_QUEUE, app
+
+        try:
+            with app.connection_for_read() as conn:
+                declared = conn.default_channel.queue_declare(queue=MESSAGE_QUEUE, passive=True)
+                return int(declared.message_count)
+        except Exception as e:  # no broker to ask: treat every stale message as lost
+            log.warning("could not read the broker's queue length: %s", e)
+            return 0
+
     def close(self) -> None:
         pass
 
 
 def sweep(store: MessageStore, dispatcher: Dispatcher, stale_after: timedelta) -> int:
-    """Send again every open message that has not moved for `stale_after`."""
-    ids = store.claim_stale(stale_after)
+    """Send again every open message that has not moved for `stale_after`: while the
+    dispatcher has a backlog, only those a worker took and did not finish."""
+    waiting = dispatcher.backlog()
+    ids = store.claim_stale(stale_after, statuses=(PROCESSING,) if waiting else OPEN)
     if ids:
         dispatcher.submit(ids)
         log.info("sweeper re-sent %s messages", len(ids))

@@ -271,12 +271,18 @@ class MessageStore:
                 )
             ]
 
-    def claim_stale(self, older_than: timedelta, limit: int = 1000) -> list[int]:
-        """`stale` and `touch` at once: two sweeps running together never send one message
-        twice (PostgreSQL skips the rows the other has locked; SQLite writers queue)."""
+    def claim_stale(
+        self, older_than: timedelta, limit: int = 1000, statuses: Sequence[str] = OPEN
+    ) -> list[int]:
+        """Open messages (of `statuses`) that have not moved for `older_than`, marked as moved
+        in the same transaction: two sweeps running together never send one message twice
+        (PostgreSQL skips the rows the other has locked; SQLite writers queue)."""
         stmt = (
             select(messages.c.id)
-            .where(messages.c.status.in_(OPEN), messages.c.updated_at < now() - older_than)
+            .where(
+                messages.c.status.in_(list(statuses)),
+                messages.c.updated_at < now() - older_than,
+            )
             .order_by(messages.c.id)
             .limit(limit)
         )

@@ -16,8 +16,12 @@ from celery import Celery
 from hub.settings import get_settings
 
 settings = get_settings()
+MESSAGE_QUEUE = "celery"  # Celery's default queue: process_message tasks
+SWEEP_QUEUE = "hub.sweep"  # the sweep, which must not wait behind a backlog of messages
 app = Celery("hub", broker=settings.broker_url or "redis://127.0.0.1:6379/0")
 app.conf.update(
+    task_default_queue=MESSAGE_QUEUE,
+    task_routes={"hub.ingest.tasks.sweep_task": {"queue": SWEEP_QUEUE}},
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
