@@ -55,7 +55,7 @@ from sqlalchemy.exc import OperationalError
 import hub.ingest.pipeline as pipeline_module
 from hub.cli import main as cli
 from hub.errors import Busy, Conflict
-from hub.ingest.dispatch import InlineDispatcher, ThreadDispatcher, sweep
+from hub.ingest.dispatch import InlineDispatcher, ThreadDispatcher, follow, sweep
 from hub.ingest.messages import DEAD, DONE, FAILED, PROCESSING, RECEIVED, now
 from hub.ingest.pipeline import MESSAGE_SYSTEM, Outcome
 from hub.ingest.service import IngestService
@@ -514,6 +514,27 @@ def test_every_written_version_has_provenance_and_lineage(service: IngestService
 
 
 # --- out-of-order delivery ----------------------------------------------------
+
+
+def test_the_worker_finishing_a_message_follows_with_those_that_waited(
+    service: IngestService,
+) -> None:
+    hold(service)
+    rows = [patient_row(P1, LAST=name) for name in ("One", "Two", "Three")]
+    first, second, third = ingest(
+        service, PATIENTS, patients(*rows), "patients.csv", wait=False
+    ).message_ids
+    # Delivered last first: each finds an earlier one open, and is dropped, not retried.
+    assert service.pipeline.process(third) == Outcome.DEFERRED
+    assert service.pipeline.process(second) == Outcome.DEFERRED
+    assert service.pipeline.process(first) == Outcome.DONE
+    resent: list[int] = []
+    assert follow(service.pipeline, first, resent.append) == 2
+    assert resent == []
+    assert service.store.counts([first, second, third]) == {DONE: 3}
+    versions = history(service, "Patient", rid("Patient", P1))
+    assert [v["name"][0]["family"] for v in versions] == ["One", "Two", "Three"]
+    assert follow(service.pipeline, third, resent.append) == 0  # nothing left to follow
 
 
 @pytest.mark.parametrize("kind", ["inline", "threads"])

@@ -29,6 +29,35 @@ def backoff(attempt: int) -> float:
     return float(min(60, 2 ** max(0, attempt - 1)))
 
 
+def follow(
+    pipeline: Pipeline, message_id: int, resend: Callable[[int], None], limit: int = 10_000
+) -> int:
+    """After `message_id` is finished, process the messages about the same subject that
+    waited for it, in order; answer how many.
+
+    A message that finds an earlier one about its subject still open is `DEFERRED` and
+    dropped by its worker, not retried on a timer (which, with a feed's rows of one
+    patient side by side, kept every other worker busy retrying): the worker that
+    finishes the earlier message carries on with it here. One that must be retried goes
+    back to the dispatcher (`resend`). Should this worker die, the sweeper sends what is
+    left open.
+    """
+    done, current = 0, message_id
+    while done < limit:
+        following = pipeline.next_in_order(current)
+        if following is None:
+            break
+        outcome = pipeline.process(following)
+        if outcome == Outcome.RETRY:
+            resend(following)
+            break
+        if outcome in (Outcome.DEFERRED, Outcome.SKIPPED):
+            break  # another worker has it, and follows it
+        done += 1
+        current = following
+    return done
+
+
 class Dispatcher(Protocol):
     def submit(self, message_ids: Sequence[int]) -> None: ...
 
@@ -116,10 +145,13 @@ class ThreadDispatcher:
         except Exception:  # the sweeper will send it again
             log.exception("processing message %s failed", message_id)
             return
-        if outcome == Outcome.DEFERRED:
-            self._schedule(message_id, 0.2, round_)
-        elif outcome == Outcome.RETRY:
+        if outcome == Outcome.RETRY:
             self._schedule(message_id, backoff(round_), round_ + 1)
+        elif outcome != Outcome.DEFERRED:  # a deferred one is followed by its predecessor's
+            try:
+                follow(self.pipeline, message_id, lambda m: self._schedule(m, backoff(1), 2))
+            except Exception:  # the sweeper will send what is left
+                log.exception("processing the messages after %s failed", message_id)
 
     def close(self) -> None:
         self._closed = True

@@ -93,6 +93,25 @@ class Pipeline:
             ).first()
         return row is not None
 
+    def next_in_order(self, message_id: int) -> int | None:
+        """Once `message_id` is finished: the earliest open message from its source about the
+        same subject, which may have waited for it (see `hub.ingest.dispatch.follow`)."""
+        message = self.store.get(message_id)
+        if message is None or not message.order_key or message.status in OPEN:
+            return None
+        with self.store.engine.connect() as conn:
+            row = conn.execute(
+                select(messages.c.id)
+                .where(
+                    messages.c.source == message.source,
+                    messages.c.order_key == message.order_key,
+                    messages.c.status.in_(OPEN),
+                )
+                .order_by(messages.c.id)
+                .limit(1)
+            ).first()
+        return int(row[0]) if row else None
+
     def blocking(self, message_id: int) -> list[int]:
         """The earlier open messages about the same subject that `message_id` waits for."""
         message = self.store.get(message_id)

@@ -47,14 +47,17 @@ def service() -> Any:
 
 @app.task(bind=True, name="hub.ingest.tasks.process_message", max_retries=None)
 def process_message(self: Any, message_id: int) -> str:
-    from hub.ingest.dispatch import backoff
+    from hub.ingest.dispatch import backoff, follow
     from hub.ingest.pipeline import Outcome
 
-    outcome = service().pipeline.process(message_id)
-    if outcome == Outcome.DEFERRED:
-        raise self.retry(countdown=0.5)
+    pipeline = service().pipeline
+    outcome = pipeline.process(message_id)
     if outcome == Outcome.RETRY:
         raise self.retry(countdown=backoff(self.request.retries + 1))
+    if outcome != Outcome.DEFERRED:  # a deferred one is followed by its predecessor's worker
+        follow(
+            pipeline, message_id, lambda m: process_message.apply_async((m,), countdown=backoff(1))
+        )
     return str(outcome)
 
 
