@@ -529,8 +529,10 @@ def test_the_worker_finishing_a_message_follows_with_those_that_waited(
     assert service.pipeline.process(second) == Outcome.DEFERRED
     assert service.pipeline.process(first) == Outcome.DONE
     resent: list[int] = []
-    assert follow(service.pipeline, first, resent.append) == 2
-    assert resent == []
+    assert follow(service.pipeline, first, resent.append, limit=1) == 1
+    assert resent == [third]  # past the limit, the next goes back to the dispatcher
+    assert follow(service.pipeline, second, resent.append) == 1
+    assert resent == [third]
     assert service.store.counts([first, second, third]) == {DONE: 3}
     versions = history(service, "Patient", rid("Patient", P1))
     assert [v["name"][0]["family"] for v in versions] == ["One", "Two", "Three"]
@@ -839,6 +841,29 @@ def test_sweep_leaves_messages_waiting_in_a_backlog_alone(service: IngestService
     idle = HeldDispatcher()  # the backlog is gone (or the broker lost it): the rest are lost
     assert sweep(service.store, idle, timedelta(minutes=1)) == 2
     assert idle.submitted == [waiting, queued]
+
+
+def test_sweep_sends_what_a_dead_worker_did_not_follow_despite_a_backlog(
+    service: IngestService,
+) -> None:
+    hold(service)
+    rows = [patient_row(P1, LAST=name) for name in ("One", "Two", "Three")]
+    first, second, third = ingest(
+        service, PATIENTS, patients(*rows), "patients.csv", wait=False
+    ).message_ids
+    assert service.pipeline.process(second) == Outcome.DEFERRED  # dropped: `first` is open
+    assert service.pipeline.process(first) == Outcome.DONE  # ...and its worker died here
+    with service.store.engine.begin() as conn:
+        conn.execute(update(messages).values(updated_at=now() - timedelta(minutes=5)))
+    busy = Backlogged()
+    assert sweep(service.store, busy, timedelta(minutes=1)) == 1
+    assert busy.submitted == [second]  # `third` waits behind it, and is followed
+    # Anything left ten stale periods is sent whatever the backlog.
+    with service.store.engine.begin() as conn:
+        conn.execute(update(messages).values(updated_at=now() - timedelta(minutes=11)))
+    late = Backlogged()
+    assert sweep(service.store, late, timedelta(minutes=1)) == 2
+    assert late.submitted == [second, third]
 
 
 def test_thread_dispatcher_reports_its_backlog(service: IngestService) -> None:

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Protocol
 
-from hub.ingest.messages import OPEN, PROCESSING, MessageStore
+from hub.ingest.messages import PROCESSING, RECEIVED, MessageStore
 from hub.ingest.pipeline import Outcome, Pipeline
 
 log = logging.getLogger("hub.ingest")
@@ -30,7 +30,7 @@ def backoff(attempt: int) -> float:
 
 
 def follow(
-    pipeline: Pipeline, message_id: int, resend: Callable[[int], None], limit: int = 10_000
+    pipeline: Pipeline, message_id: int, resend: Callable[[int], None], limit: int = 200
 ) -> int:
     """After `message_id` is finished, process the messages about the same subject that
     waited for it, in order; answer how many.
@@ -39,23 +39,25 @@ def follow(
     dropped by its worker, not retried on a timer (which, with a feed's rows of one
     patient side by side, kept every other worker busy retrying): the worker that
     finishes the earlier message carries on with it here. One that must be retried goes
-    back to the dispatcher (`resend`). Should this worker die, the sweeper sends what is
-    left open.
+    back to the dispatcher (`resend`), and so does the next one after `limit` (a task stays
+    short). Should this worker die, the sweeper sends the head of the line again.
     """
     done, current = 0, message_id
-    while done < limit:
+    while True:
         following = pipeline.next_in_order(current)
         if following is None:
-            break
+            return done
+        if done >= limit:
+            resend(following)
+            return done
         outcome = pipeline.process(following)
         if outcome == Outcome.RETRY:
             resend(following)
-            break
+            return done
         if outcome in (Outcome.DEFERRED, Outcome.SKIPPED):
-            break  # another worker has it, and follows it
+            return done  # another worker has it, and follows it
         done += 1
         current = following
-    return done
 
 
 class Dispatcher(Protocol):
@@ -168,12 +170,16 @@ class CeleryDispatcher:
             process_message.delay(message_id)
 
     def backlog(self) -> int:
+        from kombu.exceptions import ChannelError
+
         from hub.ingest.tasks import MESSAGE_QUEUE, app
 
         try:
             with app.connection_for_read() as conn:
                 declared = conn.default_channel.queue_declare(queue=MESSAGE_QUEUE, passive=True)
                 return int(declared.message_count)
+        except ChannelError:  # Redis keeps no empty list: the queue is empty
+            return 0
         except Exception as e:  # no broker to ask: treat every stale message as lost
             log.warning("could not read the broker's queue length: %s", e)
             return 0
@@ -182,11 +188,26 @@ class CeleryDispatcher:
         pass
 
 
+# While the dispatcher has a backlog, a `received` message is re-sent after this many stale
+# periods even when others of its subject are ahead of it (a lost task behind a long feed).
+LOST_AFTER = 10
+
+
 def sweep(store: MessageStore, dispatcher: Dispatcher, stale_after: timedelta) -> int:
-    """Send again every open message that has not moved for `stale_after`: while the
-    dispatcher has a backlog, only those a worker took and did not finish."""
-    waiting = dispatcher.backlog()
-    ids = store.claim_stale(stale_after, statuses=(PROCESSING,) if waiting else OPEN)
+    """Send again the open messages that have not moved for `stale_after`.
+
+    Those a worker took and did not finish, always. Those still `received`: all of them
+    when the dispatcher has no backlog; while it has one, most are merely queued, so only
+    those a finished message's worker should have gone on with (`follow`; it died) and
+    those left for `LOST_AFTER` stale periods.
+    """
+    ids = store.claim_stale(stale_after, statuses=(PROCESSING,))
+    if dispatcher.backlog():
+        ids += store.claim_stale(stale_after, statuses=(RECEIVED,), unfollowed=True)
+        ids += store.claim_stale(stale_after * LOST_AFTER, statuses=(RECEIVED,))
+    else:
+        ids += store.claim_stale(stale_after, statuses=(RECEIVED,))
+    ids.sort()
     if ids:
         dispatcher.submit(ids)
         log.info("sweeper re-sent %s messages", len(ids))

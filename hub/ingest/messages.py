@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, select, update
+from sqlalchemy import Engine, and_, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from hub.ingest.adapters import Unit
@@ -229,10 +229,11 @@ class MessageStore:
         return int(row[0]) if row else 0
 
     def set_status(self, message_id: int, status: str, error: str | None = None) -> None:
+        """End an open message (failed, dead); one another worker finished stays as it is."""
         with self.engine.connect().execution_options(hub_write=True) as conn, conn.begin():
             conn.execute(
                 update(messages)
-                .where(messages.c.id == message_id)
+                .where(messages.c.id == message_id, messages.c.status.in_(OPEN))
                 .values(status=status, error=error, updated_at=now())
             )
 
@@ -272,20 +273,34 @@ class MessageStore:
             ]
 
     def claim_stale(
-        self, older_than: timedelta, limit: int = 1000, statuses: Sequence[str] = OPEN
+        self,
+        older_than: timedelta,
+        limit: int = 1000,
+        statuses: Sequence[str] = OPEN,
+        unfollowed: bool = False,
     ) -> list[int]:
         """Open messages (of `statuses`) that have not moved for `older_than`, marked as moved
         in the same transaction: two sweeps running together never send one message twice
-        (PostgreSQL skips the rows the other has locked; SQLite writers queue)."""
-        stmt = (
-            select(messages.c.id)
-            .where(
-                messages.c.status.in_(list(statuses)),
-                messages.c.updated_at < now() - older_than,
-            )
-            .order_by(messages.c.id)
-            .limit(limit)
-        )
+        (PostgreSQL skips the rows the other has locked; SQLite writers queue).
+
+        `unfollowed`: only messages whose earlier ones about the same subject are all
+        finished, and which the worker finishing the last of those should have gone on with
+        (`hub.ingest.dispatch.follow`): it died, or failed, before it did.
+        """
+        conds = [messages.c.status.in_(list(statuses)), messages.c.updated_at < now() - older_than]
+        if unfollowed:
+            earlier = messages.alias("earlier")
+            same = [
+                earlier.c.source == messages.c.source,
+                earlier.c.order_key == messages.c.order_key,
+                earlier.c.id < messages.c.id,
+            ]
+            conds += [
+                messages.c.order_key.is_not(None),
+                exists().where(*same),
+                ~exists().where(*same, earlier.c.status.in_(OPEN)),
+            ]
+        stmt = select(messages.c.id).where(*conds).order_by(messages.c.id).limit(limit)
         with self.engine.connect().execution_options(hub_write=True) as conn, conn.begin():
             if conn.dialect.name == "postgresql":
                 stmt = stmt.with_for_update(skip_locked=True)

@@ -55,9 +55,14 @@ def process_message(self: Any, message_id: int) -> str:
     if outcome == Outcome.RETRY:
         raise self.retry(countdown=backoff(self.request.retries + 1))
     if outcome != Outcome.DEFERRED:  # a deferred one is followed by its predecessor's worker
-        follow(
-            pipeline, message_id, lambda m: process_message.apply_async((m,), countdown=backoff(1))
-        )
+        try:
+            follow(
+                pipeline,
+                message_id,
+                lambda m: process_message.apply_async((m,), countdown=backoff(1)),
+            )
+        except Exception as e:  # again: the message is done (skipped), its line followed
+            raise self.retry(countdown=backoff(self.request.retries + 1), exc=e) from e
     return str(outcome)
 
 
