@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, exists, func, select, update
+from sqlalchemy import Engine, and_, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from hub.ingest.adapters import Unit
@@ -287,7 +287,8 @@ class MessageStore:
         finished, and which the worker finishing the last of those should have gone on with
         (`hub.ingest.dispatch.follow`): it died, or failed, before it did.
         """
-        conds = [messages.c.status.in_(list(statuses)), messages.c.updated_at < now() - older_than]
+        cutoff = now() - older_than
+        conds = [messages.c.status.in_(list(statuses)), messages.c.updated_at < cutoff]
         if unfollowed:
             earlier = messages.alias("earlier")
             same = [
@@ -298,7 +299,10 @@ class MessageStore:
             conds += [
                 messages.c.order_key.is_not(None),
                 exists().where(*same),
-                ~exists().where(*same, earlier.c.status.in_(OPEN)),
+                # ...finished before the cutoff too: one just finished is being followed.
+                ~exists().where(
+                    *same, or_(earlier.c.status.in_(OPEN), earlier.c.updated_at >= cutoff)
+                ),
             ]
         stmt = select(messages.c.id).where(*conds).order_by(messages.c.id).limit(limit)
         with self.engine.connect().execution_options(hub_write=True) as conn, conn.begin():
