@@ -56,7 +56,7 @@ import hub.ingest.pipeline as pipeline_module
 from hub.cli import main as cli
 from hub.errors import Busy, Conflict
 from hub.ingest.dispatch import InlineDispatcher, ThreadDispatcher, follow, sweep
-from hub.ingest.messages import DEAD, DONE, FAILED, PROCESSING, RECEIVED, now
+from hub.ingest.messages import DEAD, DONE, FAILED, PROCESSING, RECEIVED, WAITING, now
 from hub.ingest.pipeline import MESSAGE_SYSTEM, Outcome
 from hub.ingest.service import IngestService
 from hub.interactions import writes
@@ -551,7 +551,7 @@ def test_out_of_order_delivery_is_applied_in_message_order(
 
     later, earlier = ids[2], ids[0]
     assert service.pipeline.process(later) == Outcome.DEFERRED  # P1's first row is still open
-    assert service.store.get(later).status == RECEIVED  # type: ignore[union-attr]
+    assert service.store.get(later).status == WAITING  # type: ignore[union-attr]
     dispatcher = (
         InlineDispatcher(service.pipeline, sleep=no_sleep)
         if kind == "inline"

@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from hub.ingest.messages import STATUSES
+
 
 def _service(dispatcher: str | None = None) -> Any:
     from hub.api.app import build_context
@@ -145,7 +147,7 @@ def messages() -> None:
 
 
 @messages.command("list", help="List messages, newest first.")
-@click.option("--status", type=click.Choice(["received", "processing", "done", "failed", "dead"]))
+@click.option("--status", type=click.Choice(STATUSES))
 @click.option("--source", help="Only this source system.")
 @click.option("--limit", type=int, default=50, show_default=True)
 def list_messages(status: str | None, source: str | None, limit: int) -> None:

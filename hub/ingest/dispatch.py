@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Protocol
 
-from hub.ingest.messages import PROCESSING, RECEIVED, MessageStore
+from hub.ingest.messages import PROCESSING, RECEIVED, WAITING, MessageStore
 from hub.ingest.pipeline import Outcome, Pipeline
 
 log = logging.getLogger("hub.ingest")
@@ -189,22 +189,23 @@ class CeleryDispatcher:
 
 
 # While the dispatcher has a backlog, a `received` message is re-sent after this many stale
-# periods even when others of its subject are ahead of it (a lost task behind a long feed).
+# periods (a lost task behind a feed that never lets the queue empty).
 LOST_AFTER = 10
 
 
 def sweep(store: MessageStore, dispatcher: Dispatcher, stale_after: timedelta) -> int:
     """Send again the open messages that have not moved for `stale_after`.
 
-    Those a worker took and did not finish, always. Those still `received`: all of them
-    when the dispatcher has no backlog; while it has one, most are merely queued, so only
-    those a finished message's worker should have gone on with (`follow`; it died) and
-    those left for `LOST_AFTER` stale periods.
+    `processing` ones (a worker took them and did not finish), always. `waiting` ones (left
+    for the worker finishing an earlier message, see `follow`) once every earlier one is
+    finished: that worker died before it went on. `received` ones when the dispatcher has
+    no backlog; while it has one, they are most likely queued, and only those left for
+    `LOST_AFTER` stale periods are sent.
     """
     ids = store.claim_stale(stale_after, statuses=(PROCESSING,))
+    ids += store.claim_stale(stale_after, statuses=(WAITING,), unfollowed=True)
     if dispatcher.backlog():
-        ids += store.claim_stale(stale_after, statuses=(RECEIVED,), unfollowed=True)
-        ids += store.claim_stale(stale_after * LOST_AFTER, statuses=(RECEIVED,))
+        ids += store.claim_stale(stale_after * LOST_AFTER, statuses=(RECEIVED, WAITING))
     else:
         ids += store.claim_stale(stale_after, statuses=(RECEIVED,))
     ids.sort()

@@ -21,8 +21,9 @@ from hub.ingest.adapters import Unit
 from hub.store.schema import lineage, messages
 
 RECEIVED, PROCESSING, DONE, FAILED, DEAD = "received", "processing", "done", "failed", "dead"
-STATUSES = (RECEIVED, PROCESSING, DONE, FAILED, DEAD)
-OPEN = (RECEIVED, PROCESSING)
+WAITING = "waiting"  # its worker found an earlier one about its subject open, and left it
+STATUSES = (RECEIVED, WAITING, PROCESSING, DONE, FAILED, DEAD)
+OPEN = (RECEIVED, WAITING, PROCESSING)
 
 
 @dataclass(frozen=True)
@@ -227,6 +228,16 @@ class MessageStore:
                     select(messages.c.attempts).where(messages.c.id == message_id)
                 ).first()
         return int(row[0]) if row else 0
+
+    def wait_behind(self, message_id: int) -> None:
+        """Mark a message left for the worker finishing an earlier one (see
+        `hub.ingest.dispatch.follow`); one that worker has taken meanwhile stays as it is."""
+        with self.engine.connect().execution_options(hub_write=True) as conn, conn.begin():
+            conn.execute(
+                update(messages)
+                .where(messages.c.id == message_id, messages.c.status == RECEIVED)
+                .values(status=WAITING, updated_at=now())
+            )
 
     def set_status(self, message_id: int, status: str, error: str | None = None) -> None:
         """End an open message (failed, dead); one another worker finished stays as it is."""

@@ -137,6 +137,7 @@ class Pipeline:
         if message is None or message.status not in OPEN:
             return Outcome.SKIPPED
         if self._earlier_open(message):
+            self.store.wait_behind(message_id)
             return Outcome.DEFERRED
         attempts = self.store.note_attempt(message_id)
         if attempts > self.max_attempts:
