@@ -516,14 +516,17 @@ def test_every_written_version_has_provenance_and_lineage(service: IngestService
 # --- out-of-order delivery ----------------------------------------------------
 
 
+def three_rows_of_one_patient(service: IngestService) -> list[int]:
+    """Stored, not processed: P1 as One, then Two, then Three."""
+    hold(service)
+    rows = [patient_row(P1, LAST=name) for name in ("One", "Two", "Three")]
+    return ingest(service, PATIENTS, patients(*rows), "patients.csv", wait=False).message_ids
+
+
 def test_the_worker_finishing_a_message_follows_with_those_that_waited(
     service: IngestService,
 ) -> None:
-    hold(service)
-    rows = [patient_row(P1, LAST=name) for name in ("One", "Two", "Three")]
-    first, second, third = ingest(
-        service, PATIENTS, patients(*rows), "patients.csv", wait=False
-    ).message_ids
+    first, second, third = three_rows_of_one_patient(service)
     # Delivered last first: each finds an earlier one open, and is dropped, not retried.
     assert service.pipeline.process(third) == Outcome.DEFERRED
     assert service.pipeline.process(second) == Outcome.DEFERRED
@@ -846,11 +849,7 @@ def test_sweep_leaves_messages_waiting_in_a_backlog_alone(service: IngestService
 def test_sweep_sends_what_a_dead_worker_did_not_follow_despite_a_backlog(
     service: IngestService,
 ) -> None:
-    hold(service)
-    rows = [patient_row(P1, LAST=name) for name in ("One", "Two", "Three")]
-    first, second, third = ingest(
-        service, PATIENTS, patients(*rows), "patients.csv", wait=False
-    ).message_ids
+    first, second, third = three_rows_of_one_patient(service)
     assert service.pipeline.process(second) == Outcome.DEFERRED  # dropped: `first` is open
     assert service.pipeline.process(first) == Outcome.DONE  # ...and its worker died here
     with service.store.engine.begin() as conn:

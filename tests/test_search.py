@@ -41,6 +41,7 @@ LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 SUBSETTED = "SUBSETTED"
+AMBULATORY = {"status": "finished", "class": {"code": "AMB"}}  # an Encounter's required parts
 
 # RiskAssessment.prediction.probability (number): not in the shipped definitions,
 # so number searches run on a hub given this SearchParameter at start-up.
@@ -416,16 +417,15 @@ def test_date_time_zones_and_periods_on_date_time(hub: Hub) -> None:
 
 
 def test_date_on_stored_periods(hub: Hub) -> None:
-    enc = {"status": "finished", "class": {"code": "AMB"}}
     hub.put(
         "Encounter",
         "e1",
-        **enc,
+        **AMBULATORY,
         period={"start": "2024-03-05T08:00:00Z", "end": "2024-03-07T10:00:00Z"},
     )
-    hub.put("Encounter", "e2", **enc, period={"start": "2024-03-01"})
-    hub.put("Encounter", "e3", **enc, period={"end": "2024-02-28"})
-    hub.put("Encounter", "e4", **enc)
+    hub.put("Encounter", "e2", **AMBULATORY, period={"start": "2024-03-01"})
+    hub.put("Encounter", "e3", **AMBULATORY, period={"end": "2024-02-28"})
+    hub.put("Encounter", "e4", **AMBULATORY)
     assert hub.find("Encounter?date=2024-03") == ["e1"]
     assert hub.find("Encounter?date=2024-03-06") == []
     assert hub.find("Encounter?date=ge2024-03-06") == ["e1", "e2"]
@@ -703,9 +703,8 @@ def _chain_data(hub: Hub) -> None:
     hub.put("Patient", "ps", name=[{"family": "Smith"}], gender="male")
     hub.put("Patient", "pj", name=[{"family": "Jones"}], gender="female")
     hub.put("Location", "loc", name="Smithfield")
-    enc = {"status": "finished", "class": {"code": "AMB"}}
-    hub.put("Encounter", "es", **enc, subject=hub.ref("Patient", "ps"))
-    hub.put("Encounter", "ej", **enc, subject=hub.ref("Patient", "pj"))
+    hub.put("Encounter", "es", **AMBULATORY, subject=hub.ref("Patient", "ps"))
+    hub.put("Encounter", "ej", **AMBULATORY, subject=hub.ref("Patient", "pj"))
     obs = observation()
     hub.put(
         "Observation",
@@ -754,8 +753,7 @@ def test_reverse_chaining_has(hub: Hub) -> None:
         hub.put("Patient", short)
     hub.put("Observation", "o1", **observation("X"), subject=hub.ref("Patient", "p1"))
     hub.put("Observation", "o2", **observation("Y"), subject=hub.ref("Patient", "p2"))
-    enc = {"status": "finished", "class": {"code": "AMB"}}
-    hub.put("Encounter", "e1", **enc, subject=hub.ref("Patient", "p3"))
+    hub.put("Encounter", "e1", **AMBULATORY, subject=hub.ref("Patient", "p3"))
     hub.put(
         "Observation",
         "o3",
@@ -788,8 +786,7 @@ def _include_data(hub: Hub) -> None:
     hub.put(
         "Encounter",
         "e",
-        status="finished",
-        **{"class": {"code": "AMB"}},
+        **AMBULATORY,
         subject=hub.ref("Patient", "p"),
         participant=[{"individual": hub.ref("Practitioner", "pr")}],
     )
@@ -1049,9 +1046,8 @@ def test_total_without_total_parameter_is_counted_up_to_the_limit(counting_to_tw
 
 
 def test_repeated_date_parameter_with_one_or_many_values(hub: Hub) -> None:
-    enc = {"status": "finished", "class": {"code": "AMB"}}
-    hub.put("Encounter", "march", **enc, period={"start": "2024-03-05", "end": "2024-03-07"})
-    hub.put("Encounter", "may", **enc, period={"start": "2024-05-02", "end": "2024-05-03"})
+    hub.put("Encounter", "march", **AMBULATORY, period={"start": "2024-03-05", "end": "2024-03-07"})
+    hub.put("Encounter", "may", **AMBULATORY, period={"start": "2024-05-02", "end": "2024-05-03"})
     # Encounter.period holds one value: both bounds are tested on it (one index row).
     assert hub.find("Encounter?date=ge2024-03-01&date=lt2024-04-01") == ["march"]
     assert hub.find("Encounter?date=ge2024-03-06&date=le2024-05-03") == ["march", "may"]
@@ -1127,8 +1123,7 @@ def test_sort_over_several_types_uses_each_types_parameter(hub: Hub) -> None:
     hub.put(
         "Encounter",
         "e1",
-        status="finished",
-        **{"class": {"code": "AMB"}},
+        **AMBULATORY,
         period={"start": "2024-02-01", "end": "2024-02-02"},
     )
     timing = {"event": ["2024-01-01", "2024-03-01"]}
@@ -1154,12 +1149,11 @@ def test_values_with_colons_in_a_paged_search(hub: Hub) -> None:
 
 
 def test_a_period_ending_before_it_starts_is_its_start(hub: Hub) -> None:
-    enc = {"status": "finished", "class": {"code": "AMB"}}
     # 06:00 at +10:00 is 20:00 UTC the day before the start.
     hub.put(
         "Encounter",
         "odd",
-        **enc,
+        **AMBULATORY,
         period={"start": "2024-05-15", "end": "2024-05-15T06:00:00+10:00"},
     )
     assert hub.find("Encounter?date=ge2024-05-15") == ["odd"]
@@ -1238,7 +1232,7 @@ def test_system_search(hub: Hub) -> None:
     tag = {"tag": [{"system": "urn:t", "code": hub.uid}]}
     hub.put("Patient", "p", meta=tag, identifier=[{"value": "1"}])
     hub.put("Observation", "o", **observation(), meta=tag, identifier=[{"value": "1"}])
-    hub.put("Encounter", "e", status="finished", **{"class": {"code": "AMB"}}, meta=tag)
+    hub.put("Encounter", "e", **AMBULATORY, meta=tag)
     hub.put("Patient", "p2", identifier=[{"value": "1"}])
     both = "/fhir?_type=Patient,Observation"
     assert hub.entries(f"{both}&_tag=urn:t|{hub.uid}") == [
@@ -1277,8 +1271,7 @@ def test_compartment_search(hub: Hub) -> None:
     hub.put(
         "Encounter",
         "e",
-        status="finished",
-        **{"class": {"code": "AMB"}},
+        **AMBULATORY,
         subject=hub.ref("Patient", "p"),
     )
     hub.put("Organization", "org")
@@ -1314,8 +1307,7 @@ def test_everything(hub: Hub) -> None:
     hub.put(
         "Encounter",
         "e",
-        status="finished",
-        **{"class": {"code": "AMB"}},
+        **AMBULATORY,
         subject=hub.ref("Patient", "p"),
     )
     assert hub.entries(f"/fhir/Patient/{hub.id('p')}/$everything") == [

@@ -229,6 +229,28 @@ class MessageStore:
                 ).first()
         return int(row[0]) if row else 0
 
+    def open_about(
+        self, message: Message, *, before: bool = False, limit: int | None = None
+    ) -> list[int]:
+        """Open messages from `message`'s source about its subject (its order key), in id
+        order; `before`: only those received before it."""
+        if not message.order_key:
+            return []
+        stmt = (
+            select(messages.c.id)
+            .where(
+                messages.c.source == message.source,
+                messages.c.order_key == message.order_key,
+                messages.c.status.in_(OPEN),
+            )
+            .order_by(messages.c.id)
+            .limit(limit)
+        )
+        if before:
+            stmt = stmt.where(messages.c.id < message.id)
+        with self.engine.connect() as conn:
+            return [r[0] for r in conn.execute(stmt)]
+
     def wait_behind(self, message_id: int) -> None:
         """Mark a message left for the worker finishing an earlier one (see
         `hub.ingest.dispatch.follow`); one that worker has taken meanwhile stays as it is."""

@@ -78,59 +78,21 @@ class Pipeline:
             return None
 
     def _earlier_open(self, message: Message) -> bool:
-        if not message.order_key:
-            return False
-        with self.store.engine.connect() as conn:
-            row = conn.execute(
-                select(messages.c.id)
-                .where(
-                    messages.c.source == message.source,
-                    messages.c.order_key == message.order_key,
-                    messages.c.id < message.id,
-                    messages.c.status.in_(OPEN),
-                )
-                .limit(1)
-            ).first()
-        return row is not None
+        return bool(self.store.open_about(message, before=True, limit=1))
 
     def next_in_order(self, message_id: int) -> int | None:
         """Once `message_id` is finished: the earliest open message from its source about the
         same subject, which may have waited for it (see `hub.ingest.dispatch.follow`)."""
         message = self.store.get(message_id)
-        if message is None or not message.order_key or message.status in OPEN:
+        if message is None or message.status in OPEN:
             return None
-        with self.store.engine.connect() as conn:
-            row = conn.execute(
-                select(messages.c.id)
-                .where(
-                    messages.c.source == message.source,
-                    messages.c.order_key == message.order_key,
-                    messages.c.status.in_(OPEN),
-                )
-                .order_by(messages.c.id)
-                .limit(1)
-            ).first()
-        return int(row[0]) if row else None
+        following = self.store.open_about(message, limit=1)
+        return following[0] if following else None
 
     def blocking(self, message_id: int) -> list[int]:
         """The earlier open messages about the same subject that `message_id` waits for."""
         message = self.store.get(message_id)
-        if message is None or not message.order_key:
-            return []
-        with self.store.engine.connect() as conn:
-            return [
-                r[0]
-                for r in conn.execute(
-                    select(messages.c.id)
-                    .where(
-                        messages.c.source == message.source,
-                        messages.c.order_key == message.order_key,
-                        messages.c.id < message.id,
-                        messages.c.status.in_(OPEN),
-                    )
-                    .order_by(messages.c.id)
-                )
-            ]
+        return self.store.open_about(message, before=True) if message else []
 
     def process(self, message_id: int) -> Outcome:
         message = self.store.get(message_id)

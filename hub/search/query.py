@@ -177,15 +177,14 @@ def _one_row_each(param: SearchParam) -> bool:
     return param.single and param.type in ("date", "number", "uri")
 
 
+def _plain(c: Criterion) -> bool:
+    """A criterion on the searched type's own values: no modifier, chain or `_has`."""
+    return c.param is not None and c.modifier is None and not c.chain and not c.has
+
+
 def _one_row(c: Criterion) -> bool:
     """Whether `c` is met by one index row of its own (see `QueryBuilder.groups`)."""
-    return (
-        c.param is not None
-        and _one_row_each(c.param)
-        and c.modifier is None
-        and not c.chain
-        and not c.has
-    )
+    return _plain(c) and c.param is not None and _one_row_each(c.param)
 
 
 def _selects_live(group: Sequence[Criterion] | Paired) -> bool:
@@ -218,11 +217,9 @@ def _pairable(c: Criterion) -> bool:
     """A token criterion a composite row can stand for: `system|code` values only, so that
     one coding gives one row (a bare code could match two codings of one resource)."""
     return (
-        c.param is not None
+        _plain(c)
+        and c.param is not None
         and c.param.type == "token"
-        and c.modifier is None
-        and not c.chain
-        and not c.has
         and all(isinstance(v, tuple) and v[0] and v[1] is not None for v in c.values)
     )
 
