@@ -67,6 +67,12 @@ class Settings(BaseSettings):
         ge=1,
         description="PostgreSQL connections per process; also the number of request threads.",
     )
+    db_read_connections: int = Field(
+        default=2,
+        ge=1,
+        description="PostgreSQL connections per process for reads by id, which run on the "
+        "event loop and share queries: more gives smaller batches, not more reads.",
+    )
     workers: int = Field(default=1, ge=1, description="uvicorn worker processes for `hub serve`.")
     log_level: str = Field(default="info", description="uvicorn log level.")
     registry_refresh_seconds: float = Field(

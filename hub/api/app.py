@@ -17,10 +17,12 @@ from hub.interactions.routes import dispatch
 from hub.search.stored import RegistryHolder
 from hub.settings import Settings, get_settings
 from hub.store import Repository, SqlRepository
+from hub.store.reader import reader_for
 
 from . import errors
 from . import ingest as ingest_routes
 from .http import to_request, to_response
+from .reads import ReadsById
 
 FHIR_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
@@ -29,7 +31,8 @@ def build_context(settings: Settings, repo: Repository | None = None) -> Context
     if repo is None:
         repo = SqlRepository.from_url(settings.database_url, settings.db_pool_size)
     holder = RegistryHolder(repo, refresh_seconds=settings.registry_refresh_seconds)
-    return Context(repo=repo, registries=holder, settings=settings)
+    reader = reader_for(settings.database_url, settings.db_read_connections)
+    return Context(repo=repo, registries=holder, settings=settings, reader=reader)
 
 
 def create_app(settings: Settings | None = None, context: Context | None = None) -> FastAPI:
@@ -43,12 +46,16 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
         # As many request threads as pooled connections: no thread waits for a
         # connection and no connection is opened beyond the pool.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
+        if ctx.reader is not None:
+            await ctx.reader.open()
         if ingest_service.mode == "threads":
             # Embedded mode: this process works the message store, sweeper included.
             ingest_service.start_sweeper()
             ingest_service.dispatcher.submit(ingest_service.store.stale(timedelta(0)))
         yield
         ingest_service.close()
+        if ctx.reader is not None:
+            await ctx.reader.close()
         if context is None:
             ctx.repo.close()
 
@@ -61,6 +68,7 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     app.state.context = ctx
     app.state.ingest = ingest_service
     errors.install(app)
+    app.add_middleware(ReadsById, ctx=ctx, settings=settings)
     app.include_router(ingest_routes.router(settings.max_body_bytes))
     router = APIRouter(prefix=settings.base_path)
 

@@ -49,5 +49,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> Response:
-        log.exception("unexpected error")
-        return error_response(HubError(f"Internal error: {type(exc).__name__}"))
+        return unexpected_response(exc)
+
+
+def unexpected_response(exc: Exception) -> Response:
+    """A 500 OperationOutcome naming only the exception's type; the rest goes to the log."""
+    log.error("unexpected error", exc_info=exc)
+    return error_response(HubError(f"Internal error: {type(exc).__name__}"))

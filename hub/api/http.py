@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl
 import orjson
 from fastapi import Request as HttpRequest
 from fastapi import Response
+from starlette.types import Scope
 
 from hub.errors import Invalid, PayloadTooLarge, UnsupportedMediaType, information
 from hub.interactions.context import Request, Result, etag, version_location
@@ -25,10 +26,24 @@ _FORM = "application/x-www-form-urlencoded"
 _WRITES = ("POST", "PUT", "PATCH")
 
 
-def base_url(http: HttpRequest, settings: Settings) -> str:
+def header(scope: Scope, name: bytes) -> str | None:
+    """A request header straight from the ASGI scope (`name` in lower case)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def base_url(scope: Scope, settings: Settings) -> str:
+    """The FHIR base the client used: the configured public one, or its Host header's."""
     if settings.public_base_url:
         return settings.public_base_url.rstrip("/")
-    return str(http.base_url).rstrip("/") + settings.base_path
+    host = header(scope, b"host")
+    if host is None:
+        server = scope.get("server") or ("localhost", 80)
+        host = f"{server[0]}:{server[1]}"
+    root = scope.get("root_path", "").rstrip("/")
+    return f"{scope.get('scheme', 'http')}://{host}{root}{settings.base_path}"
 
 
 async def _body(http: HttpRequest, limit: int) -> bytes:
@@ -64,7 +79,7 @@ def _prefer(http: HttpRequest, wanted: str) -> str | None:
     return None
 
 
-def _http_date(value: str | None) -> Any:
+def http_date(value: str | None) -> Any:
     if not value:
         return None
     try:
@@ -104,7 +119,7 @@ async def to_request(
                 raise Invalid("The request has no body")
     return Request(
         method=method,
-        base_url=base_url(http, settings),
+        base_url=base_url(http.scope, settings),
         resource_type=resource_type,
         resource_id=resource_id,
         version_id=version_id,
@@ -114,7 +129,7 @@ async def to_request(
         if_match=http.headers.get("if-match"),
         if_none_exist=http.headers.get("if-none-exist"),
         if_none_match=http.headers.get("if-none-match"),
-        if_modified_since=_http_date(http.headers.get("if-modified-since")),
+        if_modified_since=http_date(http.headers.get("if-modified-since")),
         prefer_return=_prefer(http, "return"),
         prefer_handling=_prefer(http, "handling"),
     )

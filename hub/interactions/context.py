@@ -15,6 +15,7 @@ from typing import Any
 from hub.search.registry import Registry
 from hub.search.stored import RegistryHolder
 from hub.settings import Settings
+from hub.store.reader import AsyncReader
 from hub.store.repository import Repository, Transaction, Version
 
 
@@ -25,6 +26,8 @@ class Context:
     repo: Repository
     registries: RegistryHolder
     settings: Settings
+    # Reads by id on the event loop (PostgreSQL), once the app has opened it.
+    reader: AsyncReader | None = None
 
     @property
     def registry(self) -> Registry:

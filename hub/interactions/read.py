@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hub.errors import Gone, NotFound
 from hub.interactions.context import Context, Request, Result, etag
-from hub.store.repository import Transaction
+from hub.store.repository import Transaction, Version
 
 
 def read(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
@@ -13,6 +13,17 @@ def read(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
         version = tx.current(req.resource_type, req.resource_id)
     else:
         version = ctx.repo.read(req.resource_type, req.resource_id)
+    return answer(req, version)
+
+
+async def read_async(ctx: Context, req: Request) -> Result:
+    """The same read, awaited on the event loop through `ctx.reader`."""
+    assert req.resource_type is not None and req.resource_id is not None
+    assert ctx.reader is not None
+    return answer(req, await ctx.reader.read(req.resource_type, req.resource_id))
+
+
+def answer(req: Request, version: Version | None) -> Result:
     if version is None:
         raise NotFound(f"{req.resource_type}/{req.resource_id} is not known")
     if version.deleted:

@@ -63,7 +63,7 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _version(row: Any) -> Version:
+def version_of(row: Any) -> Version:
     return Version(
         resource_type=row[0],
         resource_id=row[1],
@@ -133,7 +133,7 @@ class SqlTransaction:
                 resources.c.res_type == resource_type, resources.c.res_id == resource_id
             )
         ).first()
-        return _version(row) if row else None
+        return version_of(row) if row else None
 
     def lock(self, key: str) -> None:
         # SQLite writers already hold the database lock from BEGIN IMMEDIATE.
@@ -150,7 +150,7 @@ class SqlTransaction:
                 resource_history.c.version_id == version_id,
             )
         ).first()
-        return _version(row) if row else None
+        return version_of(row) if row else None
 
     def write(self, new: NewVersion, expected_version: int | None) -> None:
         values = {
@@ -252,7 +252,7 @@ class SqlTransaction:
                 resources.c.deleted.is_(False),
             )
             for row in self.conn.execute(stmt):
-                found[(row[0], row[1])] = _version(row)
+                found[(row[0], row[1])] = version_of(row)
         return [found[k] for k in keys if k in found]
 
     def _history_where(
@@ -284,7 +284,7 @@ class SqlTransaction:
             .order_by(resource_history.c.seq.desc())
             .limit(limit)
         )
-        return [_version(r) for r in self.conn.execute(stmt)]
+        return [version_of(r) for r in self.conn.execute(stmt)]
 
     def history_count(
         self, resource_type: str | None, resource_id: str | None, since: datetime | None
@@ -322,7 +322,7 @@ class SqlRepository:
             row = conn.execute(self._read, {"t": resource_type, "i": resource_id}).first()
             if not self._single:
                 conn.rollback()
-        return _version(row) if row else None
+        return version_of(row) if row else None
 
     @contextmanager
     def transaction(self) -> Iterator[SqlTransaction]:
