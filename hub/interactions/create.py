@@ -28,6 +28,6 @@ def create(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
             )
             if existing is not None:
                 return Result(200, version=existing)
-        if req.resource_id is not None:  # assigned up front by a transaction
-            return save(ctx, t, req.resource_type, req.resource_id, resource, method="POST")
-        return save(ctx, t, req.resource_type, new_id(), resource, method="POST", fresh=True)
+        # A transaction assigned the id up front (a new uuid, like new_id here).
+        resource_id = req.resource_id if req.resource_id is not None else new_id()
+        return save(ctx, t, req.resource_type, resource_id, resource, method="POST", fresh=True)
