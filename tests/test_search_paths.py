@@ -16,6 +16,7 @@ from hub.search.paths import (
     _CHOICES,
     _PLAIN,
     _RESOLVE,
+    _WHERE_EQUALS,
     _context_type,
     slow_parts,
     split_union,
@@ -155,3 +156,30 @@ def test_token_and_date_composites_pair_their_parameters() -> None:
     assert composite is not None and composite.code == "code-date"
     assert registry.paired("Observation", "category", "date") is None  # no such composite
     assert registry.paired("CarePlan", "code", "activity-date") is None
+
+
+def test_where_equals_filters_like_fhirpathpy() -> None:
+    # Every shipped `X.where(field='value')` part is walked; each must keep exactly the
+    # elements fhirpathpy keeps: the matching one, not another value, not a missing field.
+    compared = 0
+    for resource_type in TYPES:
+        for code, param in REGISTRY.for_type(resource_type).items():
+            slow = slow_parts(param.expression)
+            for fast, reference in zip(param.parts, slow, strict=True):
+                if "_keeping" not in fast.evaluate.__qualname__:
+                    continue
+                m = _WHERE_EQUALS.match(part_text(param.expression, fast, param))
+                assert m is not None, (resource_type, code)
+                root, *names = m["path"].split(".")
+                resource: dict[str, Any] = {"resourceType": root, "id": "x"}
+                elements = [
+                    {m["field"]: m["value"], "value": "kept"},
+                    {m["field"]: m["value"] + "-other", "value": "dropped"},
+                    {"value": "no field"},
+                ]
+                _plant(resource, names, elements)
+                found = fast.evaluate(resource)
+                assert found == reference.evaluate(resource), (resource_type, code)
+                assert [e["value"] for e in found] == ["kept"], (resource_type, code)
+                compared += 1
+    assert compared >= 6  # phone and email of Patient, Person, Practitioner, ...

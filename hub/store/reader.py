@@ -71,7 +71,9 @@ class AsyncReader:
             kwargs={"autocommit": True, "application_name": "hub-reads"},
             name="hub-reads",
         )
-        await pool.open(wait=True)
+        # Not waiting: a server started before its database connects in the background,
+        # and reads meanwhile answer 503 once the pool timeout passes.
+        await pool.open(wait=False)
         # Made on this loop: a semaphore belongs to the loop that first waits on it.
         self._slots = asyncio.Semaphore(self._connections)
         self._pool = pool

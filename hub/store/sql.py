@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 from sqlalchemy import (
     Connection,
     Engine,
@@ -130,6 +131,22 @@ def _row_values(new: NewVersion) -> dict[str, Any]:
     }
 
 
+def _current_row(new: NewVersion) -> dict[str, Any]:
+    return {**_row_values(new), "res_type": new.resource_type, "res_id": new.resource_id}
+
+
+_TABLES = {t.name: t for t in (resources, resource_history, *INDEX_TABLES.values())}
+# Plain INSERTs of every column but the generated history `seq`, for psycopg's executemany.
+_INSERTS = {
+    name: (
+        f"INSERT INTO {name} ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})",
+        cols,
+    )
+    for name, table in _TABLES.items()
+    for cols in [tuple(c.name for c in table.columns if c.name != "seq")]
+}
+
+
 def _created_meanwhile(pending: Sequence[NewVersion]) -> Conflict:
     names = ", ".join(f"{n.resource_type}/{n.resource_id}" for n in pending[:5])
     more = f" and {len(pending) - 5} more" if len(pending) > 5 else ""
@@ -164,32 +181,32 @@ class SqlTransaction:
         pending, self._pending = self._pending, []
         if not pending:
             return
+        rows: dict[str, list[dict[str, Any]]] = {
+            "resources": [_current_row(n) for n in pending],
+            "resource_history": [{**_current_row(n), "method": n.method} for n in pending],
+        }
+        for name in INDEX_TABLES:
+            rows[name] = [row for n in pending for row in n.index.get(name, ())]
         try:
-            self.conn.execute(
-                insert(resources),
-                [
-                    {**_row_values(n), "res_type": n.resource_type, "res_id": n.resource_id}
-                    for n in pending
-                ],
-            )
-            self.conn.execute(
-                insert(resource_history),
-                [
-                    {
-                        **_row_values(n),
-                        "res_type": n.resource_type,
-                        "res_id": n.resource_id,
-                        "method": n.method,
-                    }
-                    for n in pending
-                ],
-            )
-        except IntegrityError:
+            if self.dialect == "postgresql":
+                self._insert_pipelined(rows)
+            else:
+                for name, table_rows in rows.items():
+                    if table_rows:
+                        self.conn.execute(insert(_TABLES[name]), table_rows)
+        except (IntegrityError, psycopg.IntegrityError):
             raise _created_meanwhile(pending) from None
-        for name, table in INDEX_TABLES.items():
-            rows = [row for n in pending for row in n.index.get(name, ())]
-            if rows:
-                self.conn.execute(insert(table), rows)
+
+    def _insert_pipelined(self, rows: Mapping[str, list[dict[str, Any]]]) -> None:
+        # Straight to psycopg, in one pipeline: one round trip for every table's rows,
+        # without building a SQLAlchemy statement per table (a third of a create's time).
+        driver = self.conn.connection.dbapi_connection
+        assert isinstance(driver, psycopg.Connection)
+        with driver.pipeline(), driver.cursor() as cursor:
+            for name, table_rows in rows.items():
+                if table_rows:
+                    sql, columns = _INSERTS[name]
+                    cursor.executemany(sql, [tuple(r.get(c) for c in columns) for r in table_rows])
 
     def current(self, resource_type: str, resource_id: str) -> Version | None:
         row = self._execute(
