@@ -7,6 +7,12 @@
 3. 100-entry transaction Bundles, 8 clients: POST /fhir versus one executemany + commit of
    the same 100 rows per batch into a bare table.
 
+Figures 2 and 3 also measure a ceiling: the rows the hub stores for the same resources
+(current and history rows, search index rows from the hub's own extraction) written by raw
+psycopg, one pipeline and commit per create or Bundle, with the same concurrency. No hub
+code can beat it while it indexes in the write's transaction, so its ratio to the baseline
+says how much of a target the database's own work leaves reachable.
+
 The bench drops and recreates its own database (--database-url, default hub_bench on the
 local server), migrates it with `hub db upgrade` and serves it with `hub serve`. HTTP load
 comes from `wrk` when it is on PATH, else from the asyncio HTTP/1.1 client below; the
@@ -194,6 +200,14 @@ class Figure:
     target: float
     hub: Measured
     baseline: Measured
+    # The hub's own rows written by raw SQL (writes only): the most any hub code could do.
+    ceiling: Measured | None = None
+
+    @property
+    def ceiling_ratio(self) -> float | None:
+        if self.ceiling is None or not self.baseline.rate:
+            return None
+        return self.ceiling.rate / self.baseline.rate
 
     @property
     def ratio(self) -> float:
@@ -209,20 +223,17 @@ class Figure:
         return self.ratio >= self.target and not self.hub.errors and not self.baseline.errors
 
 
-def alternate(
-    rounds: int, warmup: float, hub: Callable[[float], Run], baseline: Callable[[float], Run]
-) -> tuple[list[Run], list[Run]]:
-    """Hub, baseline, hub, baseline...: both sides see the same background load and drift.
+def alternate(rounds: int, warmup: float, *sides: Callable[[float], Run]) -> list[list[Run]]:
+    """Hub, baseline, hub, baseline...: every side sees the same background load and drift.
 
     The first round of each side warms up for `warmup` seconds, later ones for one second.
     """
-    on_hub: list[Run] = []
-    on_baseline: list[Run] = []
+    runs: list[list[Run]] = [[] for _ in sides]
     for n in range(rounds):
         settle = warmup if n == 0 else min(warmup, 1.0)
-        on_hub.append(hub(settle))
-        on_baseline.append(baseline(settle))
-    return on_hub, on_baseline
+        for side, out in zip(sides, runs, strict=True):
+            out.append(side(settle))
+    return runs
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -307,11 +318,14 @@ def count_rows(url: str, table: str) -> int:
     return int(row[0]) if row else 0
 
 
-def raw_inserts(
-    url: str, table: str, clients: int, rows: Sequence[bytes], warmup: float, duration: float
+def closed_loop(
+    url: str,
+    clients: int,
+    warmup: float,
+    duration: float,
+    commit: Callable[[psycopg.Connection[Any], psycopg.Cursor[Any]], None],
 ) -> Run:
-    """`clients` threads, each inserting `rows` per commit (executemany when more than one)."""
-    sql = f"INSERT INTO {table} (id, content) VALUES (%s, %s)"
+    """`clients` threads on their own connections, each calling `commit` as fast as it can."""
     spans: list[list[tuple[float, float]]] = [[] for _ in range(clients)]
     conns = [psycopg.connect(libpq_url(url)) for _ in range(clients)]
     start = time.perf_counter() + 0.1
@@ -322,11 +336,7 @@ def raw_inserts(
             while time.perf_counter() < start:
                 time.sleep(0.001)
             while (t0 := time.perf_counter()) < window[1]:
-                if len(rows) == 1:
-                    cur.execute(sql, (str(uuid.uuid4()), rows[0]))
-                else:
-                    cur.executemany(sql, [(str(uuid.uuid4()), row) for row in rows])
-                conn.commit()
+                commit(conn, cur)
                 if t0 >= window[0]:
                     out.append((t0, time.perf_counter()))
 
@@ -340,6 +350,89 @@ def raw_inserts(
     for c in conns:
         c.close()
     return from_spans(spans, 0)
+
+
+def raw_inserts(
+    url: str, table: str, clients: int, rows: Sequence[bytes], warmup: float, duration: float
+) -> Run:
+    """The baseline: `rows` per commit into a bare table (executemany when more than one)."""
+    sql = f"INSERT INTO {table} (id, content) VALUES (%s, %s)"
+
+    def commit(conn: psycopg.Connection[Any], cur: psycopg.Cursor[Any]) -> None:
+        if len(rows) == 1:
+            cur.execute(sql, (str(uuid.uuid4()), rows[0]))
+        else:
+            cur.executemany(sql, [(str(uuid.uuid4()), row) for row in rows])
+        conn.commit()
+
+    return closed_loop(url, clients, warmup, duration, commit)
+
+
+def hub_rows(resources: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The rows the hub stores for these new resources: current, history and index rows.
+
+    Built with the hub's own stamping and index extraction (shipped search parameters).
+    """
+    from hub.interactions.writes import content_hash, now, stamp
+    from hub.search.extract import extract
+    from hub.search.registry import load_default
+
+    registry = load_default()
+    rows: dict[str, list[dict[str, Any]]] = {"resources": [], "resource_history": []}
+    for resource in resources:
+        rid, at = str(uuid.uuid4()), now()
+        stamped = stamp(resource, rid, 1, at)
+        current = {
+            "res_type": stamped["resourceType"],
+            "res_id": rid,
+            "version_id": 1,
+            "last_updated": at,
+            "deleted": False,
+            "content_hash": content_hash(stamped),
+            "content": dumps(stamped),
+        }
+        rows["resources"].append(current)
+        rows["resource_history"].append({**current, "method": "POST"})
+        for table, index_rows in extract(registry, stamped).items():
+            rows.setdefault(table, []).extend(index_rows)
+    return rows
+
+
+def raw_hub_rows(
+    url: str,
+    clients: int,
+    resources: Sequence[dict[str, Any]],
+    warmup: float,
+    duration: float,
+) -> Run:
+    """The ceiling: the rows the hub stores for `resources`, written per commit by raw psycopg.
+
+    One pipeline of one executemany per table, fresh ids each time: the database's share
+    of the hub's writes with no HTTP, validation, extraction or SQLAlchemy in the way.
+    """
+    from hub.store.sql import INSERTS
+
+    template = hub_rows(resources)
+    plan = [(table, *INSERTS[table]) for table, rows in template.items() if rows]
+
+    def commit(conn: psycopg.Connection[Any], cur: psycopg.Cursor[Any]) -> None:
+        fresh: dict[str, str] = {}
+        with conn.pipeline():
+            for table, sql, columns in plan:
+                cur.executemany(
+                    sql,
+                    [
+                        tuple(
+                            fresh.setdefault(v, str(uuid.uuid4())) if c == "res_id" else v
+                            for c in columns
+                            for v in [row.get(c)]
+                        )
+                        for row in template[table]
+                    ],
+                )
+        conn.commit()
+
+    return closed_loop(url, clients, warmup, duration, commit)
 
 
 # --- HTTP load -------------------------------------------------------------------------------
@@ -579,7 +672,14 @@ def figure_creates(args: argparse.Namespace, loader: Loader, hub: Server) -> Fig
         url, clients = args.database_url, args.create_clients
         return raw_inserts(url, "raw_create", clients, [body], warmup, duration)
 
-    hub_runs, baseline_runs = alternate(args.rounds, args.warmup, on_hub, on_baseline)
+    def on_ceiling(warmup: float) -> Run:
+        checkpoint(args.database_url)
+        url, clients = args.database_url, args.create_clients
+        return raw_hub_rows(url, clients, [patient(0)], warmup, duration)
+
+    hub_runs, baseline_runs, ceiling_runs = alternate(
+        args.rounds, args.warmup, on_hub, on_baseline, on_ceiling
+    )
     return Figure(
         f"create, {args.create_clients} clients",
         "creates/s",
@@ -587,6 +687,7 @@ def figure_creates(args: argparse.Namespace, loader: Loader, hub: Server) -> Fig
         0.50,
         merge(hub_runs, loader.client()),
         merge(baseline_runs, "psycopg threads"),
+        merge(ceiling_runs, "psycopg threads"),
     )
 
 
@@ -606,7 +707,15 @@ def figure_bundles(args: argparse.Namespace, loader: Loader, hub: Server) -> Fig
         url, clients = args.database_url, args.bundle_clients
         return raw_inserts(url, "raw_bundle", clients, rows, warmup, duration)
 
-    hub_runs, baseline_runs = alternate(args.rounds, args.warmup, on_hub, on_baseline)
+    def on_ceiling(warmup: float) -> Run:
+        checkpoint(args.database_url)
+        url, clients = args.database_url, args.bundle_clients
+        resources = [e["resource"] for e in bundle["entry"]]
+        return raw_hub_rows(url, clients, resources, warmup, duration)
+
+    hub_runs, baseline_runs, ceiling_runs = alternate(
+        args.rounds, args.warmup, on_hub, on_baseline, on_ceiling
+    )
     return Figure(
         f"{size}-entry transaction, {args.bundle_clients} clients",
         "bundles/s",
@@ -614,6 +723,7 @@ def figure_bundles(args: argparse.Namespace, loader: Loader, hub: Server) -> Fig
         0.25,
         merge(hub_runs, loader.client(allow_wrk=False)),
         merge(baseline_runs, "psycopg threads"),
+        merge(ceiling_runs, "psycopg threads"),
     )
 
 
@@ -643,6 +753,12 @@ def report(figures: Sequence[Figure]) -> str:
         if len(f.round_ratios) > 1:
             each = ", ".join(f"{r:.1%}" for r in f.round_ratios)
             lines.append(f"{'  (ratio by round)':<34} {each}")
+        if f.ceiling is not None and f.ceiling_ratio is not None:
+            c = f.ceiling
+            lines.append(
+                f"{'  (hub rows by raw SQL: ceiling)':<34} {c.rate:>9.1f} {c.p50_ms:>8.2f} "
+                f"{c.p95_ms:>8.2f} | {'':>28} | {f.ceiling_ratio:>6.1%}"
+            )
     return "\n".join(lines)
 
 
@@ -748,6 +864,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "hub_rate": f.hub.rate,
                         "baseline_rate": f.baseline.rate,
                         "round_ratios": f.round_ratios,
+                        "ceiling_ratio": f.ceiling_ratio,
                     }
                     for f in figures
                 ],

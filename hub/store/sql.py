@@ -137,7 +137,7 @@ def _current_row(new: NewVersion) -> dict[str, Any]:
 
 _TABLES = {t.name: t for t in (resources, resource_history, *INDEX_TABLES.values())}
 # Plain INSERTs of every column but the generated history `seq`, for psycopg's executemany.
-_INSERTS = {
+INSERTS = {
     name: (
         f"INSERT INTO {name} ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})",
         cols,
@@ -205,7 +205,7 @@ class SqlTransaction:
         with driver.pipeline(), driver.cursor() as cursor:
             for name, table_rows in rows.items():
                 if table_rows:
-                    sql, columns = _INSERTS[name]
+                    sql, columns = INSERTS[name]
                     cursor.executemany(sql, [tuple(r.get(c) for c in columns) for r in table_rows])
 
     def current(self, resource_type: str, resource_id: str) -> Version | None:
