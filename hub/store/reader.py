@@ -16,7 +16,7 @@ import asyncio
 import logging
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy.engine import make_url
 
 from hub.errors import Busy
@@ -70,6 +70,7 @@ class AsyncReader:
             open=False,
             kwargs={"autocommit": True, "application_name": "hub-reads"},
             name="hub-reads",
+            timeout=10.0,  # waiting longer for a connection than this: 503
         )
         # Not waiting: a server started before its database connects in the background,
         # and reads meanwhile answer 503 once the pool timeout passes.
@@ -138,6 +139,8 @@ class AsyncReader:
                     await cursor.execute(_READ, (types, ids), prepare=True)
                     rows = await cursor.fetchall()
                 return {(row[0], row[1]): version_of(row) for row in rows}
+            except PoolTimeout:
+                raise  # no connection came: the database is down or the pool exhausted
             except psycopg.OperationalError:
                 # A connection the server closed (a restart, an idle timeout): the pool drops
                 # it; its idle siblings are likely gone too, so check them all, then retry once.
