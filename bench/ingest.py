@@ -27,6 +27,10 @@
    table (id text primary key, content bytea) with executemany, 500 rows and one commit per
    batch. Its rows/s counts all of it (read, map, serialise, insert); the insert alone is
    reported too. Target: hub/baseline >= 25 %.
+4. Ceiling, after each baseline (--no-ceiling: none): every row the hub stored for both
+   files (messages, resources, history, search index, lineage), inserted again by raw
+   psycopg into an empty copy of the schema, 500 CSV rows' share a commit. No ingestion
+   that stores these rows can beat it; its ratio to the baseline bounds the reachable one.
 
 CPU seconds used during the timed part are reported for the worker processes, the
 database's server processes that served this database and the `hub ingest` process.
@@ -684,6 +688,78 @@ def same_resources(url: str) -> int:
     return len(hub)
 
 
+# --- the ceiling -----------------------------------------------------------------------------
+
+# Every table a feed message writes to.
+STORED_TABLES = (
+    "messages",
+    "resources",
+    "resource_history",
+    "lineage",
+    "search_token",
+    "search_string",
+    "search_date",
+    "search_number",
+    "search_quantity",
+    "search_reference",
+    "search_uri",
+    "search_composite",
+)
+
+
+@dataclass(frozen=True)
+class CeilingRun:
+    csv_rows: int
+    stored_rows: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.csv_rows / self.seconds
+
+
+def run_ceiling(url: str, data: Dataset, keep: bool) -> CeilingRun:
+    """The rows the hub stored for both files, inserted again by raw psycopg: the ceiling.
+
+    Every row of every table a message writes (the message, resources, history, search
+    index, lineage; Provenance included), as the hub left them, goes into an empty copy of
+    the schema: one pipeline of one executemany per table and one commit per 500 CSV rows'
+    share, on one connection, like the baseline. Only inserts, none of the hub's status
+    updates or reads: no ingestion that stores these rows can be faster.
+    """
+    target = url.rsplit("/", 1)[0] + "/" + url.rsplit("/", 1)[1] + "_ceiling"
+    recreate_database(target)
+    rows: dict[str, tuple[str, list[tuple[Any, ...]]]] = {}
+    with psycopg.connect(libpq_url(url)) as conn:
+        for table in STORED_TABLES:
+            cur = conn.execute(f"SELECT * FROM {table}")
+            names = [d.name for d in cur.description or ()]
+            sql = (
+                f"INSERT INTO {table} ({', '.join(names)}) "
+                f"VALUES ({', '.join(['%s'] * len(names))})"
+            )
+            rows[table] = (sql, cur.fetchall())
+    csv_rows = data.rows + data.patients
+    batches = max(1, -(-csv_rows // BATCH))
+    try:
+        checkpoint(target)
+        with psycopg.connect(libpq_url(target)) as conn, conn.cursor() as cur:
+            start = time.perf_counter()
+            for i in range(batches):
+                with conn.pipeline():
+                    for sql, table_rows in rows.values():
+                        n = len(table_rows)
+                        part = table_rows[n * i // batches : n * (i + 1) // batches]
+                        if part:
+                            cur.executemany(sql, part)
+                conn.commit()
+            seconds = time.perf_counter() - start
+    finally:
+        if not keep:
+            drop_database(target)
+    return CeilingRun(csv_rows, sum(len(r) for _, r in rows.values()), seconds)
+
+
 # --- report ----------------------------------------------------------------------------------
 
 
@@ -691,6 +767,11 @@ def same_resources(url: str) -> int:
 class Result:
     hub: HubRun
     baseline: BaselineRun
+    ceiling: CeilingRun | None = None
+
+    @property
+    def ceiling_ratio(self) -> float | None:
+        return self.ceiling.rate / self.baseline.rate if self.ceiling else None
 
     @property
     def ratio(self) -> float:
@@ -723,6 +804,15 @@ def report(results: Sequence[Result]) -> str:
         "insert); against the insert alone: "
         + ", ".join(f"{r.hub.mode} {r.insert_ratio:.2%}" for r in results)
     )
+    for r in results:
+        c = r.ceiling
+        if c is not None and r.ceiling_ratio is not None:
+            lines.append(
+                f"{r.hub.mode}: ceiling (the {c.stored_rows:,} rows the hub stored for "
+                f"{c.csv_rows:,} CSV rows, inserted by raw psycopg) {c.rate:.0f} CSV rows/s = "
+                f"{r.ceiling_ratio:.1%} of the baseline; the hub reached "
+                f"{r.hub.rate / c.rate:.0%} of it"
+            )
     for r in results:
         h = r.hub
         shown = {k: v for k, v in h.cpu.items() if k != "workers" or h.mode != "embedded"}
@@ -797,6 +887,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         dest="embedded",
         action="store_false",
         help="skip the embedded (no broker) reference run",
+    )
+    p.add_argument(
+        "--no-ceiling",
+        dest="ceiling",
+        action="store_false",
+        help="skip the ceiling (the hub's stored rows inserted again by raw psycopg)",
     )
     p.add_argument(
         "--no-beat",
@@ -901,7 +997,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     raise SystemExit(f"{mode}: Redis restarted during every attempt")
                 base = run_baseline(args.database_url, data)
                 same_resources(args.database_url)
-                results.append(Result(hub, base))
+                ceiling = run_ceiling(args.database_url, data, args.keep) if args.ceiling else None
+                results.append(Result(hub, base, ceiling))
                 print("\n".join(report(results[-1:]).splitlines()[2:3]), flush=True)
         finally:
             if not args.keep:
@@ -918,6 +1015,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         | {"rate": r.baseline.rate, "insert_rate": r.baseline.insert_rate},
                         "ratio": r.ratio,
                         "insert_ratio": r.insert_ratio,
+                        "ceiling": r.ceiling.__dict__ | {"rate": r.ceiling.rate}
+                        if r.ceiling
+                        else None,
+                        "ceiling_ratio": r.ceiling_ratio,
                     }
                     for r in results
                 ],
