@@ -103,6 +103,11 @@ class Settings(BaseSettings):
     ingest_threads: int = Field(
         default=2, ge=1, description="Threads processing feed messages in the embedded mode."
     )
+    ingest_batch: int = Field(
+        default=100,
+        ge=1,
+        description="Feed messages a worker processes in one database transaction.",
+    )
     ingest_max_attempts: int = Field(
         default=5, ge=1, description="Attempts before a message with transient errors is dead."
     )

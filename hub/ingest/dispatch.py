@@ -60,11 +60,32 @@ def follow(
         current = following
 
 
+def follow_many(
+    pipeline: Pipeline, finished: Sequence[int], resend: Callable[[int], None], limit: int = 200
+) -> int:
+    """`follow` for a batch: after its messages finished, the ones that waited for them."""
+    done = 0
+    for head in pipeline.next_in_order_many(finished):
+        outcome = pipeline.process(head)
+        if outcome == Outcome.RETRY:
+            resend(head)
+        elif outcome not in (Outcome.DEFERRED, Outcome.SKIPPED):
+            done += 1 + follow(pipeline, head, resend, limit)
+    return done
+
+
+def chunks(message_ids: Sequence[int], size: int) -> list[list[int]]:
+    """Ids in id order, `size` at a time: what one task processes in one transaction."""
+    ordered = sorted(message_ids)
+    return [ordered[i : i + size] for i in range(0, len(ordered), max(1, size))]
+
+
 class Dispatcher(Protocol):
     def submit(self, message_ids: Sequence[int]) -> None: ...
 
     def backlog(self) -> int:
-        """Messages sent and not yet taken by a worker (0 when unknown)."""
+        """Work sent and not yet taken by a worker: messages, or tasks of several (0 when
+        unknown); the sweeper only asks whether there is any."""
         ...
 
     def close(self) -> None: ...
@@ -73,17 +94,23 @@ class Dispatcher(Protocol):
 class InlineDispatcher:
     """Processes at once, in the caller's thread (`hub ingest` without a broker, tests)."""
 
-    def __init__(self, pipeline: Pipeline, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self, pipeline: Pipeline, sleep: Callable[[float], None] = time.sleep, batch: int = 100
+    ) -> None:
         self.pipeline = pipeline
         self.sleep = sleep
+        self.batch = batch
 
     def submit(self, message_ids: Sequence[int]) -> None:
         pending = list(message_ids)
         rounds = 0
         while pending:
             later, deferred, moved = [], [], False
+            outcomes: dict[int, Outcome] = {}
+            for chunk in chunks(pending, self.batch):
+                outcomes.update(self.pipeline.process_many(chunk))
             for message_id in pending:
-                outcome = self.pipeline.process(message_id)
+                outcome = outcomes[message_id]
                 if outcome in (Outcome.RETRY, Outcome.DEFERRED):
                     later.append(message_id)
                     if outcome == Outcome.DEFERRED:
@@ -112,16 +139,38 @@ class InlineDispatcher:
 class ThreadDispatcher:
     """The embedded mode: a pool of threads inside `hub serve`."""
 
-    def __init__(self, pipeline: Pipeline, threads: int = 2) -> None:
+    def __init__(self, pipeline: Pipeline, threads: int = 2, batch: int = 100) -> None:
         self.pipeline = pipeline
+        self.batch = batch
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ingest")
         self._closed = False
         self._waiting = 0  # submitted to the pool, not started
         self._lock = threading.Lock()
 
     def submit(self, message_ids: Sequence[int]) -> None:
-        for message_id in message_ids:
-            self._schedule(message_id, 0.0, 1)
+        for chunk in chunks(message_ids, self.batch):
+            if self._closed:
+                return
+            with self._lock:
+                self._waiting += len(chunk)
+            self.pool.submit(self._run_many, chunk)
+
+    def _run_many(self, message_ids: list[int]) -> None:
+        with self._lock:
+            self._waiting -= len(message_ids)
+        try:
+            outcomes = self.pipeline.process_many(message_ids)
+        except Exception:  # the sweeper will send them again
+            log.exception("processing messages %s..%s failed", message_ids[0], message_ids[-1])
+            return
+        retry = [m for m, o in outcomes.items() if o == Outcome.RETRY]
+        for message_id in retry:
+            self._schedule(message_id, backoff(1), 2)
+        finished = [m for m, o in outcomes.items() if o not in (Outcome.RETRY, Outcome.DEFERRED)]
+        try:
+            follow_many(self.pipeline, finished, lambda m: self._schedule(m, backoff(1), 2))
+        except Exception:  # the sweeper will send what is left
+            log.exception("processing the messages after %s failed", message_ids[-1])
 
     def _schedule(self, message_id: int, delay: float, round_: int) -> None:
         if self._closed:
@@ -161,13 +210,19 @@ class ThreadDispatcher:
 
 
 class CeleryDispatcher:
-    """Production: hand ids to Celery workers through the broker."""
+    """Production: hand ids to Celery workers through the broker, `batch` to a task."""
+
+    def __init__(self, batch: int = 100) -> None:
+        self.batch = batch
 
     def submit(self, message_ids: Sequence[int]) -> None:
-        from hub.ingest.tasks import process_message
+        from hub.ingest.tasks import process_message, process_messages
 
-        for message_id in message_ids:
-            process_message.delay(message_id)
+        for chunk in chunks(message_ids, self.batch):
+            if len(chunk) == 1:
+                process_message.delay(chunk[0])
+            else:
+                process_messages.delay(chunk)
 
     def backlog(self) -> int:
         from kombu.exceptions import ChannelError

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, exists, func, or_, select, update
+from sqlalchemy import Engine, and_, exists, func, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from hub.ingest.adapters import Unit
@@ -168,6 +168,12 @@ class MessageStore:
             row = conn.execute(select(messages).where(messages.c.id == message_id)).first()
         return _message(row) if row else None
 
+    def get_many(self, message_ids: Sequence[int]) -> list[Message]:
+        """The messages of `message_ids` that exist, in id order."""
+        stmt = select(messages).where(messages.c.id.in_(list(message_ids))).order_by(messages.c.id)
+        with self.engine.connect() as conn:
+            return [_message(r) for r in conn.execute(stmt)]
+
     def find(
         self,
         status: str | None = None,
@@ -216,18 +222,52 @@ class MessageStore:
 
     def note_attempt(self, message_id: int) -> int:
         """Count an attempt in its own transaction, so a crash mid-processing still counts."""
-        with self.engine.connect().execution_options(hub_write=True) as conn, conn.begin():
+        counted = self.note_attempts([message_id])
+        if message_id in counted:
+            return counted[message_id]
+        with self.engine.connect() as conn:  # no longer open: its count as it stands
             row = conn.execute(
-                update(messages)
-                .where(messages.c.id == message_id, messages.c.status.in_(OPEN))
-                .values(status=PROCESSING, attempts=messages.c.attempts + 1, updated_at=now())
-                .returning(messages.c.attempts)
+                select(messages.c.attempts).where(messages.c.id == message_id)
             ).first()
-            if row is None:  # no longer open: its count as it stands
-                row = conn.execute(
-                    select(messages.c.attempts).where(messages.c.id == message_id)
-                ).first()
         return int(row[0]) if row else 0
+
+    def note_attempts(self, message_ids: Sequence[int]) -> dict[int, int]:
+        """Count an attempt of each still open message (now `processing`), in its own
+        transaction; answer their counts. Those no longer open are left out."""
+        if not message_ids:
+            return {}
+        with self.engine.connect().execution_options(hub_write=True) as conn, conn.begin():
+            rows = conn.execute(
+                update(messages)
+                .where(messages.c.id.in_(list(message_ids)), messages.c.status.in_(OPEN))
+                .values(status=PROCESSING, attempts=messages.c.attempts + 1, updated_at=now())
+                .returning(messages.c.id, messages.c.attempts)
+            ).all()
+        return {int(r[0]): int(r[1]) for r in rows}
+
+    def open_before(self, batch: Sequence[Message]) -> dict[tuple[str, str], int]:
+        """For the subjects (source, order key) of `batch`: the first open message about each
+        that is not in `batch`, if it came before the batch's last message about it."""
+        subjects: dict[tuple[str, str], int] = {}
+        for m in batch:
+            if m.order_key:
+                key = (m.source, m.order_key)
+                subjects[key] = max(subjects.get(key, 0), m.id)
+        if not subjects:
+            return {}
+        stmt = (
+            select(messages.c.source, messages.c.order_key, func.min(messages.c.id))
+            .where(
+                tuple_(messages.c.source, messages.c.order_key).in_(list(subjects)),
+                messages.c.status.in_(OPEN),
+                messages.c.id.not_in([m.id for m in batch]),
+                messages.c.id < max(subjects.values()),
+            )
+            .group_by(messages.c.source, messages.c.order_key)
+        )
+        with self.engine.connect() as conn:
+            found = {(r[0], r[1]): int(r[2]) for r in conn.execute(stmt)}
+        return {k: v for k, v in found.items() if v < subjects[k]}
 
     def open_about(
         self, message: Message, *, before: bool = False, limit: int | None = None
@@ -251,13 +291,45 @@ class MessageStore:
         with self.engine.connect() as conn:
             return [r[0] for r in conn.execute(stmt)]
 
-    def wait_behind(self, message_id: int) -> None:
-        """Mark a message left for the worker finishing an earlier one (see
+    def first_open_about(self, message_ids: Sequence[int]) -> list[int]:
+        """For the subjects of these messages that are finished: the earliest open message
+        about each (from the same source), in id order."""
+        if not message_ids:
+            return []
+        subjects = (
+            select(messages.c.source, messages.c.order_key)
+            .where(
+                messages.c.id.in_(list(message_ids)),
+                messages.c.order_key.is_not(None),
+                messages.c.status.not_in(OPEN),
+            )
+            .distinct()
+            .subquery()
+        )
+        stmt = (
+            select(func.min(messages.c.id))
+            .join(
+                subjects,
+                and_(
+                    messages.c.source == subjects.c.source,
+                    messages.c.order_key == subjects.c.order_key,
+                ),
+            )
+            .where(messages.c.status.in_(OPEN))
+            .group_by(messages.c.source, messages.c.order_key)
+        )
+        with self.engine.connect() as conn:
+            return sorted(int(r[0]) for r in conn.execute(stmt))
+
+    def wait_behind(self, message_ids: Sequence[int]) -> None:
+        """Mark messages left for the worker finishing an earlier one (see
         `hub.ingest.dispatch.follow`); one that worker has taken meanwhile stays as it is."""
+        if not message_ids:
+            return
         with self.engine.connect().execution_options(hub_write=True) as conn, conn.begin():
             conn.execute(
                 update(messages)
-                .where(messages.c.id == message_id, messages.c.status == RECEIVED)
+                .where(messages.c.id.in_(list(message_ids)), messages.c.status == RECEIVED)
                 .values(status=WAITING, updated_at=now())
             )
 

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, tuple_, update
 from sqlalchemy.exc import DBAPIError
 
 from hub.errors import Busy, Conflict, HubError, Invalid
 from hub.fhir import validate
 from hub.ingest.adapters import AdapterRegistry
-from hub.ingest.mapping import Mapper, Mapping_
+from hub.ingest.mapping import Mapped, Mapper, Mapping_
 from hub.ingest.messages import DEAD, DONE, FAILED, OPEN, Message, MessageStore, now
 from hub.interactions.context import Context
 from hub.interactions.writes import instant, save
@@ -77,9 +77,6 @@ class Pipeline:
         except HubError:
             return None
 
-    def _earlier_open(self, message: Message) -> bool:
-        return bool(self.store.open_about(message, before=True, limit=1))
-
     def next_in_order(self, message_id: int) -> int | None:
         """Once `message_id` is finished: the earliest open message from its source about the
         same subject, which may have waited for it (see `hub.ingest.dispatch.follow`)."""
@@ -89,60 +86,120 @@ class Pipeline:
         following = self.store.open_about(message, limit=1)
         return following[0] if following else None
 
+    def next_in_order_many(self, finished: Sequence[int]) -> list[int]:
+        """`next_in_order` for each subject of several finished messages, in one query."""
+        return self.store.first_open_about(finished)
+
     def blocking(self, message_id: int) -> list[int]:
         """The earlier open messages about the same subject that `message_id` waits for."""
         message = self.store.get(message_id)
         return self.store.open_about(message, before=True) if message else []
 
     def process(self, message_id: int) -> Outcome:
-        message = self.store.get(message_id)
-        if message is None or message.status not in OPEN:
-            return Outcome.SKIPPED
-        if self._earlier_open(message):
-            self.store.wait_behind(message_id)
-            return Outcome.DEFERRED
-        attempts = self.store.note_attempt(message_id)
-        if attempts > self.max_attempts:
-            # The earlier attempts never finished: a worker died on it, or raised something
-            # unexpected. Sending it again and again would not help.
-            error = f"after {attempts - 1} attempts: the processing never finished"
-            self.store.set_status(message_id, DEAD, error)
-            log.error("message %s is dead: %s", message_id, error)
-            return Outcome.DEAD
-        try:
-            adapter = self.adapters.get(message.adapter)
-            record = adapter.parse(message.raw)
-            mapped = adapter.map(record, self.mapper(message))
-            for resource in mapped.resources:
-                validate(resource)
-        except (Invalid, LookupError) as e:
-            return self._fail(message, e)
+        return self.process_many([message_id])[message_id]
+
+    def process_many(self, message_ids: Sequence[int]) -> dict[int, Outcome]:
+        """Process messages in id order, in one database transaction; the outcome of each.
+
+        The outcomes are those of processing them one by one: a message about a subject
+        with an earlier open message outside the batch waits (`DEFERRED`), and so do the
+        batch's later ones about it; a message the mapping rejects fails alone. A
+        transaction that fails (a lost race, a deadlock, the database) is tried again one
+        message at a time, so that one message's trouble holds back no other.
+        """
+        outcomes = dict.fromkeys(message_ids, Outcome.SKIPPED)
+        found = [m for m in self.store.get_many(sorted(outcomes)) if m.status in OPEN]
+        blocked = self.store.open_before(found)
+        ready, waiting = [], []
+        for m in found:
+            subject = (m.source, m.order_key or "")
+            if m.order_key and m.id > blocked.get(subject, m.id):
+                blocked[subject] = min(blocked[subject], m.id)
+                waiting.append(m.id)
+                outcomes[m.id] = Outcome.DEFERRED
+            else:
+                ready.append(m)
+        self.store.wait_behind(waiting)
+        attempts = self.store.note_attempts([m.id for m in ready])
+        prepared: list[_Prepared] = []
+        for m in ready:
+            if m.id not in attempts:
+                continue  # another worker finished it meanwhile: skipped
+            if attempts[m.id] > self.max_attempts:
+                # The earlier attempts never finished: a worker died on it, or raised something
+                # unexpected. Sending it again and again would not help.
+                error = f"after {attempts[m.id] - 1} attempts: the processing never finished"
+                self.store.set_status(m.id, DEAD, error)
+                log.error("message %s is dead: %s", m.id, error)
+                outcomes[m.id] = Outcome.DEAD
+                continue
+            try:
+                adapter = self.adapters.get(m.adapter)
+                mapped = adapter.map(adapter.parse(m.raw), self.mapper(m))
+                for resource in mapped.resources:
+                    validate(resource)
+            except (Invalid, LookupError) as e:
+                outcomes[m.id] = self._fail(m, e)
+                continue
+            prepared.append(_Prepared(m, attempts[m.id], mapped))
+        if prepared:
+            outcomes.update(self._commit(prepared))
+        return outcomes
+
+    def _commit(self, batch: list[_Prepared]) -> dict[int, Outcome]:
         try:
             with self.ctx.repo.transaction() as tx:
-                produced = self._claim(tx, message_id)
-                if produced is None:
-                    return Outcome.SKIPPED
-                message = replace(message, produced=produced)  # as it stands under the lock
-                written, kept = [], []
-                for resource, lines in zip(mapped.resources, mapped.lineage, strict=True):
-                    if self._superseded(tx, message, resource):
-                        kept += self._produced_before(tx, message, resource)
-                    else:
-                        written.append(Written(self._write(tx, resource), lines))
-                targets = [w.version for w in written] + kept
-                provenance = self._provenance(tx, message, targets) if targets else None
-                self._record(tx, message, written, [*targets, *filter(None, [provenance])])
-            return Outcome.DONE
-        except Invalid as e:
-            return self._fail(message, e)
-        except (Busy, Conflict, DBAPIError) as e:
+                return self._apply(tx, batch)
+        except (Invalid, Busy, Conflict, DBAPIError) as e:
+            if len(batch) > 1:
+                log.info("a batch of %s messages failed (%s); one at a time", len(batch), e)
+                done: dict[int, Outcome] = {}
+                for one in batch:
+                    done.update(self._commit([one]))
+                return done
+            message, attempts = batch[0].message, batch[0].attempts
+            if isinstance(e, Invalid):
+                return {message.id: self._fail(message, e)}
             error = f"{type(e).__name__}: {e}"
             if attempts >= self.max_attempts:
-                self.store.set_status(message_id, "dead", f"after {attempts} attempts: {error}")
-                log.error("message %s is dead after %s attempts: %s", message_id, attempts, error)
-                return Outcome.DEAD
-            log.warning("message %s attempt %s failed, will retry: %s", message_id, attempts, error)
-            return Outcome.RETRY
+                self.store.set_status(message.id, DEAD, f"after {attempts} attempts: {error}")
+                log.error("message %s is dead after %s attempts: %s", message.id, attempts, error)
+                return {message.id: Outcome.DEAD}
+            log.warning("message %s attempt %s failed, will retry: %s", message.id, attempts, error)
+            return {message.id: Outcome.RETRY}
+
+    def _apply(self, tx: Transaction, batch: list[_Prepared]) -> dict[int, Outcome]:
+        outcomes: dict[int, Outcome] = {}
+        claimed = self._claim(tx, [p.message.id for p in batch])
+        keys = [
+            key
+            for p in batch
+            for key in [
+                *((r["resourceType"], r["id"]) for r in p.mapped.resources),
+                ("Provenance", provenance_id(p.message)),
+            ]
+        ]
+        tx.prefetch(keys)
+        later = self._last_writers(tx, keys, min(p.message.id for p in batch))
+        records = []
+        for p in batch:
+            if p.message.id not in claimed:
+                outcomes[p.message.id] = Outcome.SKIPPED  # another run finished it
+                continue
+            message = replace(p.message, produced=claimed[message_id := p.message.id])
+            written, kept = [], []
+            for resource, lines in zip(p.mapped.resources, p.mapped.lineage, strict=True):
+                if later.get((resource["resourceType"], resource["id"]), 0) > message_id:
+                    # A later message wrote this resource already: this one's data is older.
+                    kept += self._produced_before(tx, message, resource)
+                else:
+                    written.append(Written(self._write(tx, resource), lines))
+            targets = [w.version for w in written] + kept
+            provenance = self._provenance(tx, message, targets) if targets else None
+            records.append((message, written, [*targets, *filter(None, [provenance])]))
+            outcomes[message_id] = Outcome.DONE
+        self._record(tx, records)
+        return outcomes
 
     def _fail(self, message: Message, error: Exception) -> Outcome:
         field = getattr(error, "field", None)
@@ -154,29 +211,29 @@ class Pipeline:
         self.store.set_status(message.id, FAILED, f"{where}: {error}" if where else str(error))
         return Outcome.FAILED
 
-    def _claim(self, tx: Transaction, message_id: int) -> list[str] | None:
-        """Lock the message row for this transaction; None when another run finished it, else
-        what it produced before (empty unless it is a replay)."""
+    def _claim(self, tx: Transaction, message_ids: list[int]) -> dict[int, list[str]]:
+        """Lock the messages' rows for this transaction; of those still open, what each
+        produced before (empty unless it is a replay)."""
         rows = tx.lock_row(
-            select(messages.c.status, messages.c.produced).where(messages.c.id == message_id)
+            select(messages.c.id, messages.c.status, messages.c.produced)
+            .where(messages.c.id.in_(message_ids))
+            .order_by(messages.c.id)
         )
-        if not rows or rows[0][0] not in OPEN:
-            return None
-        return list(json.loads(rows[0][1])) if rows[0][1] else []
+        return {int(r[0]): list(json.loads(r[2])) if r[2] else [] for r in rows if r[1] in OPEN}
 
-    def _superseded(self, tx: Transaction, message: Message, resource: dict[str, Any]) -> bool:
-        """A later message wrote this resource already: this one's data is older (a replay)."""
-        return bool(
-            tx.rows(
-                select(lineage.c.message_id)
-                .where(
-                    lineage.c.res_type == resource["resourceType"],
-                    lineage.c.res_id == resource["id"],
-                    lineage.c.message_id > message.id,
-                )
-                .limit(1)
+    def _last_writers(
+        self, tx: Transaction, keys: list[tuple[str, str]], after: int
+    ) -> dict[tuple[str, str], int]:
+        """The last message after `after` that wrote each of these resources (replays)."""
+        rows = tx.rows(
+            select(lineage.c.res_type, lineage.c.res_id, func.max(lineage.c.message_id))
+            .where(
+                lineage.c.message_id > after,
+                tuple_(lineage.c.res_type, lineage.c.res_id).in_(list(dict.fromkeys(keys))),
             )
+            .group_by(lineage.c.res_type, lineage.c.res_id)
         )
+        return {(r[0], r[1]): int(r[2]) for r in rows}
 
     def _produced_before(
         self, tx: Transaction, message: Message, resource: dict[str, Any]
@@ -205,7 +262,7 @@ class Pipeline:
     def _provenance(self, tx: Transaction, message: Message, targets: list[Version]) -> Version:
         provenance: dict[str, Any] = {
             "resourceType": "Provenance",
-            "id": f"message-{message.id}",
+            "id": provenance_id(message),
             "target": [
                 {"reference": f"{v.resource_type}/{v.resource_id}/_history/{v.version_id}"}
                 for v in targets
@@ -255,24 +312,22 @@ class Pipeline:
         return self._write(tx, provenance)
 
     def _record(
-        self,
-        tx: Transaction,
-        message: Message,
-        written: list[Written],
-        produced_versions: list[Version],
+        self, tx: Transaction, records: list[tuple[Message, list[Written], list[Version]]]
     ) -> None:
-        # A replay records a version's lineage again; older ones stay. A message never done
-        # before (nothing produced) has no lineage rows to replace.
-        for w in written if message.produced else ():
-            v = w.version
-            tx.execute(
-                delete(lineage).where(
-                    lineage.c.message_id == message.id,
-                    lineage.c.res_type == v.resource_type,
-                    lineage.c.res_id == v.resource_id,
-                    lineage.c.version_id == v.version_id,
+        """Lineage rows and `done` for the messages processed, a statement each for all."""
+        for message, written, _ in records:
+            # A replay records a version's lineage again; older ones stay. A message never
+            # done before (nothing produced) has no lineage rows to replace.
+            for w in written if message.produced else ():
+                v = w.version
+                tx.execute(
+                    delete(lineage).where(
+                        lineage.c.message_id == message.id,
+                        lineage.c.res_type == v.resource_type,
+                        lineage.c.res_id == v.resource_id,
+                        lineage.c.version_id == v.version_id,
+                    )
                 )
-            )
         rows = [
             {
                 "res_type": w.version.resource_type,
@@ -282,20 +337,40 @@ class Pipeline:
                 "source_field": field,
                 "message_id": message.id,
             }
+            for message, written, _ in records
             for w in written
             for element, field in w.lineage
         ]
         if rows:
-            conn = getattr(tx, "conn", None)
-            if conn is not None:  # the SQL store: an executemany, its statement compiled once
-                conn.execute(insert(lineage), rows)
-            else:
-                tx.execute(insert(lineage).values(rows))
-        produced = [
-            f"{v.resource_type}/{v.resource_id}/_history/{v.version_id}" for v in produced_versions
+            tx.execute(insert(lineage), rows)
+        at = now()
+        done = [
+            {
+                "message": message.id,
+                "produced": json.dumps(
+                    [f"{v.resource_type}/{v.resource_id}/_history/{v.version_id}" for v in produced]
+                ),
+            }
+            for message, _, produced in records
         ]
-        tx.execute(
-            update(messages)
-            .where(messages.c.id == message.id)
-            .values(status=DONE, error=None, produced=json.dumps(produced), updated_at=now())
-        )
+        if done:
+            tx.execute(
+                update(messages)
+                .where(messages.c.id == bindparam("message"))
+                .values(status=DONE, error=None, produced=bindparam("produced"), updated_at=at),
+                done,
+            )
+
+
+def provenance_id(message: Message) -> str:
+    """The id of the Provenance of a message's writes: one per message, stable across replays."""
+    return f"message-{message.id}"
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A message parsed, mapped and validated, ready to be written."""
+
+    message: Message
+    attempts: int
+    mapped: Mapped

@@ -88,11 +88,13 @@ class IngestService:
         mode = dispatcher or ("celery" if settings.broker_url else "threads")
         self.dispatcher: Dispatcher
         if mode == "celery":
-            self.dispatcher = CeleryDispatcher()
+            self.dispatcher = CeleryDispatcher(settings.ingest_batch)
         elif mode == "threads":
-            self.dispatcher = ThreadDispatcher(self.pipeline, settings.ingest_threads)
+            self.dispatcher = ThreadDispatcher(
+                self.pipeline, settings.ingest_threads, settings.ingest_batch
+            )
         else:
-            self.dispatcher = InlineDispatcher(self.pipeline)
+            self.dispatcher = InlineDispatcher(self.pipeline, batch=settings.ingest_batch)
         self.mode = mode
         self.sweeper: Sweeper | None = None
 

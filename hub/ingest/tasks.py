@@ -66,6 +66,32 @@ def process_message(self: Any, message_id: int) -> str:
     return str(outcome)
 
 
+@app.task(bind=True, name="hub.ingest.tasks.process_messages", max_retries=None)
+def process_messages(self: Any, message_ids: list[int]) -> dict[str, int]:
+    """Several messages in one transaction (see `Pipeline.process_many`)."""
+    from hub.ingest.dispatch import backoff, follow_many
+    from hub.ingest.pipeline import Outcome
+
+    pipeline = service().pipeline
+
+    def resend(message_id: int) -> None:
+        process_message.apply_async((message_id,), countdown=backoff(1))
+
+    try:
+        outcomes = pipeline.process_many(message_ids)
+        for message_id, outcome in outcomes.items():
+            if outcome == Outcome.RETRY:
+                resend(message_id)
+        finished = [m for m, o in outcomes.items() if o not in (Outcome.RETRY, Outcome.DEFERRED)]
+        follow_many(pipeline, finished, resend)
+    except Exception as e:  # idempotent: what is done is skipped the next time
+        raise self.retry(countdown=backoff(self.request.retries + 1), exc=e) from e
+    counts: dict[str, int] = {}
+    for outcome in outcomes.values():
+        counts[str(outcome)] = counts.get(str(outcome), 0) + 1
+    return counts
+
+
 @app.task(name="hub.ingest.tasks.sweep_task")
 def sweep_task() -> int:
     from hub.ingest.dispatch import sweep

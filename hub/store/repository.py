@@ -55,6 +55,10 @@ class Transaction(Protocol):
 
     def current(self, resource_type: str, resource_id: str) -> Version | None: ...
 
+    def prefetch(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Read the current versions of many resources in one go: `current` then answers
+        them (and whatever this transaction writes) from memory (a batch of feed messages)."""
+
     def version(self, resource_type: str, resource_id: str, version_id: int) -> Version | None: ...
 
     def write(self, new: NewVersion, expected_version: int | None) -> None:
@@ -68,8 +72,11 @@ class Transaction(Protocol):
     def rows(self, statement: Executable) -> Sequence[Any]:
         """Run a query built by `hub.search` (a SELECT over the store's tables)."""
 
-    def execute(self, statement: Executable) -> int:
-        """Run a write of another part of the hub (the message store) in this transaction."""
+    def execute(
+        self, statement: Executable, rows: Sequence[Mapping[str, Any]] | None = None
+    ) -> int:
+        """Run a write of another part of the hub (the message store) in this transaction;
+        with `rows`, once for each (an executemany)."""
 
     def lock_row(self, statement: Executable) -> Sequence[Any]:
         """SELECT … FOR UPDATE (PostgreSQL); SQLite writers are serialised already."""

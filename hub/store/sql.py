@@ -131,6 +131,19 @@ def _row_values(new: NewVersion) -> dict[str, Any]:
     }
 
 
+def _as_version(new: NewVersion) -> Version:
+    return Version(
+        new.resource_type,
+        new.resource_id,
+        new.version_id,
+        new.last_updated,
+        new.deleted,
+        new.content,
+        new.content_hash,
+        new.method,
+    )
+
+
 def _current_row(new: NewVersion) -> dict[str, Any]:
     return {**_row_values(new), "res_type": new.resource_type, "res_id": new.resource_id}
 
@@ -170,6 +183,8 @@ class SqlTransaction:
         self.conn = conn
         self.dialect = conn.dialect.name
         self._pending: list[NewVersion] = []
+        # Current versions already known to this unit: prefetched, or written by it.
+        self._known: dict[tuple[str, str], Version | None] = {}
 
     def _execute(self, statement: Executable, params: Any = None) -> Any:
         if self._pending:
@@ -208,7 +223,26 @@ class SqlTransaction:
                     sql, columns = INSERTS[name]
                     cursor.executemany(sql, [tuple(r.get(c) for c in columns) for r in table_rows])
 
+    def prefetch(self, keys: Sequence[tuple[str, str]]) -> None:
+        wanted = [k for k in dict.fromkeys(keys) if k not in self._known]
+        by_type: dict[str, list[str]] = {}
+        for resource_type, resource_id in wanted:
+            by_type.setdefault(resource_type, []).append(resource_id)
+        found: dict[tuple[str, str], Version] = {}
+        for resource_type, ids in by_type.items():
+            for row in self._execute(
+                select(*_CURRENT_COLUMNS).where(
+                    resources.c.res_type == resource_type, resources.c.res_id.in_(ids)
+                )
+            ):
+                found[(row[0], row[1])] = version_of(row)
+        for key in wanted:
+            self._known[key] = found.get(key)
+
     def current(self, resource_type: str, resource_id: str) -> Version | None:
+        key = (resource_type, resource_id)
+        if key in self._known:
+            return self._known[key]
         row = self._execute(
             select(*_CURRENT_COLUMNS).where(
                 resources.c.res_type == resource_type, resources.c.res_id == resource_id
@@ -234,9 +268,12 @@ class SqlTransaction:
         return version_of(row) if row else None
 
     def write(self, new: NewVersion, expected_version: int | None) -> None:
+        key = (new.resource_type, new.resource_id)
+        self._known.pop(key, None)  # until this write is through
         if expected_version is None:
             # A new resource: inserted with the others at the next statement or the commit.
             self._pending.append(new)
+            self._known[key] = _as_version(new)
             return
         try:
             changed = self._execute(
@@ -265,6 +302,7 @@ class SqlTransaction:
                 raise Busy("The store is busy; retry the request") from None
             raise
         self._replace_index(new)
+        self._known[key] = _as_version(new)
 
     @staticmethod
     def _lost_race(new: NewVersion) -> Conflict:
@@ -288,8 +326,10 @@ class SqlTransaction:
     def rows(self, statement: Executable) -> Sequence[Any]:
         return self._execute(statement).all()
 
-    def execute(self, statement: Executable) -> int:
-        return int(self._execute(statement).rowcount or 0)
+    def execute(
+        self, statement: Executable, rows: Sequence[Mapping[str, Any]] | None = None
+    ) -> int:
+        return int(self._execute(statement, rows).rowcount or 0)
 
     def lock_row(self, statement: Executable) -> Sequence[Any]:
         if self.dialect == "postgresql":
