@@ -49,13 +49,13 @@ from ingest_fixtures import (
     version_counts,
     wait_for,
 )
-from sqlalchemy import update
+from sqlalchemy import event, update
 from sqlalchemy.exc import OperationalError
 
 import hub.ingest.pipeline as pipeline_module
 from hub.cli import main as cli
 from hub.errors import Busy, Conflict
-from hub.ingest.dispatch import InlineDispatcher, ThreadDispatcher, follow, sweep
+from hub.ingest.dispatch import InlineDispatcher, ThreadDispatcher, follow, follow_many, sweep
 from hub.ingest.messages import DEAD, DONE, FAILED, PROCESSING, RECEIVED, WAITING, now
 from hub.ingest.pipeline import MESSAGE_SYSTEM, Outcome
 from hub.ingest.service import IngestService
@@ -1152,3 +1152,100 @@ def test_ingest_reads_a_stream_it_is_given(service: IngestService) -> None:
     summary = service.ingest("csv", PATIENTS, io.BytesIO(data), "bom.csv", wait=True)
     assert summary.done == 1
     assert read(service, "Patient", rid("Patient", P1))["identifier"][0]["value"] == P1
+
+
+# --- batches --------------------------------------------------------------------
+
+
+def test_a_batch_has_the_outcomes_of_its_messages_one_by_one(service: IngestService) -> None:
+    hold(service)
+    rows = [
+        patient_row(P1, LAST="One"),
+        patient_row(P2, BIRTHDATE="04/31/1961x"),
+        patient_row(P1, LAST="Two"),
+        patient_row(P3),
+    ]
+    ids = ingest(service, PATIENTS, patients(*rows), "batch.csv", wait=False).message_ids
+    outcomes = service.pipeline.process_many(ids)
+    assert [outcomes[i] for i in ids] == [Outcome.DONE, Outcome.FAILED, Outcome.DONE, Outcome.DONE]
+    # One transaction, applied in message order: P1's rows become versions 1 and 2.
+    versions = history(service, "Patient", rid("Patient", P1))
+    assert [v["name"][0]["family"] for v in versions] == ["One", "Two"]
+    assert read(service, "Patient", rid("Patient", P3))["id"] == rid("Patient", P3)
+    bad = service.store.get(ids[1])
+    assert bad is not None and bad.status == FAILED and "line 3" in (bad.error or "")
+    for i in (ids[0], ids[2], ids[3]):
+        message = service.store.get(i)
+        assert message is not None and message.status == DONE and message.attempts == 1
+        provenance = read(service, "Provenance", f"message-{i}")
+        assert provenance["target"][0]["reference"] == message.produced[0]
+        assert service.store.lineage_for_message(i)
+    # Processing the batch again changes nothing: every message is finished.
+    assert set(service.pipeline.process_many(ids).values()) == {Outcome.SKIPPED}
+
+
+def test_a_batch_waits_behind_an_earlier_open_message_outside_it(
+    service: IngestService,
+) -> None:
+    hold(service)
+    rows = [
+        patient_row(P1, LAST="One"),
+        patient_row(P2, LAST="One"),
+        patient_row(P1, LAST="Two"),
+        patient_row(P1, LAST="Three"),
+    ]
+    a, b, c, d = ingest(service, PATIENTS, patients(*rows), "wait.csv", wait=False).message_ids
+    outcomes = service.pipeline.process_many([b, c, d])
+    assert outcomes == {b: Outcome.DONE, c: Outcome.DEFERRED, d: Outcome.DEFERRED}
+    assert [service.store.get(m).status for m in (a, c, d)] == [RECEIVED, WAITING, WAITING]  # type: ignore[union-attr]
+
+    assert service.pipeline.process(a) == Outcome.DONE
+    assert follow_many(service.pipeline, [a], lambda m: None) == 2  # c, then d
+    versions = history(service, "Patient", rid("Patient", P1))
+    assert [v["name"][0]["family"] for v in versions] == ["One", "Two", "Three"]
+
+
+def test_a_failed_batch_is_tried_again_one_message_at_a_time(
+    service: IngestService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hold(service)
+    rows = [patient_row(P1), patient_row(P2), patient_row(P3)]
+    ids = ingest(service, PATIENTS, patients(*rows), "conflict.csv", wait=False).message_ids
+    apply = pipeline_module.Pipeline._apply
+    sizes: list[int] = []
+
+    def lose_batches(self: Any, tx: Any, batch: list[Any]) -> Any:
+        sizes.append(len(batch))
+        if len(batch) > 1:
+            raise Conflict("another writer got there first")
+        return apply(self, tx, batch)
+
+    monkeypatch.setattr(pipeline_module.Pipeline, "_apply", lose_batches)
+    outcomes = service.pipeline.process_many(ids)
+    assert outcomes == dict.fromkeys(ids, Outcome.DONE)
+    assert sizes == [3, 1, 1, 1]
+    for i in ids:  # the failed batch cost no message an attempt of its own
+        assert service.store.get(i).attempts == 1  # type: ignore[union-attr]
+
+
+def test_a_batch_takes_a_few_statements_whatever_its_size(service: IngestService) -> None:
+    hold(service)
+    rows = [patient_row(f"{n:08d}-0000-4000-8000-000000000000") for n in range(40)]
+    ids = ingest(service, PATIENTS, patients(*rows), "many.csv", wait=False).message_ids
+    engines = {service.store.engine, service.ctx.repo.engine}  # type: ignore[attr-defined]
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", count)
+    try:
+        outcomes = service.pipeline.process_many(ids)
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", count)
+    assert set(outcomes.values()) == {Outcome.DONE}
+    assert resource_count(service.store.engine, "Patient") == 40
+    # One message alone takes about 15; forty together must not take forty times that.
+    assert len(statements) <= 30, statements
