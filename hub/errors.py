@@ -113,6 +113,8 @@ class MethodNotAllowed(HubError):
 class Conflict(HubError):
     category = Category.CONFLICT
     issue_code = "conflict"
+    # The resources ("Type/id") whose write lost, when known: a Bundle names their entries.
+    resources: tuple[str, ...] = ()
 
 
 class PreconditionFailed(HubError):

@@ -174,3 +174,49 @@ def test_sync_and_async_reads_agree(pg_client: TestClient, pg_repo: SqlRepositor
     by_thread = pg_repo.read("Patient", made["id"])
     body = pg_client.get(f"/fhir/Patient/{made['id']}").content
     assert by_thread is not None and by_thread.content == body
+
+
+def test_closing_answers_waiting_reads_and_the_reader_opens_again(
+    pg_client: TestClient, postgres_url: str
+) -> None:
+    made = create(pg_client, "Reopen")
+    reader = AsyncReader(postgres_url, connections=1)
+
+    async def closing_with_reads_waiting() -> list[BaseException | Any]:
+        await reader.open()
+        fetch = reader._fetch
+
+        async def slow(keys: list[tuple[str, str]]) -> dict[Any, Any]:
+            await asyncio.sleep(30)
+            return {}
+
+        reader._fetch = slow  # type: ignore[method-assign]
+        first = asyncio.create_task(reader.read("Patient", made["id"]))  # holds the connection
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(reader.read("Patient", made["id"]))  # waits for it
+        await asyncio.sleep(0.05)
+        reader._fetch = fetch  # type: ignore[method-assign]
+        await reader.close()
+        return await asyncio.gather(first, second, return_exceptions=True)
+
+    async def reopened() -> Any:
+        await reader.open()
+        try:
+            return await asyncio.wait_for(reader.read("Patient", made["id"]), 10)
+        finally:
+            await reader.close()
+
+    answers = asyncio.run(closing_with_reads_waiting())
+    assert all(isinstance(a, Busy) for a in answers), answers
+    version = asyncio.run(reopened())
+    assert version is not None and version.resource_id == made["id"]
+
+
+def test_a_malformed_host_header_is_not_echoed(pg_client: TestClient) -> None:
+    r = pg_client.post(
+        "/fhir/Patient",
+        json={"resourceType": "Patient"},
+        headers={"Host": "evil.example/x?y="},
+    )
+    assert r.status_code == 201
+    assert "evil" not in r.headers["location"]

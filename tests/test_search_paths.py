@@ -12,12 +12,14 @@ from typing import Any
 
 import pytest
 
+from hub.fhir.models import ID_PATTERN
 from hub.search.paths import (
     _CHOICES,
     _PLAIN,
     _RESOLVE,
     _WHERE_EQUALS,
     _context_type,
+    compile_part,
     slow_parts,
     split_union,
 )
@@ -183,3 +185,22 @@ def test_where_equals_filters_like_fhirpathpy() -> None:
                 assert [e["value"] for e in found] == ["kept"], (resource_type, code)
                 compared += 1
     assert compared >= 6  # phone and email of Patient, Person, Practitioner, ...
+
+
+def test_where_equals_on_a_repeating_or_choice_field_means_what_fhirpath_means() -> None:
+    # `given` repeats: FHIRPath's `=` holds when the field holds exactly that one string.
+    part = compile_part("Patient.name.where(given='John')")
+    assert "_keeping" in part.evaluate.__qualname__
+    (reference,) = slow_parts("Patient.name.where(given='John')")
+    names = [{"given": ["John"]}, {"given": ["John", "Paul"]}, {"family": "x"}, {"given": []}]
+    patient = {"resourceType": "Patient", "id": "x", "name": names}
+    assert part.evaluate(patient) == reference.evaluate(patient) == [{"given": ["John"]}]
+    # `value[x]` is a choice: `value` is not a JSON key, so fhirpathpy answers it.
+    choice = compile_part("Patient.extension.where(value='x')")
+    assert "_keeping" not in choice.evaluate.__qualname__
+
+
+def test_an_id_ends_at_its_last_character() -> None:
+    assert ID_PATTERN.match("abc-1.2")
+    assert not ID_PATTERN.match("abc\n")
+    assert not ID_PATTERN.match("a" * 65)

@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl
 import orjson
 from fastapi import Request as HttpRequest
 from fastapi import Response
+from starlette.requests import HTTPConnection
 from starlette.types import Scope
 
 from hub.errors import Invalid, PayloadTooLarge, UnsupportedMediaType, information
@@ -35,15 +36,11 @@ def header(scope: Scope, name: bytes) -> str | None:
 
 
 def base_url(scope: Scope, settings: Settings) -> str:
-    """The FHIR base the client used: the configured public one, or its Host header's."""
+    """The FHIR base the client used: the configured public one, or the request's own
+    (Starlette's, which ignores a malformed Host header)."""
     if settings.public_base_url:
         return settings.public_base_url.rstrip("/")
-    host = header(scope, b"host")
-    if host is None:
-        server = scope.get("server") or ("localhost", 80)
-        host = f"{server[0]}:{server[1]}"
-    root = scope.get("root_path", "").rstrip("/")
-    return f"{scope.get('scheme', 'http')}://{host}{root}{settings.base_path}"
+    return str(HTTPConnection(scope).base_url).rstrip("/") + settings.base_path
 
 
 async def _body(http: HttpRequest, limit: int) -> bytes:

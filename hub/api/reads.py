@@ -43,6 +43,9 @@ class ReadsById:
         ):
             return None
         path: str = scope["path"]
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):  # behind a proxy prefix or a mount: the app's path
+            path = path[len(root) :]
         if not path.startswith(self.prefix):
             return None
         resource_type, _, resource_id = path[len(self.prefix) :].partition("/")

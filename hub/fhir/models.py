@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from hub.errors import Invalid, Issue
 from hub.fhir.types import R4_RESOURCE_TYPES
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}\Z")  # \Z: no newline after
 
 # Elements every resource may carry; used for the types without an R4B model.
 _SHARED_ELEMENTS = {"meta": "Meta", "text": "Narrative"}

@@ -17,7 +17,16 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from hub.errors import HubError, Invalid, Issue, NotFound, PreconditionFailed, outcome_of, status_of
+from hub.errors import (
+    Conflict,
+    HubError,
+    Invalid,
+    Issue,
+    NotFound,
+    PreconditionFailed,
+    outcome_of,
+    status_of,
+)
 from hub.fhir import is_resource_type
 from hub.interactions.bundles import bundle, full_url, status_line, stored, version_response
 from hub.interactions.context import Context, Request, Result
@@ -192,68 +201,89 @@ def _transaction(ctx: Context, req: Request, entries: list[Any], dispatch: Dispa
     full_urls = [e.get("fullUrl") if isinstance(e, dict) else None for e in entries]
     order = sorted(range(len(requests)), key=lambda i: _ORDER[requests[i].method])
     results: dict[int, Result] = {}
-    with ctx.repo.transaction() as tx:
-        # 1. Deletes, then ids for everything about to be written.
-        for i in order:
-            r = requests[i]
-            if r.method == "DELETE":
-                results[i] = _run(ctx, i, r, tx, dispatch)
-        aliases: dict[str, str] = {}
-        targets: dict[str, int] = {}
-        for i in order:
-            r = requests[i]
-            if r.method not in ("POST", "PUT", "PATCH"):
-                continue
-            try:
-                _assign_id(ctx, tx, r, results, i)
-            except HubError as e:
-                raise _located(i, e) from None
-            if r.resource_id is not None:
-                key = f"{r.resource_type}/{r.resource_id}"
-                if key in targets and i not in results:
-                    raise _located(
-                        i,
-                        Invalid(
-                            f"{key} is changed by entry {targets[key]} too; a transaction changes "
-                            "each resource once"
-                        ),
-                    )
-                targets[key] = i
-                alias = full_urls[i]
-                if isinstance(alias, str) and alias:
-                    aliases[alias] = key
-
-        # 2. Rewrite references to fullUrls and conditional references.
-        def resolve(reference: str) -> str | None:
-            if reference in aliases:
-                return aliases[reference]
-            type_, sep, query = reference.partition("?")
-            if sep and is_resource_type(type_):
-                found = matches(
-                    ctx, tx, type_, parse_qsl(query, keep_blank_values=True), req.base_url
-                )
-                if len(found) != 1:
-                    raise PreconditionFailed(
-                        f"The conditional reference '{reference}' matches {len(found)} resources; "
-                        "it must match exactly one"
-                    )
-                return f"{type_}/{found[0].resource_id}"
-            return None
-
-        for i in order:
-            r = requests[i]
-            if i in results or r.method not in ("POST", "PUT"):
-                continue
-            try:
-                r.body = _rewrite(r.body, resolve)
-            except HubError as e:
-                raise _located(i, e) from None
-        # 3. Writes and reads in the spec's order.
-        for i in order:
-            if i not in results:
-                results[i] = _run(ctx, i, requests[i], tx, dispatch)
+    targets: dict[str, int] = {}
+    committing = False
+    try:
+        with ctx.repo.transaction() as tx:
+            _steps(ctx, req, requests, full_urls, order, results, targets, tx, dispatch)
+            committing = True
+    except Conflict as e:
+        # The new resources go in at the commit; one whose id was taken meanwhile fails there.
+        entry = _entry_of(e, targets, -1)
+        if committing and entry >= 0:
+            raise _located(entry, e) from None
+        raise
     out = [_entry_response(requests[i], results[i]) for i in range(len(requests))]
     return Result(200, body=bundle("transaction-response", out, []))
+
+
+def _steps(
+    ctx: Context,
+    req: Request,
+    requests: list[Request],
+    full_urls: list[Any],
+    order: list[int],
+    results: dict[int, Result],
+    targets: dict[str, int],
+    tx: Transaction,
+    dispatch: Dispatch,
+) -> None:
+    # 1. Deletes, then ids for everything about to be written.
+    for i in order:
+        r = requests[i]
+        if r.method == "DELETE":
+            results[i] = _run(ctx, i, r, tx, dispatch, targets)
+    aliases: dict[str, str] = {}
+    for i in order:
+        r = requests[i]
+        if r.method not in ("POST", "PUT", "PATCH"):
+            continue
+        try:
+            _assign_id(ctx, tx, r, results, i)
+        except HubError as e:
+            raise _located(i, e) from None
+        if r.resource_id is not None:
+            key = f"{r.resource_type}/{r.resource_id}"
+            if key in targets and i not in results:
+                raise _located(
+                    i,
+                    Invalid(
+                        f"{key} is changed by entry {targets[key]} too; a transaction changes "
+                        "each resource once"
+                    ),
+                )
+            targets[key] = i
+            alias = full_urls[i]
+            if isinstance(alias, str) and alias:
+                aliases[alias] = key
+
+    # 2. Rewrite references to fullUrls and conditional references.
+    def resolve(reference: str) -> str | None:
+        if reference in aliases:
+            return aliases[reference]
+        type_, sep, query = reference.partition("?")
+        if sep and is_resource_type(type_):
+            found = matches(ctx, tx, type_, parse_qsl(query, keep_blank_values=True), req.base_url)
+            if len(found) != 1:
+                raise PreconditionFailed(
+                    f"The conditional reference '{reference}' matches {len(found)} resources; "
+                    "it must match exactly one"
+                )
+            return f"{type_}/{found[0].resource_id}"
+        return None
+
+    for i in order:
+        r = requests[i]
+        if i in results or r.method not in ("POST", "PUT"):
+            continue
+        try:
+            r.body = _rewrite(r.body, resolve)
+        except HubError as e:
+            raise _located(i, e) from None
+    # 3. Writes and reads in the spec's order.
+    for i in order:
+        if i not in results:
+            results[i] = _run(ctx, i, requests[i], tx, dispatch, targets)
 
 
 def _assign_id(
@@ -289,8 +319,19 @@ def _assign_id(
         r.params = []
 
 
-def _run(ctx: Context, i: int, r: Request, tx: Transaction, dispatch: Dispatch) -> Result:
+def _run(
+    ctx: Context, i: int, r: Request, tx: Transaction, dispatch: Dispatch, targets: dict[str, int]
+) -> Result:
     try:
         return dispatch(ctx, r, tx)
     except HubError as e:
-        raise _located(i, e) from None
+        raise _located(_entry_of(e, targets, i), e) from None
+
+
+def _entry_of(error: HubError, targets: dict[str, int], default: int) -> int:
+    """The entry an error is about: the one that wrote the resource a lost race names (new
+    resources are inserted together, at the next statement of any entry), else `default`."""
+    for key in getattr(error, "resources", ()):
+        if key in targets:
+            return targets[key]
+    return default

@@ -177,15 +177,19 @@ def compile_part(expression: str) -> Part:
             return Part(walker, target)
     m = _WHERE_EQUALS.match(expression)
     walker = _walker(m["path"], None) if m else None
-    if m and walker is not None:
+    if m and walker is not None and not _CHOICES.get(f"{_context_type(m['path'])}.{m['field']}"):
         return Part(_keeping(walker, m["field"], m["value"]), target)
     return Part(_fhirpath(expression), target)
 
 
 def _keeping(walk: Evaluate, field: str, value: str) -> Evaluate:
-    # FHIRPath `=` on a string: equal only when present and the same (no type coercion).
+    # FHIRPath `=` compares collections: a repeating field equals a string only when it holds
+    # that one string; a missing one is empty, and empty is not equal (not true).
+    def equal(held: Any) -> bool:
+        return held == [value] if isinstance(held, list) else held == value
+
     return lambda resource: [
-        e for e in walk(resource) if isinstance(e, dict) and e.get(field) == value
+        e for e in walk(resource) if isinstance(e, dict) and equal(e.get(field))
     ]
 
 

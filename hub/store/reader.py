@@ -77,10 +77,18 @@ class AsyncReader:
         await pool.open(wait=False)
         # Made on this loop: a semaphore belongs to the loop that first waits on it.
         self._slots = asyncio.Semaphore(self._connections)
+        self._waiting, self._gathering, self._tasks = {}, False, set()
         self._pool = pool
 
     async def close(self) -> None:
+        """Answer every read still waiting with 503, then close the pool."""
         pool, self._pool = self._pool, None
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._settle(self._waiting, error=_unavailable())
+        self._waiting, self._gathering = {}, False
         if pool is not None:
             await pool.close()
 
@@ -99,41 +107,52 @@ class AsyncReader:
         task.add_done_callback(self._tasks.discard)
 
     async def _answer_batch(self) -> None:
-        async with self._slots:
-            # Everything that arrived while this task waited for a free connection.
-            batch, self._waiting = self._waiting, {}
-            self._gathering = False
-            if len(batch) > self._max_batch:
-                keys = list(batch)
-                self._waiting = {k: batch.pop(k) for k in keys[self._max_batch :]}
-                self._gather()
-            try:
+        batch: dict[Key, list[asyncio.Future[Version | None]]] = {}
+        try:
+            async with self._slots:
+                # Everything that arrived while this task waited for a free connection.
+                batch, self._waiting = self._waiting, {}
+                self._gathering = False
+                if len(batch) > self._max_batch:
+                    keys = list(batch)
+                    self._waiting = {k: batch.pop(k) for k in keys[self._max_batch :]}
+                    self._gather()
                 found = await self._fetch(list(batch))
-            except Exception as e:  # every waiting request gets the failure, none hangs
-                error = (
-                    Busy("The store is unavailable; retry the request")
-                    if isinstance(e, psycopg.OperationalError)
-                    else e
-                )
-                for futures in batch.values():
-                    for future in futures:
-                        if not future.done():
-                            future.set_exception(error)
-                return
-            for key, futures in batch.items():
-                version = found.get(key)
-                for future in futures:
-                    if not future.done():  # a client that went away cancelled its future
-                        future.set_result(version)
+        except asyncio.CancelledError:  # the reader is closing
+            if not batch:
+                self._gathering = False  # cancelled before it took the waiting reads
+            self._settle(batch, error=_unavailable())
+            raise
+        except Exception as e:  # every waiting request gets the failure, none hangs
+            is_db = isinstance(e, psycopg.OperationalError)
+            self._settle(batch, error=_unavailable() if is_db else e)
+            return
+        self._settle(batch, found=found)
+
+    @staticmethod
+    def _settle(
+        batch: dict[Key, list[asyncio.Future[Version | None]]],
+        found: dict[Key, Version] | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        for key, futures in batch.items():
+            for future in futures:
+                if future.done():  # a client that went away cancelled its future
+                    continue
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result((found or {}).get(key))
 
     async def _fetch(self, keys: list[Key]) -> dict[Key, Version]:
         types = [k[0] for k in keys]
         ids = [k[1] for k in keys]
+        pool = self._pool
+        if pool is None:
+            raise psycopg.OperationalError("the read pool is closed")
         for attempt in (1, 2):
-            if self._pool is None:
-                raise psycopg.OperationalError("the read pool is closed")
             try:
-                async with self._pool.connection() as conn:
+                async with pool.connection() as conn:
                     self.queries += 1
                     cursor = conn.cursor(binary=True)
                     await cursor.execute(_READ, (types, ids), prepare=True)
@@ -147,8 +166,12 @@ class AsyncReader:
                 if attempt == 2:
                     raise
                 log.warning("read connection lost; retrying once", exc_info=True)
-                await self._pool.check()
+                await pool.check()
         raise AssertionError("unreachable")
+
+
+def _unavailable() -> Busy:
+    return Busy("The store is unavailable; retry the request")
 
 
 def reader_for(database_url: str, connections: int) -> AsyncReader | None:

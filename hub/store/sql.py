@@ -9,6 +9,7 @@ unique (type, id, version) is the second guard: version numbers never repeat.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -29,7 +30,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 
 from hub.errors import Busy, Conflict
@@ -160,13 +161,28 @@ INSERTS = {
 }
 
 
-def _created_meanwhile(pending: Sequence[NewVersion]) -> Conflict:
-    names = ", ".join(f"{n.resource_type}/{n.resource_id}" for n in pending[:5])
-    more = f" and {len(pending) - 5} more" if len(pending) > 5 else ""
-    subject = "was" if len(pending) == 1 else "(one of them) was"
-    return Conflict(
-        f"{names}{more} {subject} created by another request meanwhile; read it again and retry"
+_DUPLICATE_KEY = re.compile(r"\(res_type, res_id\)=\(([^,]+), ([^)]+)\)")
+
+
+def _created_meanwhile(pending: Sequence[NewVersion], detail: str) -> Conflict:
+    """A new resource's insert found its id taken: another request created it meanwhile.
+
+    The one that failed is named when the database says which (PostgreSQL's detail); the
+    error's `resources` lets a transaction Bundle point at the entry that wrote it.
+    """
+    found = _DUPLICATE_KEY.search(detail)
+    keys = (
+        [f"{found.group(1)}/{found.group(2)}"]
+        if found
+        else [f"{n.resource_type}/{n.resource_id}" for n in pending]
     )
+    names = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+    subject = "was" if len(keys) == 1 else "(one of them) was"
+    error = Conflict(
+        f"{names} {subject} created by another request meanwhile; read it again and retry"
+    )
+    error.resources = tuple(keys)
+    return error
 
 
 class SqlTransaction:
@@ -209,14 +225,33 @@ class SqlTransaction:
                 for name, table_rows in rows.items():
                     if table_rows:
                         self.conn.execute(insert(_TABLES[name]), table_rows)
-        except (IntegrityError, psycopg.IntegrityError):
-            raise _created_meanwhile(pending) from None
+        except IntegrityError as e:
+            raise _created_meanwhile(pending, str(e.orig)) from None
+        except psycopg.IntegrityError as e:
+            raise _created_meanwhile(pending, e.diag.message_detail or "") from None
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+            raise Busy("The store is busy; retry the request") from None
+        except psycopg.Error as e:
+            # As SQLAlchemy would have raised it: callers handle DBAPIError (a retry), and a
+            # connection the server closed is not handed out again.
+            if self.conn.connection.dbapi_connection is None or e.sqlstate is None:
+                self.conn.invalidate()
+            raise DBAPIError.instance(None, None, e, psycopg.Error) from None
 
     def _insert_pipelined(self, rows: Mapping[str, list[dict[str, Any]]]) -> None:
         # Straight to psycopg, in one pipeline: one round trip for every table's rows,
         # without building a SQLAlchemy statement per table (a third of a create's time).
         driver = self.conn.connection.dbapi_connection
         assert isinstance(driver, psycopg.Connection)
+        if not psycopg.Pipeline.is_supported():  # libpq before 14: one round trip a table
+            with driver.cursor() as cursor:
+                for name, table_rows in rows.items():
+                    if table_rows:
+                        sql, columns = INSERTS[name]
+                        cursor.executemany(
+                            sql, [tuple(r.get(c) for c in columns) for r in table_rows]
+                        )
+            return
         with driver.pipeline(), driver.cursor() as cursor:
             for name, table_rows in rows.items():
                 if table_rows:
