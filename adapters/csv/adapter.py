@@ -13,6 +13,7 @@ import codecs
 import csv
 import hashlib
 import io
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO
@@ -25,8 +26,11 @@ from hub.ingest.mapping import Mapped, Mapper, MappingError
 _ERRORS = "surrogateescape"
 
 
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
 def _undecodable(text: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in text)
+    return _SURROGATE.search(text) is not None
 
 
 def _line(row: list[str]) -> str:
@@ -59,7 +63,8 @@ class CsvAdapter:
             yield Unit(raw=raw, external_id=f"{mapping}:{digest}", origin=f"{origin} line {start}")
 
     def parse(self, raw: bytes) -> Mapping[str, str]:
-        rows = list(csv.reader(io.StringIO(raw.decode("utf-8", _ERRORS))))
+        text = raw.decode("utf-8", _ERRORS)
+        rows = list(csv.reader(io.StringIO(text)))
         if len(rows) != 2:
             raise MappingError("a CSV unit holds a header line and one row")
         header, row = rows
@@ -68,12 +73,13 @@ class CsvAdapter:
                 f"the row has {len(row)} columns where the header has {len(header)}",
                 header[len(row)] if len(row) < len(header) else None,  # the first one missing
             )
-        if any(_undecodable(name) for name in header):
-            raise MappingError("the header line is not UTF-8 text")
         record = dict(zip(header, row, strict=True))
-        for name, value in record.items():
-            if _undecodable(value):
-                raise MappingError("the value is not UTF-8 text", name)
+        if _undecodable(text):  # then find where: the header, or which column
+            if any(_undecodable(name) for name in header):
+                raise MappingError("the header line is not UTF-8 text")
+            for name, value in record.items():
+                if _undecodable(value):
+                    raise MappingError("the value is not UTF-8 text", name)
         return record
 
     def map(self, record: Mapping[str, str], mapper: Mapper) -> Mapped:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, tuple_, update
+from sqlalchemy import bindparam, delete, func, select, tuple_, update
 from sqlalchemy.exc import DBAPIError
 
 from hub.errors import Busy, Conflict, HubError, Invalid
@@ -342,7 +342,7 @@ class Pipeline:
             for element, field in w.lineage
         ]
         if rows:
-            tx.execute(insert(lineage), rows)
+            tx.add_rows(lineage, rows)
         at = now()
         done = [
             {

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Executable
+from sqlalchemy import Executable, Table
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +77,10 @@ class Transaction(Protocol):
     ) -> int:
         """Run a write of another part of the hub (the message store) in this transaction;
         with `rows`, once for each (an executemany)."""
+
+    def add_rows(self, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert rows of another part of the hub (lineage) with this transaction's new
+        resources: at its next statement or its commit, in the same round trip."""
 
     def lock_row(self, statement: Executable) -> Sequence[Any]:
         """SELECT … FOR UPDATE (PostgreSQL); SQLite writers are serialised already."""
