@@ -152,7 +152,7 @@ def _current_row(new: NewVersion) -> dict[str, Any]:
 
 _TABLES = {t.name: t for t in (resources, resource_history, *INDEX_TABLES.values(), lineage)}
 # From this many rows a table's new rows go by COPY (see SqlTransaction._insert_pipelined).
-_COPY_FROM = 200
+COPY_FROM = 200
 # Plain INSERTs of every column but the generated history `seq`, for psycopg's executemany.
 INSERTS = {
     name: (
@@ -253,12 +253,12 @@ class SqlTransaction:
         assert isinstance(driver, psycopg.Connection)
         with driver.cursor() as cursor:
             for name, table_rows in rows.items():
-                if len(table_rows) >= _COPY_FROM:
+                if len(table_rows) >= COPY_FROM:
                     columns = INSERTS[name][1]
                     with cursor.copy(f"COPY {name} ({', '.join(columns)}) FROM STDIN") as copy:
                         for r in table_rows:
                             copy.write_row(tuple(r.get(c) for c in columns))
-            few = {n: r for n, r in rows.items() if 0 < len(r) < _COPY_FROM}
+            few = {n: r for n, r in rows.items() if 0 < len(r) < COPY_FROM}
             pipeline = driver.pipeline() if psycopg.Pipeline.is_supported() else nullcontext()
             with pipeline:
                 for name, table_rows in few.items():
