@@ -32,7 +32,8 @@
    psycopg into an empty copy of the schema, 500 CSV rows' share a commit. No ingestion
    that stores these rows can beat it; its ratio to the baseline bounds the reachable one.
 
-CPU seconds used during the timed part are reported for the worker processes, the
+HUB_INGEST_BATCH in the bench's environment is passed on to the hub (other HUB_* variables
+are not). CPU seconds used during the timed part are reported for the worker processes, the
 database's server processes that served this database and the `hub ingest` process.
 
     .venv/bin/python bench/ingest.py [--rows 20000] [--patients 2000] [--workers 1,2]
@@ -301,8 +302,12 @@ def generate(folder: Path, patients: int, rows: int, seed: int, shuffle: bool) -
 # --- processes and CPU -----------------------------------------------------------------------
 
 
+# Passed on to the hub from the bench's environment (the other HUB_* variables are not).
+PASSED_ON = ("HUB_INGEST_BATCH",)
+
+
 def hub_env(url: str, broker: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_") or k in PASSED_ON}
     env["HUB_DATABASE_URL"] = url
     if broker:
         env["HUB_BROKER_URL"] = broker
@@ -987,6 +992,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else ("one `hub worker --concurrency N`")
     )
     print(f"celery-N: {shape}; broker {broker}; beat: {'yes' if args.beat else 'no'}", flush=True)
+    passed = {k: os.environ[k] for k in PASSED_ON if k in os.environ}
+    if passed:
+        print(f"hub settings from the environment: {passed}", flush=True)
     results: list[Result] = []
     with workspace(args.keep) as tmp:
         data = generate(tmp, args.patients, args.rows, args.seed, args.shuffle)
