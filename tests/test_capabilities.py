@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -44,7 +45,9 @@ def test_metadata_is_an_r4_capability_statement(statement: dict[str, Any]) -> No
     assert statement["fhirVersion"] == "4.0.1"
     assert statement["status"] == "active"
     assert statement["kind"] == "instance"
-    assert statement["date"]
+    # Made when asked (an instance's statement), as a FHIR dateTime.
+    made = datetime.fromisoformat(statement["date"].replace("Z", "+00:00"))
+    assert abs((datetime.now(UTC) - made).total_seconds()) < 600
     assert "application/fhir+json" in statement["format"]
     assert "application/json-patch+json" in statement["patchFormat"]
     assert statement["implementation"]["url"] == "http://hub.test/fhir"

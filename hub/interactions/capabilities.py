@@ -13,6 +13,7 @@ from hub import __version__
 from hub.fhir import R4_RESOURCE_TYPES
 from hub.interactions.context import Context, Request, Result
 from hub.interactions.routes import OPERATIONS, SYSTEM_INTERACTIONS, TYPE_INTERACTIONS
+from hub.interactions.writes import instant, now
 from hub.search.registry import COMMON, SPECIAL
 from hub.store.repository import Transaction
 
@@ -65,7 +66,8 @@ def capabilities(ctx: Context, req: Request, tx: Transaction | None = None) -> R
     statement = {
         "resourceType": "CapabilityStatement",
         "status": "active",
-        "date": "2026-11-24",
+        # An instance's statement, made now from the registry as it stands.
+        "date": instant(now()),
         "kind": "instance",
         "software": {"name": "fhir-hub", "version": __version__},
         "implementation": {"description": "fhir-hub FHIR R4 server", "url": req.base_url},
