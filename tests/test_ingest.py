@@ -1249,3 +1249,64 @@ def test_a_batch_takes_a_few_statements_whatever_its_size(service: IngestService
     assert resource_count(service.store.engine, "Patient") == 40
     # One message alone takes about 15; forty together must not take forty times that.
     assert len(statements) <= 30, statements
+
+
+def test_a_retried_message_holds_back_the_later_ones_about_its_subject(
+    service: IngestService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The batch fails, then its first message fails alone too (transient): the second,
+    # about the same patient, must wait for it instead of being written ahead of it.
+    hold(service)
+    rows = [patient_row(P1, LAST="One"), patient_row(P1, LAST="Two"), patient_row(P2)]
+    a, b, c = ingest(service, PATIENTS, patients(*rows), "order.csv", wait=False).message_ids
+    apply = pipeline_module.Pipeline._apply
+    failures = {"a": 0}
+
+    def flaky(self: Any, tx: Any, batch: list[Any]) -> Any:
+        if len(batch) > 1:
+            raise Conflict("another writer got there first")
+        if batch[0].message.id == a and failures["a"] == 0:
+            failures["a"] += 1
+            raise Busy("the store is busy")
+        return apply(self, tx, batch)
+
+    monkeypatch.setattr(pipeline_module.Pipeline, "_apply", flaky)
+    outcomes = service.pipeline.process_many([a, b, c])
+    assert outcomes == {a: Outcome.RETRY, b: Outcome.DEFERRED, c: Outcome.DONE}
+    held = service.store.get(b)
+    assert held is not None and held.status == WAITING and held.attempts == 0
+
+    assert service.pipeline.process(a) == Outcome.DONE  # the retry
+    assert follow(service.pipeline, a, lambda m: None) == 1  # then b, which waited
+    versions = history(service, "Patient", rid("Patient", P1))
+    assert [v["name"][0]["family"] for v in versions] == ["One", "Two"]
+    for m in (a, b):
+        message = service.store.get(m)
+        assert message is not None and message.status == DONE and len(message.produced) == 2
+
+
+def test_a_message_that_crashes_its_mapping_fails_alone(
+    service: IngestService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An unexpected error (a bug in an adapter or a mapping) is that message's: the others of
+    # its batch are written, and it alone is retried until it is dead.
+    hold(service)
+    rows = [patient_row(P1), patient_row(P2, LAST="Poison"), patient_row(P3)]
+    ids = ingest(service, PATIENTS, patients(*rows), "poison.csv", wait=False).message_ids
+    real = pipeline_module.validate
+
+    def crash(resource: dict[str, Any]) -> Any:
+        if resource.get("name", [{}])[0].get("family") == "Poison":
+            raise RuntimeError("a bug in the mapping")
+        return real(resource)
+
+    monkeypatch.setattr(pipeline_module, "validate", crash)
+    outcomes = service.pipeline.process_many(ids)
+    assert outcomes == {ids[0]: Outcome.DONE, ids[1]: Outcome.RETRY, ids[2]: Outcome.DONE}
+    assert service.pipeline.process_many(ids) == {
+        ids[0]: Outcome.SKIPPED,
+        ids[1]: Outcome.DEAD,  # max attempts is 2 here
+        ids[2]: Outcome.SKIPPED,
+    }
+    dead = service.store.get(ids[1])
+    assert dead is not None and dead.status == DEAD and "a bug in the mapping" in (dead.error or "")

@@ -333,6 +333,19 @@ class MessageStore:
                 .values(status=WAITING, updated_at=now())
             )
 
+    def hold_back(self, message_ids: Sequence[int]) -> None:
+        """Messages a worker took (`processing`) and left for an earlier one about their
+        subject that must be retried first: `waiting`, their attempt given back (see
+        `hub.ingest.dispatch.follow`)."""
+        if not message_ids:
+            return
+        with self.engine.connect().execution_options(hub_write=True) as conn, conn.begin():
+            conn.execute(
+                update(messages)
+                .where(messages.c.id.in_(list(message_ids)), messages.c.status == PROCESSING)
+                .values(status=WAITING, attempts=messages.c.attempts - 1, updated_at=now())
+            )
+
     def set_status(self, message_id: int, status: str, error: str | None = None) -> None:
         """End an open message (failed, dead); one another worker finished stays as it is."""
         with self.engine.connect().execution_options(hub_write=True) as conn, conn.begin():

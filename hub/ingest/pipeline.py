@@ -122,9 +122,13 @@ class Pipeline:
         self.store.wait_behind(waiting)
         attempts = self.store.note_attempts([m.id for m in ready])
         prepared: list[_Prepared] = []
+        held = _Held()
         for m in ready:
             if m.id not in attempts:
                 continue  # another worker finished it meanwhile: skipped
+            if held.holds(m):
+                outcomes[m.id] = Outcome.DEFERRED
+                continue
             if attempts[m.id] > self.max_attempts:
                 # The earlier attempts never finished: a worker died on it, or raised something
                 # unexpected. Sending it again and again would not help.
@@ -141,32 +145,46 @@ class Pipeline:
             except (Invalid, LookupError) as e:
                 outcomes[m.id] = self._fail(m, e)
                 continue
+            except Exception as e:  # a bug in an adapter or a mapping: this message's alone
+                log.exception("message %s could not be mapped", m.id)
+                outcomes[m.id] = held.note(m, self._transient(m, attempts[m.id], e))
+                continue
             prepared.append(_Prepared(m, attempts[m.id], mapped))
         if prepared:
-            outcomes.update(self._commit(prepared))
+            outcomes.update(self._commit(prepared, held))
+        self.store.hold_back(held.deferred)
         return outcomes
 
-    def _commit(self, batch: list[_Prepared]) -> dict[int, Outcome]:
+    def _commit(self, batch: list[_Prepared], held: _Held) -> dict[int, Outcome]:
         try:
             with self.ctx.repo.transaction() as tx:
                 return self._apply(tx, batch)
-        except (Invalid, Busy, Conflict, DBAPIError) as e:
+        except Exception as e:
             if len(batch) > 1:
                 log.info("a batch of %s messages failed (%s); one at a time", len(batch), e)
                 done: dict[int, Outcome] = {}
                 for one in batch:
-                    done.update(self._commit([one]))
+                    if held.holds(one.message):
+                        done[one.message.id] = Outcome.DEFERRED
+                    else:
+                        done.update(self._commit([one], held))
                 return done
-            message, attempts = batch[0].message, batch[0].attempts
+            message = batch[0].message
             if isinstance(e, Invalid):
                 return {message.id: self._fail(message, e)}
-            error = f"{type(e).__name__}: {e}"
-            if attempts >= self.max_attempts:
-                self.store.set_status(message.id, DEAD, f"after {attempts} attempts: {error}")
-                log.error("message %s is dead after %s attempts: %s", message.id, attempts, error)
-                return {message.id: Outcome.DEAD}
-            log.warning("message %s attempt %s failed, will retry: %s", message.id, attempts, error)
-            return {message.id: Outcome.RETRY}
+            if not isinstance(e, Busy | Conflict | DBAPIError):
+                log.exception("message %s could not be written", message.id)
+            return {message.id: held.note(message, self._transient(message, batch[0].attempts, e))}
+
+    def _transient(self, message: Message, attempts: int, error: Exception) -> Outcome:
+        """RETRY, or DEAD once the attempts are spent (the error is kept)."""
+        text = f"{type(error).__name__}: {error}"
+        if attempts >= self.max_attempts:
+            self.store.set_status(message.id, DEAD, f"after {attempts} attempts: {text}")
+            log.error("message %s is dead after %s attempts: %s", message.id, attempts, text)
+            return Outcome.DEAD
+        log.warning("message %s attempt %s failed, will retry: %s", message.id, attempts, text)
+        return Outcome.RETRY
 
     def _apply(self, tx: Transaction, batch: list[_Prepared]) -> dict[int, Outcome]:
         outcomes: dict[int, Outcome] = {}
@@ -365,6 +383,26 @@ class Pipeline:
 def provenance_id(message: Message) -> str:
     """The id of the Provenance of a message's writes: one per message, stable across replays."""
     return f"message-{message.id}"
+
+
+class _Held:
+    """Subjects (source, order key) with a message this call leaves open to retry, and the
+    later messages about them it held back: those wait for it, as if it were still ahead."""
+
+    def __init__(self) -> None:
+        self.subjects: set[tuple[str, str]] = set()
+        self.deferred: list[int] = []
+
+    def holds(self, message: Message) -> bool:
+        if message.order_key and (message.source, message.order_key) in self.subjects:
+            self.deferred.append(message.id)
+            return True
+        return False
+
+    def note(self, message: Message, outcome: Outcome) -> Outcome:
+        if outcome == Outcome.RETRY and message.order_key:
+            self.subjects.add((message.source, message.order_key))
+        return outcome
 
 
 @dataclass(frozen=True)
