@@ -672,11 +672,22 @@ def test_a_message_that_never_finishes_ends_dead(
         raise RuntimeError("the worker fell over")
 
     monkeypatch.setattr(pipeline_module, "validate", crash)
-    for _ in range(2):  # HUB_INGEST_MAX_ATTEMPTS
-        with pytest.raises(RuntimeError):
-            service.pipeline.process(mid)
+    assert service.pipeline.process(mid) == Outcome.RETRY
     assert service.store.get(mid).status == PROCESSING  # type: ignore[union-attr]
+    assert service.pipeline.process(mid) == Outcome.DEAD  # HUB_INGEST_MAX_ATTEMPTS is 2
+    message = service.store.get(mid)
+    assert message is not None and message.status == DEAD
+    assert message.error is not None and "the worker fell over" in message.error
 
+
+def test_a_message_whose_workers_die_ends_dead(service: IngestService) -> None:
+    """Workers killed while processing it (each attempt counted, none finished): dead."""
+    hold(service)
+    (mid,) = ingest(
+        service, PATIENTS, patients(patient_row(P1)), "patients.csv", wait=False
+    ).message_ids
+    for _ in range(2):  # HUB_INGEST_MAX_ATTEMPTS: two workers took it and died
+        assert service.store.note_attempts([mid]) == {mid: _ + 1}
     assert service.pipeline.process(mid) == Outcome.DEAD
     message = service.store.get(mid)
     assert message is not None and message.status == DEAD
