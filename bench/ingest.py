@@ -695,22 +695,6 @@ def same_resources(url: str) -> int:
 
 # --- the ceiling -----------------------------------------------------------------------------
 
-# Every table a feed message writes to.
-STORED_TABLES = (
-    "messages",
-    "resources",
-    "resource_history",
-    "lineage",
-    "search_token",
-    "search_string",
-    "search_date",
-    "search_number",
-    "search_quantity",
-    "search_reference",
-    "search_uri",
-    "search_composite",
-)
-
 
 @dataclass(frozen=True)
 class CeilingRun:
@@ -734,46 +718,38 @@ def run_ceiling(url: str, data: Dataset, keep: bool) -> CeilingRun:
     """
     target = url.rsplit("/", 1)[0] + "/" + url.rsplit("/", 1)[1] + "_ceiling"
     recreate_database(target)
-    from hub.store.sql import COPY_FROM
+    from hub.store.schema import INDEX_TABLES
+    from hub.store.sql import insert_rows
 
-    rows: dict[str, tuple[str, list[str], list[tuple[Any, ...]]]] = {}
+    # Every table a feed message writes to.
+    stored = ("messages", "resources", "resource_history", "lineage", *INDEX_TABLES)
+    rows: dict[str, tuple[list[str], list[tuple[Any, ...]]]] = {}
     with psycopg.connect(libpq_url(url)) as conn:
-        for table in STORED_TABLES:
+        for table in stored:
             cur = conn.execute(f"SELECT * FROM {table}")
-            names = [d.name for d in cur.description or ()]
-            sql = (
-                f"INSERT INTO {table} ({', '.join(names)}) "
-                f"VALUES ({', '.join(['%s'] * len(names))})"
-            )
-            rows[table] = (sql, names, cur.fetchall())
+            rows[table] = ([d.name for d in cur.description or ()], cur.fetchall())
     csv_rows = data.rows + data.patients
     batches = max(1, -(-csv_rows // BATCH))
     try:
         checkpoint(target)
-        with psycopg.connect(libpq_url(target)) as conn, conn.cursor() as cur:
+        with psycopg.connect(libpq_url(target)) as conn:
             start = time.perf_counter()
             for i in range(batches):
-                parts = {
-                    table: (sql, names, table_rows[n * i // batches : n * (i + 1) // batches])
-                    for table, (sql, names, table_rows) in rows.items()
-                    for n in [len(table_rows)]
-                }
-                # As the hub writes a batch: COPY for a table of many rows, a pipeline for the rest.
-                for table, (_, names, part) in parts.items():
-                    if len(part) >= COPY_FROM:
-                        with cur.copy(f"COPY {table} ({', '.join(names)}) FROM STDIN") as copy:
-                            for row in part:
-                                copy.write_row(row)
-                with conn.pipeline():
-                    for sql, _, part in parts.values():
-                        if 0 < len(part) < COPY_FROM:
-                            cur.executemany(sql, part)
+                # As the hub writes a batch (`insert_rows`): each table's share of this one.
+                insert_rows(
+                    conn,
+                    {
+                        table: (names, values[n * i // batches : n * (i + 1) // batches])
+                        for table, (names, values) in rows.items()
+                        for n in [len(values)]
+                    },
+                )
                 conn.commit()
             seconds = time.perf_counter() - start
     finally:
         if not keep:
             drop_database(target)
-    return CeilingRun(csv_rows, sum(len(r) for _, _, r in rows.values()), seconds)
+    return CeilingRun(csv_rows, sum(len(v) for _, v in rows.values()), seconds)
 
 
 # --- report ----------------------------------------------------------------------------------

@@ -411,34 +411,29 @@ def raw_hub_rows(
     for the others), fresh ids each time: the database's share of the hub's writes, with no
     HTTP, validation, extraction or SQLAlchemy in the way.
     """
-    from hub.store.sql import COPY_FROM, INSERTS
+    from hub.store.sql import insert_rows
 
     template = hub_rows(resources)
-    plan = [(table, *INSERTS[table]) for table, rows in template.items() if rows]
+    columns = {table: list(rows[0]) for table, rows in template.items() if rows}
 
     def commit(conn: psycopg.Connection[Any], cur: psycopg.Cursor[Any]) -> None:
-        fresh: dict[str, str] = {}
-
-        def values(table: str, columns: Sequence[str]) -> list[tuple[Any, ...]]:
-            return [
-                tuple(
-                    fresh.setdefault(v, str(uuid.uuid4())) if c == "res_id" else v
-                    for c in columns
-                    for v in [row.get(c)]
+        fresh: dict[str, str] = {}  # the template's ids -> this commit's
+        insert_rows(
+            conn,
+            {
+                table: (
+                    cols,
+                    [
+                        tuple(
+                            fresh.setdefault(row[c], str(uuid.uuid4())) if c == "res_id" else row[c]
+                            for c in cols
+                        )
+                        for row in template[table]
+                    ],
                 )
-                for row in template[table]
-            ]
-
-        # As the hub writes them: COPY for a table of many rows, one pipeline for the rest.
-        for table, _, columns in plan:
-            if len(template[table]) >= COPY_FROM:
-                with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-                    for row in values(table, columns):
-                        copy.write_row(row)
-        with conn.pipeline():
-            for table, sql, columns in plan:
-                if len(template[table]) < COPY_FROM:
-                    cur.executemany(sql, values(table, columns))
+                for table, cols in columns.items()
+            },
+        )
         conn.commit()
 
     return closed_loop(url, clients, warmup, duration, commit)

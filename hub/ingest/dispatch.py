@@ -74,6 +74,20 @@ def follow_many(
     return done
 
 
+def process_batch(
+    pipeline: Pipeline, message_ids: Sequence[int], resend: Callable[[int], None]
+) -> dict[int, Outcome]:
+    """A batch, then what follows it: those to retry go to `resend`, and the messages that
+    waited for the finished ones are processed (`follow_many`)."""
+    outcomes = pipeline.process_many(message_ids)
+    for message_id, outcome in outcomes.items():
+        if outcome == Outcome.RETRY:
+            resend(message_id)
+    finished = [m for m, o in outcomes.items() if o not in (Outcome.RETRY, Outcome.DEFERRED)]
+    follow_many(pipeline, finished, resend)
+    return outcomes
+
+
 def chunks(message_ids: Sequence[int], size: int) -> list[list[int]]:
     """Ids in id order, `size` at a time: what one task processes in one transaction."""
     ordered = sorted(message_ids)
@@ -159,18 +173,9 @@ class ThreadDispatcher:
         with self._lock:
             self._waiting -= len(message_ids)
         try:
-            outcomes = self.pipeline.process_many(message_ids)
-        except Exception:  # the sweeper will send them again
-            log.exception("processing messages %s..%s failed", message_ids[0], message_ids[-1])
-            return
-        retry = [m for m, o in outcomes.items() if o == Outcome.RETRY]
-        for message_id in retry:
-            self._schedule(message_id, backoff(1), 2)
-        finished = [m for m, o in outcomes.items() if o not in (Outcome.RETRY, Outcome.DEFERRED)]
-        try:
-            follow_many(self.pipeline, finished, lambda m: self._schedule(m, backoff(1), 2))
+            process_batch(self.pipeline, message_ids, lambda m: self._schedule(m, backoff(1), 2))
         except Exception:  # the sweeper will send what is left
-            log.exception("processing the messages after %s failed", message_ids[-1])
+            log.exception("processing messages %s..%s failed", message_ids[0], message_ids[-1])
 
     def _schedule(self, message_id: int, delay: float, round_: int) -> None:
         if self._closed:

@@ -220,17 +220,6 @@ class MessageStore:
         with self.engine.connect() as conn:
             return [r[0] for r in conn.execute(stmt)]
 
-    def note_attempt(self, message_id: int) -> int:
-        """Count an attempt in its own transaction, so a crash mid-processing still counts."""
-        counted = self.note_attempts([message_id])
-        if message_id in counted:
-            return counted[message_id]
-        with self.engine.connect() as conn:  # no longer open: its count as it stands
-            row = conn.execute(
-                select(messages.c.attempts).where(messages.c.id == message_id)
-            ).first()
-        return int(row[0]) if row else 0
-
     def note_attempts(self, message_ids: Sequence[int]) -> dict[int, int]:
         """Count an attempt of each still open message (now `processing`), in its own
         transaction; answer their counts. Those no longer open are left out."""
@@ -321,29 +310,21 @@ class MessageStore:
         with self.engine.connect() as conn:
             return sorted(int(r[0]) for r in conn.execute(stmt))
 
-    def wait_behind(self, message_ids: Sequence[int]) -> None:
-        """Mark messages left for the worker finishing an earlier one (see
-        `hub.ingest.dispatch.follow`); one that worker has taken meanwhile stays as it is."""
+    def wait_behind(self, message_ids: Sequence[int], *, taken: bool = False) -> None:
+        """Mark messages left for the worker finishing an earlier one about their subject (see
+        `hub.ingest.dispatch.follow`): `waiting`. Those still `received`, where one another
+        worker has taken meanwhile stays as it is; `taken`: those this worker took
+        (`processing`) and holds back, their attempt given back."""
         if not message_ids:
             return
+        status, values = (
+            (PROCESSING, {"attempts": messages.c.attempts - 1}) if taken else (RECEIVED, {})
+        )
         with self.engine.connect().execution_options(hub_write=True) as conn, conn.begin():
             conn.execute(
                 update(messages)
-                .where(messages.c.id.in_(list(message_ids)), messages.c.status == RECEIVED)
-                .values(status=WAITING, updated_at=now())
-            )
-
-    def hold_back(self, message_ids: Sequence[int]) -> None:
-        """Messages a worker took (`processing`) and left for an earlier one about their
-        subject that must be retried first: `waiting`, their attempt given back (see
-        `hub.ingest.dispatch.follow`)."""
-        if not message_ids:
-            return
-        with self.engine.connect().execution_options(hub_write=True) as conn, conn.begin():
-            conn.execute(
-                update(messages)
-                .where(messages.c.id.in_(list(message_ids)), messages.c.status == PROCESSING)
-                .values(status=WAITING, attempts=messages.c.attempts - 1, updated_at=now())
+                .where(messages.c.id.in_(list(message_ids)), messages.c.status == status)
+                .values(status=WAITING, updated_at=now(), **values)
             )
 
     def set_status(self, message_id: int, status: str, error: str | None = None) -> None:

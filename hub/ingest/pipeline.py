@@ -112,9 +112,8 @@ class Pipeline:
         blocked = self.store.open_before(found)
         ready, waiting = [], []
         for m in found:
-            subject = (m.source, m.order_key or "")
-            if m.order_key and m.id > blocked.get(subject, m.id):
-                blocked[subject] = min(blocked[subject], m.id)
+            # An earlier message about its subject is open: so it is for the batch's later ones.
+            if m.order_key and blocked.get((m.source, m.order_key), m.id) < m.id:
                 waiting.append(m.id)
                 outcomes[m.id] = Outcome.DEFERRED
             else:
@@ -152,7 +151,7 @@ class Pipeline:
             prepared.append(_Prepared(m, attempts[m.id], mapped))
         if prepared:
             outcomes.update(self._commit(prepared, held))
-        self.store.hold_back(held.deferred)
+        self.store.wait_behind(held.deferred, taken=True)
         return outcomes
 
     def _commit(self, batch: list[_Prepared], held: _Held) -> dict[int, Outcome]:
@@ -281,10 +280,7 @@ class Pipeline:
         provenance: dict[str, Any] = {
             "resourceType": "Provenance",
             "id": provenance_id(message),
-            "target": [
-                {"reference": f"{v.resource_type}/{v.resource_id}/_history/{v.version_id}"}
-                for v in targets
-            ],
+            "target": [{"reference": _reference(v)} for v in targets],
             "recorded": instant(now()),
             "activity": {
                 "coding": [
@@ -365,9 +361,7 @@ class Pipeline:
         done = [
             {
                 "message": message.id,
-                "produced": json.dumps(
-                    [f"{v.resource_type}/{v.resource_id}/_history/{v.version_id}" for v in produced]
-                ),
+                "produced": json.dumps([_reference(v) for v in produced]),
             }
             for message, _, produced in records
         ]
@@ -378,6 +372,10 @@ class Pipeline:
                 .values(status=DONE, error=None, produced=bindparam("produced"), updated_at=at),
                 done,
             )
+
+
+def _reference(v: Version) -> str:
+    return f"{v.resource_type}/{v.resource_id}/_history/{v.version_id}"
 
 
 def provenance_id(message: Message) -> str:

@@ -7,6 +7,7 @@ backoff. The beat schedule runs the sweeper, which re-sends messages left open.
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import timedelta
 from functools import cache
 from typing import Any
@@ -69,27 +70,16 @@ def process_message(self: Any, message_id: int) -> str:
 @app.task(bind=True, name="hub.ingest.tasks.process_messages", max_retries=None)
 def process_messages(self: Any, message_ids: list[int]) -> dict[str, int]:
     """Several messages in one transaction (see `Pipeline.process_many`)."""
-    from hub.ingest.dispatch import backoff, follow_many
-    from hub.ingest.pipeline import Outcome
-
-    pipeline = service().pipeline
+    from hub.ingest.dispatch import backoff, process_batch
 
     def resend(message_id: int) -> None:
         process_message.apply_async((message_id,), countdown=backoff(1))
 
     try:
-        outcomes = pipeline.process_many(message_ids)
-        for message_id, outcome in outcomes.items():
-            if outcome == Outcome.RETRY:
-                resend(message_id)
-        finished = [m for m, o in outcomes.items() if o not in (Outcome.RETRY, Outcome.DEFERRED)]
-        follow_many(pipeline, finished, resend)
+        outcomes = process_batch(service().pipeline, message_ids, resend)
     except Exception as e:  # idempotent: what is done is skipped the next time
         raise self.retry(countdown=backoff(self.request.retries + 1), exc=e) from e
-    counts: dict[str, int] = {}
-    for outcome in outcomes.values():
-        counts[str(outcome)] = counts.get(str(outcome), 0) + 1
-    return counts
+    return dict(Counter(str(o) for o in outcomes.values()))
 
 
 @app.task(name="hub.ingest.tasks.sweep_task")

@@ -11,7 +11,8 @@ its own and reports each entry's outcome.
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -123,6 +124,8 @@ def _rewrite(value: Any, resolve: Callable[[str], str | None]) -> Any:
 
 
 def _located(index: int, error: HubError) -> HubError:
+    if error.message.startswith("Bundle.entry["):  # an entry's own error, located already
+        return error
     where = f"Bundle.entry[{index}]"
     issues = []
     for issue in error.issues:
@@ -202,88 +205,67 @@ def _transaction(ctx: Context, req: Request, entries: list[Any], dispatch: Dispa
     order = sorted(range(len(requests)), key=lambda i: _ORDER[requests[i].method])
     results: dict[int, Result] = {}
     targets: dict[str, int] = {}
-    committing = False
-    try:
-        with ctx.repo.transaction() as tx:
-            _steps(ctx, req, requests, full_urls, order, results, targets, tx, dispatch)
-            committing = True
-    except Conflict as e:
-        # The new resources go in at the commit; one whose id was taken meanwhile fails there.
-        entry = _entry_of(e, targets, -1)
-        if committing and entry >= 0:
-            raise _located(entry, e) from None
-        raise
+    with _locating(targets), ctx.repo.transaction() as tx:
+        # 1. Deletes, then ids for everything about to be written.
+        for i in order:
+            r = requests[i]
+            if r.method == "DELETE":
+                results[i] = _run(ctx, i, r, tx, dispatch, targets)
+        aliases: dict[str, str] = {}
+        for i in order:
+            r = requests[i]
+            if r.method not in ("POST", "PUT", "PATCH"):
+                continue
+            try:
+                _assign_id(ctx, tx, r, results, i)
+            except HubError as e:
+                raise _located(i, e) from None
+            if r.resource_id is not None:
+                key = f"{r.resource_type}/{r.resource_id}"
+                if key in targets and i not in results:
+                    raise _located(
+                        i,
+                        Invalid(
+                            f"{key} is changed by entry {targets[key]} too; a transaction changes "
+                            "each resource once"
+                        ),
+                    )
+                targets[key] = i
+                alias = full_urls[i]
+                if isinstance(alias, str) and alias:
+                    aliases[alias] = key
+
+        # 2. Rewrite references to fullUrls and conditional references.
+        def resolve(reference: str) -> str | None:
+            if reference in aliases:
+                return aliases[reference]
+            type_, sep, query = reference.partition("?")
+            if sep and is_resource_type(type_):
+                found = matches(
+                    ctx, tx, type_, parse_qsl(query, keep_blank_values=True), req.base_url
+                )
+                if len(found) != 1:
+                    raise PreconditionFailed(
+                        f"The conditional reference '{reference}' matches {len(found)} resources; "
+                        "it must match exactly one"
+                    )
+                return f"{type_}/{found[0].resource_id}"
+            return None
+
+        for i in order:
+            r = requests[i]
+            if i in results or r.method not in ("POST", "PUT"):
+                continue
+            try:
+                r.body = _rewrite(r.body, resolve)
+            except HubError as e:
+                raise _located(i, e) from None
+        # 3. Writes and reads in the spec's order.
+        for i in order:
+            if i not in results:
+                results[i] = _run(ctx, i, requests[i], tx, dispatch, targets)
     out = [_entry_response(requests[i], results[i]) for i in range(len(requests))]
     return Result(200, body=bundle("transaction-response", out, []))
-
-
-def _steps(
-    ctx: Context,
-    req: Request,
-    requests: list[Request],
-    full_urls: list[Any],
-    order: list[int],
-    results: dict[int, Result],
-    targets: dict[str, int],
-    tx: Transaction,
-    dispatch: Dispatch,
-) -> None:
-    # 1. Deletes, then ids for everything about to be written.
-    for i in order:
-        r = requests[i]
-        if r.method == "DELETE":
-            results[i] = _run(ctx, i, r, tx, dispatch, targets)
-    aliases: dict[str, str] = {}
-    for i in order:
-        r = requests[i]
-        if r.method not in ("POST", "PUT", "PATCH"):
-            continue
-        try:
-            _assign_id(ctx, tx, r, results, i)
-        except HubError as e:
-            raise _located(i, e) from None
-        if r.resource_id is not None:
-            key = f"{r.resource_type}/{r.resource_id}"
-            if key in targets and i not in results:
-                raise _located(
-                    i,
-                    Invalid(
-                        f"{key} is changed by entry {targets[key]} too; a transaction changes "
-                        "each resource once"
-                    ),
-                )
-            targets[key] = i
-            alias = full_urls[i]
-            if isinstance(alias, str) and alias:
-                aliases[alias] = key
-
-    # 2. Rewrite references to fullUrls and conditional references.
-    def resolve(reference: str) -> str | None:
-        if reference in aliases:
-            return aliases[reference]
-        type_, sep, query = reference.partition("?")
-        if sep and is_resource_type(type_):
-            found = matches(ctx, tx, type_, parse_qsl(query, keep_blank_values=True), req.base_url)
-            if len(found) != 1:
-                raise PreconditionFailed(
-                    f"The conditional reference '{reference}' matches {len(found)} resources; "
-                    "it must match exactly one"
-                )
-            return f"{type_}/{found[0].resource_id}"
-        return None
-
-    for i in order:
-        r = requests[i]
-        if i in results or r.method not in ("POST", "PUT"):
-            continue
-        try:
-            r.body = _rewrite(r.body, resolve)
-        except HubError as e:
-            raise _located(i, e) from None
-    # 3. Writes and reads in the spec's order.
-    for i in order:
-        if i not in results:
-            results[i] = _run(ctx, i, requests[i], tx, dispatch, targets)
 
 
 def _assign_id(
@@ -326,6 +308,17 @@ def _run(
         return dispatch(ctx, r, tx)
     except HubError as e:
         raise _located(_entry_of(e, targets, i), e) from None
+
+
+@contextmanager
+def _locating(targets: dict[str, int]) -> Iterator[None]:
+    """New resources go in together, at the next statement or the commit: a create that lost
+    its race fails there, outside its entry, and is named by the entry that wrote it."""
+    try:
+        yield
+    except Conflict as e:
+        entry = _entry_of(e, targets, -1)
+        raise (_located(entry, e) if entry >= 0 else e) from None
 
 
 def _entry_of(error: HubError, targets: dict[str, int], default: int) -> int:

@@ -150,18 +150,43 @@ def _current_row(new: NewVersion) -> dict[str, Any]:
     return {**_row_values(new), "res_type": new.resource_type, "res_id": new.resource_id}
 
 
+def _history_row(new: NewVersion) -> dict[str, Any]:
+    return {**_current_row(new), "method": new.method}
+
+
 _TABLES = {t.name: t for t in (resources, resource_history, *INDEX_TABLES.values(), lineage)}
-# From this many rows a table's new rows go by COPY (see SqlTransaction._insert_pipelined).
-COPY_FROM = 200
-# Plain INSERTs of every column but the generated history `seq`, for psycopg's executemany.
-INSERTS = {
-    name: (
-        f"INSERT INTO {name} ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})",
-        cols,
-    )
-    for name, table in _TABLES.items()
-    for cols in [tuple(c.name for c in table.columns if c.name != "seq")]
+# Every column but the generated history `seq`: what a new row of each table carries.
+_COLUMNS = {
+    name: tuple(c.name for c in table.columns if c.name != "seq") for name, table in _TABLES.items()
 }
+# From this many rows a table's new rows go by COPY (see `insert_rows`).
+COPY_FROM = 200
+
+
+def insert_rows(
+    driver: psycopg.Connection[Any], rows: Mapping[str, tuple[Sequence[str], Sequence[Any]]]
+) -> None:
+    """Insert rows of several tables (name -> (columns, value tuples)) straight through psycopg.
+
+    A table of many rows (a batch of feed messages) goes by COPY, a round trip but a fraction
+    of executemany's time a row; the others in one pipeline, one round trip for all (libpq
+    before 14 has no pipeline mode: then one a table). No SQLAlchemy statement is built: that
+    was a third of a create's time.
+    """
+    with driver.cursor() as cursor:
+        for name, (columns, values) in rows.items():
+            if len(values) >= COPY_FROM:
+                with cursor.copy(f"COPY {name} ({', '.join(columns)}) FROM STDIN") as copy:
+                    for value in values:
+                        copy.write_row(value)
+        pipeline = driver.pipeline() if psycopg.Pipeline.is_supported() else nullcontext()
+        with pipeline:
+            for name, (columns, values) in rows.items():
+                if 0 < len(values) < COPY_FROM:
+                    marks = ", ".join(["%s"] * len(columns))
+                    cursor.executemany(
+                        f"INSERT INTO {name} ({', '.join(columns)}) VALUES ({marks})", values
+                    )
 
 
 _DUPLICATE_KEY = re.compile(r"\(res_type, res_id\)=\(([^,]+), ([^)]+)\)")
@@ -219,14 +244,23 @@ class SqlTransaction:
             return
         rows: dict[str, list[dict[str, Any]]] = {
             "resources": [_current_row(n) for n in pending],
-            "resource_history": [{**_current_row(n), "method": n.method} for n in pending],
+            "resource_history": [_history_row(n) for n in pending],
         }
         for name in INDEX_TABLES:
             rows[name] = [row for n in pending for row in n.index.get(name, ())]
         rows.update(added)
         try:
             if self.dialect == "postgresql":
-                self._insert_pipelined(rows)
+                driver = self.conn.connection.dbapi_connection
+                assert isinstance(driver, psycopg.Connection)
+                insert_rows(
+                    driver,
+                    {
+                        name: (cols, [tuple(r.get(c) for c in cols) for r in table_rows])
+                        for name, table_rows in rows.items()
+                        for cols in [_COLUMNS[name]]
+                    },
+                )
             else:
                 for name, table_rows in rows.items():
                     if table_rows:
@@ -244,31 +278,16 @@ class SqlTransaction:
                 self.conn.invalidate()
             raise DBAPIError.instance(None, None, e, psycopg.Error) from None
 
-    def _insert_pipelined(self, rows: Mapping[str, list[dict[str, Any]]]) -> None:
-        # Straight to psycopg, without a SQLAlchemy statement per table (a third of a create's
-        # time): a table with many rows (a batch of feed messages) by COPY, which costs a round
-        # trip but a fraction of executemany's time a row; the others in one pipeline, one
-        # round trip for all (libpq before 14 has no pipeline mode: then one a table).
-        driver = self.conn.connection.dbapi_connection
-        assert isinstance(driver, psycopg.Connection)
-        with driver.cursor() as cursor:
-            for name, table_rows in rows.items():
-                if len(table_rows) >= COPY_FROM:
-                    columns = INSERTS[name][1]
-                    with cursor.copy(f"COPY {name} ({', '.join(columns)}) FROM STDIN") as copy:
-                        for r in table_rows:
-                            copy.write_row(tuple(r.get(c) for c in columns))
-            few = {n: r for n, r in rows.items() if 0 < len(r) < COPY_FROM}
-            pipeline = driver.pipeline() if psycopg.Pipeline.is_supported() else nullcontext()
-            with pipeline:
-                for name, table_rows in few.items():
-                    sql, columns = INSERTS[name]
-                    cursor.executemany(sql, [tuple(r.get(c) for c in columns) for r in table_rows])
-
     def prefetch(self, keys: Sequence[tuple[str, str]]) -> None:
         wanted = [k for k in dict.fromkeys(keys) if k not in self._known]
+        found = self._currents(wanted)
+        for key in wanted:
+            self._known[key] = found.get(key)
+
+    def _currents(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Version]:
+        """The current versions (deleted ones too) of these resources, one query a type."""
         by_type: dict[str, list[str]] = {}
-        for resource_type, resource_id in wanted:
+        for resource_type, resource_id in keys:
             by_type.setdefault(resource_type, []).append(resource_id)
         found: dict[tuple[str, str], Version] = {}
         for resource_type, ids in by_type.items():
@@ -278,11 +297,10 @@ class SqlTransaction:
                 )
             ):
                 found[(row[0], row[1])] = version_of(row)
-        for key in wanted:
-            self._known[key] = found.get(key)
+        return found
 
     def add_rows(self, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
-        if table.name not in INSERTS:
+        if table.name not in _TABLES:
             raise ValueError(f"{table.name} is not a table of the store's writes")
         self._added.setdefault(table.name, []).extend(dict(r) for r in rows)
 
@@ -334,14 +352,7 @@ class SqlTransaction:
             ).rowcount
             if changed != 1:
                 raise self._lost_race(new)
-            self._execute(
-                insert(resource_history).values(
-                    res_type=new.resource_type,
-                    res_id=new.resource_id,
-                    method=new.method,
-                    **_row_values(new),
-                )
-            )
+            self._execute(insert(resource_history).values(**_history_row(new)))
         except IntegrityError:
             raise self._lost_race(new) from None
         except OperationalError as e:
@@ -397,21 +408,8 @@ class SqlTransaction:
                 self._execute(insert(table), rows)
 
     def load(self, keys: Sequence[tuple[str, str]]) -> list[Version]:
-        if not keys:
-            return []
-        found: dict[tuple[str, str], Version] = {}
-        by_type: dict[str, list[str]] = {}
-        for resource_type, resource_id in keys:
-            by_type.setdefault(resource_type, []).append(resource_id)
-        for resource_type, ids in by_type.items():
-            stmt = select(*_CURRENT_COLUMNS).where(
-                resources.c.res_type == resource_type,
-                resources.c.res_id.in_(ids),
-                resources.c.deleted.is_(False),
-            )
-            for row in self._execute(stmt):
-                found[(row[0], row[1])] = version_of(row)
-        return [found[k] for k in keys if k in found]
+        found = self._currents(keys)
+        return [v for k in keys if (v := found.get(k)) is not None and not v.deleted]
 
     def _history_where(
         self, resource_type: str | None, resource_id: str | None, since: datetime | None
