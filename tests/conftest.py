@@ -2,9 +2,11 @@
 
 Every storage-touching test runs on both backends through the `backend`
 parameter. PostgreSQL tests get a database of their own per test run (one per
-xdist worker), created on the server at HUB_TEST_POSTGRES_URL; tables are
-emptied before each test. With CI=true an unreachable server fails the run
-instead of skipping.
+xdist worker), created on the server at HUB_TEST_POSTGRES_URL (by default the
+`postgres` database of 127.0.0.1:5432, which every stock server has); tables
+are emptied before each test. With CI=true an unreachable server fails the run
+instead of skipping, and without CI the run ends with a banner counting the
+tests skipped for want of a server.
 """
 
 from __future__ import annotations
@@ -31,10 +33,13 @@ T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS = ROOT / "alembic"
-SHARED = ROOT.parent / "shared"
-PG_SERVER = os.environ.get("HUB_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+PG_SERVER = os.environ.get("HUB_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 TABLES = (*INDEX_TABLES, "resource_history", "resources", "lineage", "messages")
+
+
+# What a skip for want of a server says, so that the summary can count them.
+UNREACHABLE = "is unreachable"
 
 
 def _pg_unavailable() -> str | None:
@@ -42,7 +47,24 @@ def _pg_unavailable() -> str | None:
         with psycopg.connect(PG_SERVER, connect_timeout=3):
             return None
     except psycopg.OperationalError as e:
-        return f"PostgreSQL at {PG_SERVER} is unreachable: {e}"
+        return f"PostgreSQL at {PG_SERVER} {UNREACHABLE}: {e}"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say loudly when tests were skipped because a server was missing: green is not whole."""
+    missed = [
+        r
+        for r in terminalreporter.stats.get("skipped", [])
+        if UNREACHABLE in str(getattr(r, "longrepr", "")) or "not installed" in str(r.longrepr)
+    ]
+    if missed:
+        terminalreporter.write_sep(
+            "!",
+            f"{len(missed)} tests were SKIPPED: a server they need is missing "
+            "(see the skip reasons above; CI=true makes this a failure)",
+            red=True,
+            bold=True,
+        )
 
 
 def race(n: int, work: Callable[[int], T]) -> list[T]:

@@ -1,7 +1,8 @@
 """Feed ingestion with real Celery processes: a killed worker, a restarted broker.
 
-PostgreSQL, the real Redis on loopback (a database number of our own) and
-real `hub worker` and `hub beat` processes. A CSV file of 1500 rows (more with
+PostgreSQL, a real Redis server of the test's own (started on a free port, so
+that the machine's Redis is never touched) and real `hub worker` and `hub beat`
+processes. A CSV file of 1500 rows (more with
 HUB_TEST_CELERY_ROWS) is ingested with `hub ingest --no-wait`; mid-file the
 worker is killed with SIGKILL and started again, or Redis is shut down without
 saving (every queued task is lost) and started again. The beat's sweeper must
@@ -9,9 +10,9 @@ send again whatever was lost, and in the end every row is `done`, once: one
 resource per key, no extra versions, one Provenance and one set of lineage rows
 per message.
 
-Both tests take a file lock, so that under xdist they never overlap (one of
-them restarts the shared Redis). With CI=true an unreachable Redis or
-PostgreSQL is a failure, not a skip.
+The tests take a file lock, so that under xdist they never overlap: each keeps
+two CPUs busy for half a minute. With CI=true a missing `redis-server` or an
+unreachable PostgreSQL is a failure, not a skip.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -39,47 +42,72 @@ from hub.store.schema import lineage, messages, resource_history, resources
 
 pytestmark = [pytest.mark.celery, pytest.mark.postgres]
 
-REDIS_PORT = 6379
-REDIS_DB = int(os.environ.get("HUB_TEST_REDIS_DB", "5"))  # ours alone on the shared server
-BROKER = f"redis://127.0.0.1:{REDIS_PORT}/{REDIS_DB}"
-REDIS_START = [
-    "redis-server",
-    "--daemonize",
-    "yes",
-    "--bind",
-    "127.0.0.1",
-    "--port",
-    str(REDIS_PORT),
-    "--save",
-    "",
-    "--appendonly",
-    "no",
-]
 # Rows of the file: enough to be mid-file for seconds on a 2-CPU machine, few enough for the
 # two tests to stay under 90 s there (about 25 s each when idle); HUB_TEST_CELERY_ROWS for more.
 ROWS = int(os.environ.get("HUB_TEST_CELERY_ROWS", "1500"))
 CORRECTED = range(0, ROWS, 100)  # these patients get a second, corrected row at the end
 HUB = str(Path(sys.executable).with_name("hub"))
+REDIS_SERVER = shutil.which("redis-server")
 LOCK = Path("/tmp/fhir-hub-celery-tests.lock")
 # Seconds for a file to be processed: about 25 on an idle 2-CPU machine, several times that
 # on a busy one; past it the test fails, with the message counts and the process logs.
 DEADLINE = 180.0
 
 
-def _redis_unavailable() -> str | None:
-    try:
-        redis.Redis(port=REDIS_PORT, socket_connect_timeout=2).ping()
-        return None
-    except redis.RedisError as e:
-        return f"Redis at 127.0.0.1:{REDIS_PORT} is unreachable: {e}"
+class RedisServer:
+    """A redis-server of the test's own, on a free port, without persistence.
+
+    `restart()` stops it without saving (every queued task is lost) and starts it again
+    on the same port, as a broker restart in production would.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        args = ["--bind", "127.0.0.1", "--port", str(self.port), "--save", ""]
+        args += ["--appendonly", "no", "--dir", str(self.folder)]
+        log = (self.folder / "redis.log").open("ab")
+        self.popen = subprocess.Popen(
+            [REDIS_SERVER, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.client().ping()
+                return
+            except redis.RedisError:
+                assert self.popen.poll() is None, (self.folder / "redis.log").read_text()
+                assert time.monotonic() < deadline, "Redis did not start within 10 s"
+                time.sleep(0.05)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_connect_timeout=2)
+
+    def stop(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(timeout=10)
+
+    def restart(self) -> None:
+        with contextlib.suppress(redis.RedisError):
+            self.client().shutdown(nosave=True)
+        assert self.popen is not None
+        self.popen.wait(timeout=10)
+        self.start()
 
 
-def start_redis() -> None:
-    subprocess.run(REDIS_START, check=True, timeout=10, capture_output=True)
-    deadline = time.monotonic() + 10
-    while _redis_unavailable() is not None:
-        assert time.monotonic() < deadline, "Redis did not come back within 10 s"
-        time.sleep(0.05)
+def _redis_missing() -> str | None:
+    if REDIS_SERVER is None:
+        return "redis-server is not installed (the Celery tests start one of their own)"
+    return None
 
 
 class Process:
@@ -120,8 +148,10 @@ def _group_alive(pgid: int) -> bool:
 class Hub:
     """The processes of one test and its view of the database."""
 
-    def __init__(self, env: dict[str, str], logs: Path, engine: Engine) -> None:
-        self.env, self.logs, self.engine = env, logs, engine
+    def __init__(
+        self, env: dict[str, str], logs: Path, engine: Engine, broker: RedisServer
+    ) -> None:
+        self.env, self.logs, self.engine, self.broker = env, logs, engine, broker
         self.processes: list[Process] = []
         self.worker: Process | None = None
 
@@ -198,32 +228,29 @@ def take_lock(lock: IO[str], timeout: float = 600) -> None:
 
 @pytest.fixture()
 def hub(postgres_url: str, tmp_path: Path) -> Iterator[Hub]:
-    require_server(_redis_unavailable())
+    require_server(_redis_missing())
     with LOCK.open("w") as lock:
         take_lock(lock)
         engine = create_engine(postgres_url)
         with engine.begin() as conn:
             for table in TABLES:
                 conn.execute(text(f"DELETE FROM {table}"))
-        redis.Redis(port=REDIS_PORT, db=REDIS_DB).flushdb()
+        broker = RedisServer(tmp_path)
         env = {
             **os.environ,
             "HUB_DATABASE_URL": postgres_url,
-            "HUB_BROKER_URL": BROKER,
+            "HUB_BROKER_URL": broker.url,
             "HUB_INGEST_STALE_SECONDS": "3",
             "HUB_INGEST_SWEEP_SECONDS": "1",
             "HUB_DB_POOL_SIZE": "2",
             "PYTHONUNBUFFERED": "1",
         }
-        hub = Hub(env, tmp_path, engine)
+        hub = Hub(env, tmp_path, engine, broker)
         try:
             yield hub
         finally:
             hub.close()
-            if _redis_unavailable() is None:
-                redis.Redis(port=REDIS_PORT, db=REDIS_DB).flushdb()
-            else:  # a test that failed with Redis down must not leave it down for others
-                start_redis()
+            broker.stop()
             engine.dispose()
 
 
@@ -315,16 +342,9 @@ def test_a_redis_restart_mid_file_loses_nothing_and_duplicates_nothing(
     hub.ingest(synthea_file)
 
     hub.wait(lambda c: c.get(DONE, 0) >= MESSAGES // 5, DEADLINE, "a fifth of the rows")
-    queued = redis.Redis(port=REDIS_PORT, db=REDIS_DB).llen("celery")
+    queued = hub.broker.client().llen("celery")
     assert queued > 0, "nothing was queued when Redis was restarted"
-    try:  # every queued task is lost: Redis runs without persistence
-        subprocess.run(
-            ["redis-cli", "-p", str(REDIS_PORT), "shutdown", "nosave"],
-            timeout=10,
-            capture_output=True,
-        )
-    finally:
-        start_redis()
+    hub.broker.restart()  # every queued task is lost: Redis runs without persistence
     assert hub.counts().get(DONE, 0) < MESSAGES, "the file was done before Redis restarted"
 
     assert_every_row_done_once(hub)
@@ -345,3 +365,30 @@ def test_celery_dispatcher_counts_the_tasks_waiting_in_the_broker(hub: Hub) -> N
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["0", "2"]  # [101, 102] and [103]
+
+
+def test_beat_leaves_nothing_on_disk(hub: Hub, tmp_path: Path) -> None:
+    """The sweeper's schedule lives in memory: no schedule file, no folder in TMPDIR."""
+    temp, work = tmp_path / "tmp", tmp_path / "cwd"
+    temp.mkdir()
+    work.mkdir()
+    hub.env["TMPDIR"] = str(temp)
+    beat = subprocess.Popen(
+        [HUB, "beat", "--loglevel", "info"],
+        env=hub.env,
+        cwd=work,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not hub.broker.client().llen("hub.sweep"):  # the first sweep was sent
+            assert beat.poll() is None, "hub beat exited"
+            assert time.monotonic() < deadline, "hub beat sent no sweep within 60 s"
+            time.sleep(0.1)
+    finally:
+        os.killpg(beat.pid, signal.SIGTERM)
+        beat.wait(timeout=30)
+    assert list(temp.iterdir()) == []
+    assert list(work.iterdir()) == []

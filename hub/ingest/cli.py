@@ -132,13 +132,11 @@ def worker(concurrency: int, loglevel: str) -> None:
 def beat(loglevel: str) -> None:
     if not _broker():
         raise click.ClickException("HUB_BROKER_URL is not set; `hub serve` sweeps by itself")
-    import tempfile
-
     from hub.ingest.tasks import app
 
-    # The schedule file only remembers when the sweep last ran: a private one per beat.
-    schedule = Path(tempfile.mkdtemp(prefix="hub-beat-")) / "schedule"
-    app.start(["beat", f"--loglevel={loglevel}", f"--schedule={schedule}"])
+    # The schedule is kept in memory: its only state is when the sweep last ran, and a
+    # restarted beat sweeping at once is harmless. Nothing is left on disk.
+    app.start(["beat", f"--loglevel={loglevel}", "--scheduler=celery.beat:Scheduler"])
 
 
 @click.group(help="Inspect, retry and replay stored feed messages.")
