@@ -5,6 +5,13 @@ bytes are the header line and the row, as CSV; its external id is the
 mapping name and a digest of those bytes, so an identical resend is a
 duplicate while a corrected row is a new message (that updates the same
 resources, whose ids come from the mapping's key columns).
+
+A cell longer than HUB_CSV_MAX_CELL_CHARS makes its row a bad row: stored like
+any other, and rejected when parsed, naming its line and column; the rest of
+the file goes on. The csv module's own field limit is process-wide: it is
+raised to that size, never lowered, and a row it still refuses is read by hand
+(`_read_record`), so that its column is named and the next row starts where it
+should.
 """
 
 from __future__ import annotations
@@ -14,12 +21,14 @@ import csv
 import hashlib
 import io
 import re
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO
 
 from hub.ingest.adapters import Unit
 from hub.ingest.mapping import Mapped, Mapper, MappingError
+from hub.settings import get_settings
 
 # Bytes that are not UTF-8 are carried as lone surrogates ("surrogateescape"), so a row
 # in another encoding is stored with its bytes as they came, and rejected, naming its column.
@@ -31,6 +40,95 @@ _SURROGATE = re.compile("[\udc80-\udcff]")
 
 def _undecodable(text: str) -> bool:
     return _SURROGATE.search(text) is not None
+
+
+_FIELD_LIMIT_LOCK = threading.Lock()
+
+
+def _allow_cells(chars: int) -> None:
+    """Let csv.reader read cells of `chars` characters. Its limit is one for the whole
+    process: raise it, never lower it, as another reader in the process may need more."""
+    with _FIELD_LIMIT_LOCK:
+        if csv.field_size_limit() < chars:
+            csv.field_size_limit(chars)
+
+
+class _Lines:
+    """The lines of a text stream, as csv.reader takes them, keeping those of the record
+    being read: when csv.reader refuses a record, `_read_record` reads it again from them."""
+
+    def __init__(self, text: Iterator[str]) -> None:
+        self.text = text
+        self.count = 0
+        self.record: list[str] = []
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.text)
+        self.count += 1
+        self.record.append(line)
+        return line
+
+
+_START, _FIELD, _QUOTED, _QUOTE = range(4)
+_NEWLINE = "\r\n"
+
+
+def _read_record(first: list[str], more: Iterator[str]) -> list[str] | None:
+    """One record of the excel dialect, read as csv.reader reads it but without its field
+    limit: from the lines `first`, then from `more` while a quoted field is open. Blank
+    lines before it are skipped; None at the end of the data.
+
+    Only used for the records csv.reader refuses, so it may be slow; what matters is that
+    the record ends where csv.reader would end it.
+    """
+    fields: list[str] = []
+    cell: list[str] = []
+    state, started = _START, False
+    pending = iter(first)
+    while True:
+        line = next(pending, None)
+        if line is None:
+            line = next(more, None)
+        if line is None:  # end of the data: an open quoted field ends here (not strict)
+            if not started:
+                return None
+            break
+        if not started and not line.strip(_NEWLINE):
+            continue
+        started = True
+        for c in line:
+            if state == _QUOTED:
+                if c == '"':
+                    state = _QUOTE
+                else:
+                    cell.append(c)
+            elif c == '"' and state in (_START, _QUOTE):
+                if state == _QUOTE:
+                    cell.append(c)  # a doubled quote
+                state = _QUOTED
+            elif c == ",":
+                fields.append("".join(cell))
+                cell, state = [], _START
+            elif c in _NEWLINE:
+                pass  # the record ends with the line
+            else:
+                cell.append(c)
+                state = _FIELD
+        if state != _QUOTED:
+            break
+    fields.append("".join(cell))
+    return fields
+
+
+def _read_all(text: str) -> list[list[str]]:
+    lines = iter(io.StringIO(text))
+    rows = []
+    while (row := _read_record([], lines)) is not None:
+        rows.append(row)
+    return rows
 
 
 def _line(row: list[str]) -> str:
@@ -45,18 +143,32 @@ class CsvAdapter:
     content_types: tuple[str, ...] = ("text/csv", "application/csv")
     mappings_dir: Path | None = None
 
+    def __init__(self, max_cell_chars: int | None = None) -> None:
+        self.max_cell_chars = max_cell_chars or get_settings().csv_max_cell_chars
+        _allow_cells(self.max_cell_chars)
+
     def split(self, stream: IO[bytes], origin: str, mapping: str) -> Iterator[Unit]:
         text = codecs.getreader("utf-8-sig")(stream, errors=_ERRORS)
-        reader = csv.reader(text)
+        lines = _Lines(text)
+        reader = csv.reader(lines)
         try:
             header = next(reader)
         except StopIteration:
             return
+        except csv.Error as e:
+            raise MappingError(f"{origin} line 1: the header line cannot be read: {e}") from None
         header_line = _line(header)
-        line = reader.line_num
-        for row in reader:
-            start, line = line + 1, reader.line_num
-            if not any(cell.strip() for cell in row):
+        while True:
+            start, lines.record = lines.count + 1, []
+            try:
+                row: list[str] | None = next(reader)
+            except StopIteration:
+                return
+            except csv.Error:
+                # A cell over csv's field limit: read the row by hand, so that it is stored
+                # (and rejected, naming the column) and the next one starts where it should.
+                row = _read_record(list(lines.record), lines)
+            if row is None or not any(cell.strip() for cell in row):
                 continue
             raw = (header_line + _line(row)).encode("utf-8", _ERRORS)
             digest = hashlib.sha256(raw).hexdigest()[:40]
@@ -64,7 +176,10 @@ class CsvAdapter:
 
     def parse(self, raw: bytes) -> Mapping[str, str]:
         text = raw.decode("utf-8", _ERRORS)
-        rows = list(csv.reader(io.StringIO(text)))
+        try:
+            rows = list(csv.reader(io.StringIO(text)))
+        except csv.Error:  # a cell over csv's field limit: read by hand, to name its column
+            rows = _read_all(text)
         if len(rows) != 2:
             raise MappingError("a CSV unit holds a header line and one row")
         header, row = rows
@@ -80,6 +195,13 @@ class CsvAdapter:
             for name, value in record.items():
                 if _undecodable(value):
                     raise MappingError("the value is not UTF-8 text", name)
+        for name, value in record.items():
+            if len(value) > self.max_cell_chars:
+                raise MappingError(
+                    f"the value is {len(value)} characters long, over the limit of "
+                    f"{self.max_cell_chars} (HUB_CSV_MAX_CELL_CHARS)",
+                    name,
+                )
         return record
 
     def map(self, record: Mapping[str, str], mapper: Mapper) -> Mapped:
