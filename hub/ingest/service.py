@@ -247,19 +247,18 @@ class IngestService:
         return summary
 
     def _tally(self, summary: Summary) -> None:
-        """Resources written, and the outcome of each unit: a unit repeated (in the input, or
-        sent before) has the outcome of its message."""
+        """Resources written, and the outcome of each message (a unit repeated in the input is
+        one message; one sent before has the outcome of its first delivery)."""
         summary.resources = 0
         summary.errors = []
         summary.not_done = []
-        units = Counter(summary.message_ids)
-        ids = list(units)
+        ids = list(dict.fromkeys(summary.message_ids))
         counts: Counter[str] = Counter()
         for start in range(0, len(ids), 1000):
             for message_id, status, produced, error, origin in self.store.results(
                 ids[start : start + 1000]
             ):
-                counts[status] += units[message_id]
+                counts[status] += 1
                 if message_id not in summary.duplicate_ids:
                     summary.resources += sum(1 for p in produced if not p.startswith("Provenance/"))
                 if status == DONE:
