@@ -78,8 +78,8 @@ _NEWLINE = "\r\n"
 
 def _read_record(first: list[str], more: Iterator[str]) -> list[str] | None:
     """One record of the excel dialect, read as csv.reader reads it but without its field
-    limit: from the lines `first`, then from `more` while a quoted field is open. Blank
-    lines before it are skipped; None at the end of the data.
+    limit: from the lines `first`, then from `more` while a quoted field is open. A blank
+    line is an empty record, as for csv.reader; None at the end of the data.
 
     Only used for the records csv.reader refuses, so it may be slow; what matters is that
     the record ends where csv.reader would end it.
@@ -97,7 +97,7 @@ def _read_record(first: list[str], more: Iterator[str]) -> list[str] | None:
                 return None
             break
         if not started and not line.strip(_NEWLINE):
-            continue
+            return []
         started = True
         for c in line:
             if state == _QUOTED:
@@ -157,6 +157,11 @@ class CsvAdapter:
             return
         except csv.Error as e:
             raise MappingError(f"{origin} line 1: the header line cannot be read: {e}") from None
+        if any(len(name) > self.max_cell_chars for name in header):
+            raise MappingError(
+                f"{origin} line 1: the header line has a column name over "
+                f"{self.max_cell_chars} characters (HUB_CSV_MAX_CELL_CHARS)"
+            )
         header_line = _line(header)
         while True:
             start, lines.record = lines.count + 1, []
