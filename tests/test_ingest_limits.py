@@ -151,7 +151,7 @@ def test_a_header_over_the_limit_refuses_the_file_and_stores_nothing(
 ) -> None:
     for name in ("B" * HUGE, "B" * 131073):  # over csv's field limit, and over the hub's only
         data = ("A," + name + "\n1,2\n").encode()
-        with pytest.raises(Invalid, match="header.csv line 1: the header line "):
+        with pytest.raises(Invalid, match=r"header\.csv line 1: the header line "):
             ingest(service, PATIENTS, data, "header.csv")
     assert stored(service) == []
 
