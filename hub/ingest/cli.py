@@ -87,12 +87,10 @@ def ingest(
     service = _service(dispatcher=None if _broker() else "inline")
     try:
         # Refused before any file is read: the same for every file.
-        service.adapters.get(adapter)
-        service.mapping(adapter, mapping)
-        if source is not None:
-            from hub.ingest.messages import check_source
+        from hub.ingest.messages import check_source
 
-            check_source(source)
+        service.adapters.get(adapter)
+        check_source(source or service.mapping(adapter, mapping).source)
     except (HubError, LookupError) as e:
         service.close()
         raise Refused(str(e)) from None

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, exists, func, or_, select, tuple_, update
+from sqlalchemy import Column, Engine, and_, exists, func, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from hub.errors import Invalid
@@ -31,11 +31,19 @@ OPEN = (RECEIVED, WAITING, PROCESSING)
 # Column sizes, checked here: SQLite does not enforce them and PostgreSQL would refuse the
 # whole batch. A text PostgreSQL cannot store (NUL, or bytes that were not UTF-8, carried
 # as lone surrogates) is refused the same way on both.
-SOURCE_MAX = messages.c.source.type.length
-CONTENT_TYPE_MAX = messages.c.content_type.type.length
-_KEY_MAX = messages.c.order_key.type.length
-_EXTERNAL_ID_MAX = messages.c.external_id.type.length
-_ORIGIN_MAX = messages.c.origin.type.length
+
+
+def _length(column: Column[Any]) -> int:
+    size = getattr(column.type, "length", None)
+    assert isinstance(size, int), column
+    return size
+
+
+SOURCE_MAX = _length(messages.c.source)
+CONTENT_TYPE_MAX = _length(messages.c.content_type)
+_KEY_MAX = _length(messages.c.order_key)
+_EXTERNAL_ID_MAX = _length(messages.c.external_id)
+_ORIGIN_MAX = _length(messages.c.origin)
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
@@ -54,20 +62,20 @@ def check_source(source: str) -> None:
         )
 
 
-def _equality_key(key: str, limit: int | None) -> str:
+def _equality_key(key: str, limit: int) -> str:
     """A key only compared for equality (order key, external id) as stored: itself, or, when
     too long or not storable, a digest of it, equal for equal keys on both databases."""
-    if (limit is None or len(key) <= limit) and storable(key):
+    if len(key) <= limit and storable(key):
         return key
     return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _label(text: str | None, limit: int | None) -> str | None:
+def _label(text: str | None, limit: int) -> str | None:
     """Descriptive text (an origin) as stored: unstorable characters replaced, cut to fit."""
     if text is None:
         return None
     text = _UNSTORABLE.sub("\ufffd", text)
-    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)

@@ -178,7 +178,7 @@ class IngestService:
             )
         summary = Summary()
         accepted: set[int] = set()
-        for batch in _batches(adapter.split(stream, origin, mapping_name), BATCH):
+        for batch in _batches(adapter.split(stream, origin, mapping.name), BATCH):
             results = self.store.receive(
                 batch,
                 source=source,
