@@ -125,6 +125,8 @@ TRICKY = [
     'a,b\r\n"q""uoted",x\r\n\r\n3,4\r\n',
     'a,b\n"x"y,z\nst"ray,"end\n',
     'a,b\n,\n"",""\n"unclosed,at end',
+    'a,"b"c"d",e\n"""",x""y\n',
+    ' a , " b" ,\n',
 ]
 
 
@@ -371,7 +373,7 @@ def test_cli_a_file_without_rows_is_reported_and_exits_1(
     assert "refused: header.csv holds nothing to ingest" in result.stderr
     assert "refused: empty.csv holds nothing to ingest" in result.stderr
     assert "1 rows (0 duplicates): 1 done" in result.stdout
-    assert "2 files without rows" in result.stdout
+    assert "; 2 files refused" in result.stdout
     assert [m.origin for m in stored(service)] == ["g.csv line 2"]
 
 

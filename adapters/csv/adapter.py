@@ -74,6 +74,7 @@ class _Lines:
 
 _START, _FIELD, _QUOTED, _QUOTE = range(4)
 _NEWLINE = "\r\n"
+_PLAIN = re.compile("[^,\r\n]+")
 
 
 def _read_record(first: list[str], more: Iterator[str]) -> list[str] | None:
@@ -81,8 +82,8 @@ def _read_record(first: list[str], more: Iterator[str]) -> list[str] | None:
     limit: from the lines `first`, then from `more` while a quoted field is open. A blank
     line is an empty record, as for csv.reader; None at the end of the data.
 
-    Only used for the records csv.reader refuses, so it may be slow; what matters is that
-    the record ends where csv.reader would end it.
+    Only used for the records csv.reader refuses; what matters is that the record ends
+    where csv.reader would end it.
     """
     fields: list[str] = []
     cell: list[str] = []
@@ -99,24 +100,30 @@ def _read_record(first: list[str], more: Iterator[str]) -> list[str] | None:
         if not started and not line.strip(_NEWLINE):
             return []
         started = True
-        for c in line:
-            if state == _QUOTED:
-                if c == '"':
-                    state = _QUOTE
-                else:
-                    cell.append(c)
-            elif c == '"' and state in (_START, _QUOTE):
+        at = 0
+        while at < len(line):
+            if state == _QUOTED:  # up to the next quote, at once: the cell may be huge
+                end = line.find('"', at)
+                if end < 0:
+                    cell.append(line[at:])
+                    break
+                cell.append(line[at:end])
+                state, at = _QUOTE, end + 1
+                continue
+            c = line[at]
+            if c == '"' and state in (_START, _QUOTE):
                 if state == _QUOTE:
                     cell.append(c)  # a doubled quote
-                state = _QUOTED
+                state, at = _QUOTED, at + 1
             elif c == ",":
                 fields.append("".join(cell))
-                cell, state = [], _START
+                cell, state, at = [], _START, at + 1
             elif c in _NEWLINE:
-                pass  # the record ends with the line
-            else:
-                cell.append(c)
-                state = _FIELD
+                at += 1  # the record ends with the line
+            else:  # text outside quotes, up to the next comma or line end
+                end = _PLAIN.match(line, at).end()  # type: ignore[union-attr]
+                cell.append(line[at:end])
+                state, at = _FIELD, end
         if state != _QUOTED:
             break
     fields.append("".join(cell))

@@ -97,7 +97,7 @@ def ingest(
     waited = wait or service.mode == "inline"  # inline, the rows are processed here anyway
     totals: Counter[str] = Counter()
     not_done: list[tuple[str, str]] = []
-    empty: list[str] = []
+    refused: list[str] = []
     started = datetime.now()
     try:
         for path in files:
@@ -115,7 +115,7 @@ def ingest(
                     )
                 except HubError as e:  # this file is refused (no rows): go on with the others
                     click.echo(f"refused: {e.message}", err=True)
-                    empty.append(path.name)
+                    refused.append(path.name)
                     continue
             click.echo("", err=True)
             totals.update(
@@ -149,10 +149,10 @@ def ingest(
     click.echo(
         f"{totals['rows']} rows ({totals['duplicates']} duplicates): {outcome}; "
         f"{totals['resources']} resources written, {totals['rows'] / seconds:.0f} rows/s"
-        + (f"; {len(empty)} files without rows" if empty else "")
+        + (f"; {len(refused)} files refused" if refused else "")
     )
     not_finished = totals["rejected"] + totals["dead"] + (totals["open"] if waited else 0)
-    sys.exit(1 if not_finished or empty else 0)
+    sys.exit(1 if not_finished or refused else 0)
 
 
 def _broker() -> str | None:
