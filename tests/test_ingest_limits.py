@@ -127,6 +127,9 @@ TRICKY = [
     'a,b\n,\n"",""\n"unclosed,at end',
     'a,"b"c"d",e\n"""",x""y\n',
     ' a , " b" ,\n',
+    "\n\na\n,\n",
+    'x,"a\r\nb"\r\n\r\nc\rd\r',
+    '"',
 ]
 
 
@@ -134,7 +137,21 @@ TRICKY = [
 def test_rows_read_by_hand_are_read_as_the_csv_module_reads_them(text: str) -> None:
     from adapters.csv.adapter import _read_all
 
-    assert _read_all(text) == list(csv.reader(io.StringIO(text)))
+    assert _read_all(text) == list(csv.reader(io.StringIO(text, newline="")))
+
+
+def test_rows_end_only_at_a_line_end_and_the_stream_stays_open() -> None:
+    # A form feed or a Unicode line separator in a cell is text, not the end of the row.
+    stream = io.BytesIO("A,B\n1,x\x0cy\u2028z\n2,3\r\n4,5\r".encode())
+    adapter = CsvAdapter()
+    units = list(adapter.split(stream, "f.csv", "m"))
+    assert [adapter.parse(u.raw) for u in units] == [
+        {"A": "1", "B": "x\x0cy\u2028z"},
+        {"A": "2", "B": "3"},
+        {"A": "4", "B": "5"},
+    ]
+    assert [u.origin for u in units] == ["f.csv line 2", "f.csv line 3", "f.csv line 4"]
+    assert not stream.closed
 
 
 def test_the_csv_field_limit_is_raised_never_lowered() -> None:

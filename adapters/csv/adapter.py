@@ -10,19 +10,19 @@ A cell longer than HUB_CSV_MAX_CELL_CHARS makes its row a bad row: stored like
 any other, and rejected when parsed, naming its line and column; the rest of
 the file goes on. The csv module's own field limit is process-wide: it is
 raised to that size, never lowered, and a row it still refuses is read by hand
-(`_read_record`), so that its column is named and the next row starts where it
+(`_Record`), so that its column is named and the next row starts where it
 should.
 """
 
 from __future__ import annotations
 
-import codecs
 import csv
 import hashlib
 import io
 import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from itertools import chain
 from pathlib import Path
 from typing import IO
 
@@ -77,64 +77,70 @@ _NEWLINE = "\r\n"
 _PLAIN = re.compile("[^,\r\n]+")
 
 
-def _read_record(first: list[str], more: Iterator[str]) -> list[str] | None:
+class _Record:
     """One record of the excel dialect, read as csv.reader reads it but without its field
-    limit: from the lines `first`, then from `more` while a quoted field is open. A blank
-    line is an empty record, as for csv.reader; None at the end of the data.
+    limit: only for the records csv.reader refuses. What matters is that the record ends
+    where csv.reader would end it, so that the next one starts right."""
 
-    Only used for the records csv.reader refuses; what matters is that the record ends
-    where csv.reader would end it.
-    """
-    fields: list[str] = []
-    cell: list[str] = []
-    state, started = _START, False
-    pending = iter(first)
-    while True:
-        line = next(pending, None)
-        if line is None:
-            line = next(more, None)
-        if line is None:  # end of the data: an open quoted field ends here (not strict)
-            if not started:
-                return None
-            break
-        if not started and not line.strip(_NEWLINE):
-            return []
-        started = True
-        at = 0
-        while at < len(line):
-            if state == _QUOTED:  # up to the next quote, at once: the cell may be huge
-                end = line.find('"', at)
+    def __init__(self) -> None:
+        self.fields: list[str] = []
+        self.cell: list[str] = []
+        self.state = _START
+        self.blank = False
+
+    def read(self, text: str, at: int = 0) -> int | None:
+        """Read `text` from `at` on: where the record ends (after its line end, or at the end
+        of `text`), or None when a quoted field is still open at the end of `text`."""
+        cell = self.cell
+        while at < len(text):
+            if self.state == _QUOTED:  # up to the next quote, at once: the cell may be huge
+                end = text.find('"', at)
                 if end < 0:
-                    cell.append(line[at:])
-                    break
-                cell.append(line[at:end])
-                state, at = _QUOTE, end + 1
+                    cell.append(text[at:])
+                    return None
+                cell.append(text[at:end])
+                self.state, at = _QUOTE, end + 1
                 continue
-            c = line[at]
-            if c == '"' and state in (_START, _QUOTE):
-                if state == _QUOTE:
+            c = text[at]
+            if c == '"' and self.state in (_START, _QUOTE):
+                if self.state == _QUOTE:
                     cell.append(c)  # a doubled quote
-                state, at = _QUOTED, at + 1
+                self.state, at = _QUOTED, at + 1
             elif c == ",":
-                fields.append("".join(cell))
-                cell, state, at = [], _START, at + 1
+                self.fields.append("".join(cell))
+                cell = self.cell = []
+                self.state, at = _START, at + 1
             elif c in _NEWLINE:
-                at += 1  # the record ends with the line
+                self.blank = self.state == _START and not self.fields  # a blank line
+                return at + 2 if text.startswith("\r\n", at) else at + 1
             else:  # text outside quotes, up to the next comma or line end
-                end = _PLAIN.match(line, at).end()  # type: ignore[union-attr]
-                cell.append(line[at:end])
-                state, at = _FIELD, end
-        if state != _QUOTED:
+                end = _PLAIN.match(text, at).end()  # type: ignore[union-attr]
+                cell.append(text[at:end])
+                self.state, at = _FIELD, end
+        return None if self.state == _QUOTED else at
+
+    def row(self) -> list[str]:
+        return [] if self.blank else [*self.fields, "".join(self.cell)]
+
+
+def _read_record(lines: Iterable[str]) -> list[str]:
+    """The record that starts at the first of `lines`, taking as many as it spans."""
+    record = _Record()
+    for line in lines:
+        if record.read(line) is not None:
             break
-    fields.append("".join(cell))
-    return fields
+    return record.row()
 
 
 def _read_all(text: str) -> list[list[str]]:
-    lines = iter(io.StringIO(text))
-    rows = []
-    while (row := _read_record([], lines)) is not None:
-        rows.append(row)
+    rows, at = [], 0
+    while at < len(text):
+        record = _Record()
+        end = record.read(text, at)
+        rows.append(record.row())
+        if end is None:  # the data ends in an open quoted field: it ends there (not strict)
+            break
+        at = end
     return rows
 
 
@@ -155,7 +161,15 @@ class CsvAdapter:
         _allow_cells(self.max_cell_chars)
 
     def split(self, stream: IO[bytes], origin: str, mapping: str) -> Iterator[Unit]:
-        text = codecs.getreader("utf-8-sig")(stream, errors=_ERRORS)
+        # newline="": lines end at \r, \n or \r\n only, as csv.reader needs them (in time
+        # linear in the line's length, a whole file on one line included).
+        text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors=_ERRORS, newline="")
+        try:
+            yield from self._split(text, origin, mapping)
+        finally:
+            text.detach()  # the stream is the caller's: leave it open
+
+    def _split(self, text: Iterator[str], origin: str, mapping: str) -> Iterator[Unit]:
         lines = _Lines(text)
         reader = csv.reader(lines)
         try:
@@ -173,14 +187,14 @@ class CsvAdapter:
         while True:
             start, lines.record = lines.count + 1, []
             try:
-                row: list[str] | None = next(reader)
+                row = next(reader)
             except StopIteration:
                 return
             except csv.Error:
                 # A cell over csv's field limit: read the row by hand, so that it is stored
                 # (and rejected, naming the column) and the next one starts where it should.
-                row = _read_record(list(lines.record), lines)
-            if row is None or not any(cell.strip() for cell in row):
+                row = _read_record(chain(list(lines.record), lines))
+            if not any(cell.strip() for cell in row):
                 continue
             raw = (header_line + _line(row)).encode("utf-8", _ERRORS)
             digest = hashlib.sha256(raw).hexdigest()[:40]
