@@ -31,7 +31,7 @@ def _progress(label: str) -> Any:
         click.echo(
             f"\r{label}: {summary.units} rows, {summary.accepted} new, "
             f"{summary.duplicates} duplicates, {summary.done} done, {summary.rejected} rejected, "
-            f"{summary.open} open   ",
+            f"{summary.dead} dead, {summary.open} open   ",
             nl=False,
             err=True,
         )
