@@ -365,7 +365,7 @@ def test_cli_reports_rows_still_open_when_it_stops_waiting(
 
     assert result.exit_code == 1, result.output
     assert "2 rows (0 duplicates): 0 done, 0 rejected, 0 dead, 2 still open; " in result.stdout
-    assert "received: slow.csv line 2: still received" in result.stderr
+    assert "open: slow.csv line 2: still received" in result.stderr
 
 
 def test_cli_every_row_done_exits_0(hub_ingest: Runner, tmp_path: Path) -> None:

@@ -83,12 +83,10 @@ def ingest(
     files: tuple[Path, ...],
 ) -> None:
     from hub.errors import HubError
+    from hub.ingest.messages import OPEN, check_source
 
     service = _service(dispatcher=None if _broker() else "inline")
-    try:
-        # Refused before any file is read: the same for every file.
-        from hub.ingest.messages import check_source
-
+    try:  # refused before any file is read: the same for every file
         service.adapters.get(adapter)
         check_source(source or service.mapping(adapter, mapping).source)
     except (HubError, LookupError) as e:
@@ -131,7 +129,7 @@ def ingest(
     finally:
         service.close()
     seconds = (datetime.now() - started).total_seconds() or 1e-9
-    labels = {"failed": "rejected"}
+    labels = {"failed": "rejected", **dict.fromkeys(OPEN, "open")}
     for status, why in not_done[:SHOWN]:
         click.echo(f"{labels.get(status, status)}: {why}", err=True)
     if len(not_done) > SHOWN:

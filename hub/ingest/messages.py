@@ -28,10 +28,6 @@ WAITING = "waiting"  # its worker found an earlier one about its subject open, a
 STATUSES = (RECEIVED, WAITING, PROCESSING, DONE, FAILED, DEAD)
 OPEN = (RECEIVED, WAITING, PROCESSING)
 
-# Column sizes, checked here: SQLite does not enforce them and PostgreSQL would refuse the
-# whole batch. A text PostgreSQL cannot store (NUL, or bytes that were not UTF-8, carried
-# as lone surrogates) is refused the same way on both.
-
 
 def _length(column: Column[Any]) -> int:
     size = getattr(column.type, "length", None)
@@ -39,6 +35,9 @@ def _length(column: Column[Any]) -> int:
     return size
 
 
+# Sizes of the columns a unit fills, checked here before a batch is written: SQLite does not
+# enforce them and PostgreSQL would refuse the whole batch, valid units included. So would
+# it a text it cannot store (NUL, or bytes that were not UTF-8, carried as lone surrogates).
 SOURCE_MAX = _length(messages.c.source)
 CONTENT_TYPE_MAX = _length(messages.c.content_type)
 _KEY_MAX = _length(messages.c.order_key)
@@ -47,7 +46,7 @@ _ORIGIN_MAX = _length(messages.c.origin)
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
-def storable(text: str) -> bool:
+def _storable(text: str) -> bool:
     return _UNSTORABLE.search(text) is None
 
 
@@ -65,7 +64,7 @@ def check_source(source: str) -> None:
 def _equality_key(key: str, limit: int) -> str:
     """A key only compared for equality (order key, external id) as stored: itself, or, when
     too long or not storable, a digest of it, equal for equal keys on both databases."""
-    if len(key) <= limit and storable(key):
+    if len(key) <= limit and _storable(key):
         return key
     return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
