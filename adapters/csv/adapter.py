@@ -53,23 +53,13 @@ def _allow_cells(chars: int) -> None:
             csv.field_size_limit(chars)
 
 
-class _Lines:
-    """The lines of a text stream, as csv.reader takes them, keeping those of the record
-    being read: when csv.reader refuses a record, `_read_record` reads it again from them."""
-
-    def __init__(self, text: Iterator[str]) -> None:
-        self.text = text
-        self.count = 0
-        self.record: list[str] = []
-
-    def __iter__(self) -> _Lines:
-        return self
-
-    def __next__(self) -> str:
-        line = next(self.text)
-        self.count += 1
-        self.record.append(line)
-        return line
+def _keeping(lines: Iterable[str], record: list[str]) -> Iterator[str]:
+    """`lines`, as csv.reader takes them, each also added to `record` (which the reader's
+    caller empties at each new record): when csv.reader refuses a record, `_read_record`
+    reads it again from there."""
+    for line in lines:
+        record.append(line)
+        yield line
 
 
 _START, _FIELD, _QUOTED, _QUOTE = range(4)
@@ -170,8 +160,10 @@ class CsvAdapter:
             text.detach()  # the stream is the caller's: leave it open
 
     def _split(self, text: Iterator[str], origin: str, mapping: str) -> Iterator[Unit]:
-        lines = _Lines(text)
+        record: list[str] = []
+        lines = _keeping(text, record)
         reader = csv.reader(lines)
+        by_hand = 0  # lines read by `_read_record`, which reader.line_num does not count
         try:
             header = next(reader)
         except StopIteration:
@@ -185,7 +177,8 @@ class CsvAdapter:
             )
         header_line = _line(header)
         while True:
-            start, lines.record = lines.count + 1, []
+            start = reader.line_num + by_hand + 1
+            del record[:]
             try:
                 row = next(reader)
             except StopIteration:
@@ -193,7 +186,9 @@ class CsvAdapter:
             except csv.Error:
                 # A cell over csv's field limit: read the row by hand, so that it is stored
                 # (and rejected, naming the column) and the next one starts where it should.
-                row = _read_record(chain(list(lines.record), lines))
+                read = len(record)
+                row = _read_record(chain(record[:], lines))
+                by_hand += len(record) - read
             if not any(cell.strip() for cell in row):
                 continue
             raw = (header_line + _line(row)).encode("utf-8", _ERRORS)
