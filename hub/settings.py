@@ -117,6 +117,12 @@ class Settings(BaseSettings):
     ingest_sweep_seconds: float = Field(
         default=15.0, gt=0, description="How often the sweeper looks for such messages."
     )
+    csv_max_cell_chars: int = Field(
+        default=131072,
+        ge=1,
+        description="Longest CSV cell, in characters: a row with a longer one is rejected, "
+        "naming its line and column, and the rest of the file goes on.",
+    )
 
     @field_validator("database_url")
     @classmethod

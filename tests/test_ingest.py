@@ -1134,7 +1134,8 @@ def test_cli_ingest_list_show_retry_and_replay(
 
     result = runner.invoke(cli, ["ingest", "--adapter", "csv", "--mapping", PATIENTS, str(file)])
     assert result.exit_code == 1, result.output  # a row was rejected
-    assert "2 rows (0 duplicates), 1 resources written, 1 rows rejected" in result.stdout
+    assert "2 rows (0 duplicates): 1 done, 1 rejected, 0 dead, 0 still open; " in result.stdout
+    assert "; 1 resources written, " in result.stdout
     assert "rejected: patients.csv line 3, column GENDER: unknown code 'Q'" in result.stderr
 
     result = runner.invoke(cli, ["messages", "list", "--status", "failed"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ def _progress(label: str) -> Any:
         click.echo(
             f"\r{label}: {summary.units} rows, {summary.accepted} new, "
             f"{summary.duplicates} duplicates, {summary.done} done, {summary.rejected} rejected, "
-            f"{summary.open} open   ",
+            f"{summary.dead} dead, {summary.open} open   ",
             nl=False,
             err=True,
         )
@@ -38,10 +39,22 @@ def _progress(label: str) -> Any:
     return show
 
 
+class Refused(click.ClickException):
+    """The command line is refused before anything is stored."""
+
+    exit_code = 2
+
+
+SHOWN = 20  # rows not done listed one by one; `hub messages list` shows the rest
+
+
 @click.command(
     help="Ingest feed files: each unit (CSV row, HL7 message) is stored, then "
     "processed. Without HUB_BROKER_URL the processing happens here; with it, Celery "
-    "workers do it and this command waits for them."
+    "workers do it and this command waits for them. Every row that did not end done "
+    "is reported. Exit status: 0 every row ended done; 1 a row was rejected, is dead "
+    "or still open, or a file held no rows; 2 the command was refused (unknown adapter "
+    "or mapping, invalid source), nothing stored."
 )
 @click.option("--adapter", required=True, help="Adapter name (see `hub adapters list`).")
 @click.option("--mapping", required=True, help="Mapping name (see `hub adapters list`).")
@@ -52,53 +65,92 @@ def _progress(label: str) -> Any:
     show_default=True,
     help="Wait until every unit is processed and print the outcome.",
 )
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Stop waiting after this many seconds; rows still open are reported as not done "
+    "[default: wait until every row is finished].",
+)
 @click.argument(
     "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
 )
 def ingest(
-    adapter: str, mapping: str, source: str | None, wait: bool, files: tuple[Path, ...]
+    adapter: str,
+    mapping: str,
+    source: str | None,
+    wait: bool,
+    timeout: float | None,
+    files: tuple[Path, ...],
 ) -> None:
     from hub.errors import HubError
+    from hub.ingest.messages import OPEN, check_source
 
     service = _service(dispatcher=None if _broker() else "inline")
-    totals = {"rows": 0, "accepted": 0, "duplicates": 0, "done": 0, "rejected": 0, "resources": 0}
+    try:  # refused before any file is read: the same for every file
+        service.adapters.get(adapter)
+        check_source(source or service.mapping(adapter, mapping).source)
+    except (HubError, LookupError) as e:
+        service.close()
+        raise Refused(str(e)) from None
+    waited = wait or service.mode == "inline"  # inline, the rows are processed here anyway
+    totals: Counter[str] = Counter()
+    not_done: list[tuple[str, str]] = []
+    refused: list[str] = []
     started = datetime.now()
-    errors: list[str] = []
     try:
         for path in files:
             with path.open("rb") as stream:
-                summary = service.ingest(
-                    adapter,
-                    mapping,
-                    stream,
-                    path.name,
-                    source=source,
-                    wait=wait,
-                    progress=_progress(path.name),
-                )
+                try:
+                    summary = service.ingest(
+                        adapter,
+                        mapping,
+                        stream,
+                        path.name,
+                        source=source,
+                        wait=wait,
+                        timeout=timeout,
+                        progress=_progress(path.name),
+                    )
+                except HubError as e:  # this file is refused (no rows): go on with the others
+                    click.echo(f"refused: {e.message}", err=True)
+                    refused.append(path.name)
+                    continue
             click.echo("", err=True)
-            totals["rows"] += summary.units
-            totals["accepted"] += summary.accepted
-            totals["duplicates"] += summary.duplicates
-            totals["done"] += summary.done
-            totals["rejected"] += summary.rejected
-            totals["resources"] += summary.resources
-            errors += summary.errors
-    except HubError as e:
-        raise click.ClickException(e.message) from None
+            totals.update(
+                rows=summary.units,
+                duplicates=summary.duplicates,
+                done=summary.done,
+                rejected=summary.rejected,
+                dead=summary.dead,
+                open=summary.open,
+                resources=summary.resources,
+            )
+            not_done += summary.not_done
     finally:
         service.close()
     seconds = (datetime.now() - started).total_seconds() or 1e-9
-    for error in errors[:20]:
-        click.echo(f"rejected: {error}", err=True)
-    if len(errors) > 20:
-        click.echo(f"... and {len(errors) - 20} more (hub messages list --status failed)", err=True)
-    click.echo(
-        f"{totals['rows']} rows ({totals['duplicates']} duplicates), "
-        f"{totals['resources']} resources written, {totals['rejected']} rows rejected, "
-        f"{totals['rows'] / seconds:.0f} rows/s"
+    labels = {"failed": "rejected", **dict.fromkeys(OPEN, "open")}
+    for status, why in not_done[:SHOWN]:
+        click.echo(f"{labels.get(status, status)}: {why}", err=True)
+    if len(not_done) > SHOWN:
+        statuses = " or ".join(sorted({status for status, _ in not_done[SHOWN:]}))
+        click.echo(
+            f"... and {len(not_done) - SHOWN} more (hub messages list --status {statuses})",
+            err=True,
+        )
+    outcome = (
+        f"{totals['done']} done, {totals['rejected']} rejected, {totals['dead']} dead, "
+        f"{totals['open']} still open"
+        if waited
+        else "stored, not waited for"
     )
-    sys.exit(1 if totals["rejected"] else 0)
+    click.echo(
+        f"{totals['rows']} rows ({totals['duplicates']} duplicates): {outcome}; "
+        f"{totals['resources']} resources written, {totals['rows'] / seconds:.0f} rows/s"
+        + (f"; {len(refused)} files refused" if refused else "")
+    )
+    not_finished = totals["rejected"] + totals["dead"] + (totals["open"] if waited else 0)
+    sys.exit(1 if not_finished or refused else 0)
 
 
 def _broker() -> str | None:

@@ -8,15 +8,18 @@ message ids; the sweeper re-delivers what was left behind.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, exists, func, or_, select, tuple_, update
+from sqlalchemy import Column, Engine, and_, exists, func, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from hub.errors import Invalid
 from hub.ingest.adapters import Unit
 from hub.store.schema import lineage, messages
 
@@ -24,6 +27,54 @@ RECEIVED, PROCESSING, DONE, FAILED, DEAD = "received", "processing", "done", "fa
 WAITING = "waiting"  # its worker found an earlier one about its subject open, and left it
 STATUSES = (RECEIVED, WAITING, PROCESSING, DONE, FAILED, DEAD)
 OPEN = (RECEIVED, WAITING, PROCESSING)
+
+
+def _length(column: Column[Any]) -> int:
+    size = getattr(column.type, "length", None)
+    assert isinstance(size, int), column
+    return size
+
+
+# Sizes of the columns a unit fills, checked here before a batch is written: SQLite does not
+# enforce them and PostgreSQL would refuse the whole batch, valid units included. So would
+# it a text it cannot store (NUL, or bytes that were not UTF-8, carried as lone surrogates).
+SOURCE_MAX = _length(messages.c.source)
+CONTENT_TYPE_MAX = _length(messages.c.content_type)
+_KEY_MAX = _length(messages.c.order_key)
+_EXTERNAL_ID_MAX = _length(messages.c.external_id)
+_ORIGIN_MAX = _length(messages.c.origin)
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable(text: str) -> bool:
+    return _UNSTORABLE.search(text) is None
+
+
+def check_source(source: str) -> None:
+    """A source system's name, as the caller gave it: refused unless it can be stored."""
+    if not source or len(source) > SOURCE_MAX or not source.isprintable():
+        shown = source if len(source) <= 40 else source[:40] + "…"
+        raise Invalid(
+            f"the source {shown!r} is not a valid source name: it must be 1 to {SOURCE_MAX} "
+            f"printable characters (it has {len(source)})",
+            expression=("source",),
+        )
+
+
+def _equality_key(key: str, limit: int) -> str:
+    """A key only compared for equality (order key, external id) as stored: itself, or, when
+    too long or not storable, a digest of it, equal for equal keys on both databases."""
+    if len(key) <= limit and _storable(key):
+        return key
+    return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _label(text: str | None, limit: int) -> str | None:
+    """Descriptive text (an origin) as stored: unstorable characters replaced, cut to fit."""
+    if text is None:
+        return None
+    text = _UNSTORABLE.sub("\ufffd", text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -116,6 +167,15 @@ class MessageStore:
         """
         at = now()
         keys = order_keys if order_keys is not None else [None] * len(units)
+        check_source(source)  # the caller checked it, to refuse the request before it starts
+        units = [
+            replace(
+                u,
+                external_id=_equality_key(u.external_id, _EXTERNAL_ID_MAX),
+                origin=_label(u.origin, _ORIGIN_MAX),
+            )
+            for u in units
+        ]
         rows = [
             {
                 "source": source,
@@ -124,7 +184,7 @@ class MessageStore:
                 "external_id": u.external_id,
                 "content_type": content_type,
                 "origin": u.origin,
-                "order_key": key,
+                "order_key": _equality_key(key, _KEY_MAX) if key is not None else None,
                 "received_at": at,
                 "event_time": u.event_time,
                 "raw": u.raw,
@@ -198,16 +258,25 @@ class MessageStore:
         with self.engine.connect() as conn:
             return {r[0]: int(r[1]) for r in conn.execute(stmt)}
 
-    def results(self, ids: Sequence[int]) -> list[tuple[int, str, list[str], str | None]]:
-        """(id, status, produced, error) of each message, in id order."""
+    def results(
+        self, ids: Sequence[int]
+    ) -> list[tuple[int, str, list[str], str | None, str | None]]:
+        """(id, status, produced, error, origin) of each message, in id order."""
         stmt = (
-            select(messages.c.id, messages.c.status, messages.c.produced, messages.c.error)
+            select(
+                messages.c.id,
+                messages.c.status,
+                messages.c.produced,
+                messages.c.error,
+                messages.c.origin,
+            )
             .where(messages.c.id.in_(list(ids)))
             .order_by(messages.c.id)
         )
         with self.engine.connect() as conn:
             return [
-                (r[0], r[1], json.loads(r[2]) if r[2] else [], r[3]) for r in conn.execute(stmt)
+                (r[0], r[1], json.loads(r[2]) if r[2] else [], r[3], r[4])
+                for r in conn.execute(stmt)
             ]
 
     def open_ids(self, ids: Sequence[int]) -> list[int]:

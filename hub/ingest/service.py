@@ -9,6 +9,7 @@ inline processing).
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -24,7 +25,15 @@ from hub.ingest.dispatch import (
     ThreadDispatcher,
 )
 from hub.ingest.mapping import Mapping_
-from hub.ingest.messages import DEAD, DONE, FAILED, OPEN, MessageStore
+from hub.ingest.messages import (
+    CONTENT_TYPE_MAX,
+    DEAD,
+    DONE,
+    FAILED,
+    OPEN,
+    MessageStore,
+    check_source,
+)
 from hub.ingest.pipeline import Pipeline
 from hub.interactions.context import Context
 from hub.settings import Settings
@@ -42,7 +51,9 @@ class Summary:
     dead: int = 0
     open: int = 0
     resources: int = 0
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # why each rejected or dead message is
+    # Each message that did not end done, once: (status, where it came from and why).
+    not_done: list[tuple[str, str]] = field(default_factory=list)
     message_ids: list[int] = field(default_factory=list)
     duplicate_ids: set[int] = field(default_factory=set)  # received before: written nothing now
 
@@ -112,9 +123,14 @@ class IngestService:
             self.sweeper.stop()
         self.dispatcher.close()
 
-    def mapping(self, adapter: str, name: str | None) -> Mapping_ | None:
-        if name is None:
-            return None
+    def mapping(self, adapter: str, name: str | None) -> Mapping_:
+        if not name:
+            # Without one, every unit would be stored only to fail: refuse the request instead.
+            raise Invalid(
+                f"the mapping parameter is required: the name of a mapping for the {adapter} "
+                "adapter (`hub adapters list` shows them)",
+                expression=("mapping",),
+            )
         mapping = self.mappings.get(name)
         if mapping is None:
             known = sorted(m.name for m in self.mappings.values() if m.adapter == adapter)
@@ -136,23 +152,33 @@ class IngestService:
         source: str | None = None,
         content_type: str | None = None,
         wait: bool = False,
+        timeout: float | None = None,
         progress: Callable[[Summary], None] | None = None,
     ) -> Summary:
         """Commit every unit of `stream` raw, then hand the new ones to the dispatcher.
 
         Units are committed in batches before they are dispatched: once this
         returns (or a batch is reported), those units are safe whatever happens
-        to the workers.
+        to the workers. The request is refused (`Invalid`, nothing stored) without a
+        mapping, with a source or content type that cannot be stored, or when the
+        input holds no unit. `timeout`: how long to wait, at most (None: until done).
         """
         try:
             adapter = self.adapters.get(adapter_name)
         except LookupError as e:
             raise NotFound(str(e)) from None
         mapping = self.mapping(adapter_name, mapping_name)
-        source = source or (mapping.source if mapping else adapter_name)
+        source = source or mapping.source
+        check_source(source)
+        if content_type is not None and len(content_type) > CONTENT_TYPE_MAX:
+            raise Invalid(
+                f"the Content-Type is {len(content_type)} characters long; "
+                f"at most {CONTENT_TYPE_MAX} are accepted",
+                expression=("Content-Type",),
+            )
         summary = Summary()
         accepted: set[int] = set()
-        for batch in _batches(adapter.split(stream, origin, mapping_name or ""), BATCH):
+        for batch in _batches(adapter.split(stream, origin, mapping.name), BATCH):
             results = self.store.receive(
                 batch,
                 source=source,
@@ -184,8 +210,13 @@ class IngestService:
                 self.dispatcher.submit(self.store.open_ids(repeated))
             if progress:
                 progress(summary)
+        if summary.units == 0:
+            raise Invalid(
+                f"{origin} holds nothing to ingest: no {adapter_name} unit "
+                "(empty, or a CSV header line without rows)"
+            )
         if wait or self.mode == "inline":
-            self.wait(summary.message_ids, progress=progress, summary=summary)
+            self.wait(summary.message_ids, timeout=timeout, progress=progress, summary=summary)
         return summary
 
     def wait(
@@ -216,16 +247,34 @@ class IngestService:
         return summary
 
     def _tally(self, summary: Summary) -> None:
+        """Resources written, and the outcome of each message (a unit repeated in the input is
+        one message; one sent before has the outcome of its first delivery)."""
         summary.resources = 0
         summary.errors = []
-        for start in range(0, len(summary.message_ids), 1000):
-            for message_id, status, produced, error in self.store.results(
-                summary.message_ids[start : start + 1000]
+        summary.not_done = []
+        ids = list(dict.fromkeys(summary.message_ids))
+        counts: Counter[str] = Counter()
+        for start in range(0, len(ids), 1000):
+            for message_id, status, produced, error, origin in self.store.results(
+                ids[start : start + 1000]
             ):
+                counts[status] += 1
                 if message_id not in summary.duplicate_ids:
                     summary.resources += sum(1 for p in produced if not p.startswith("Provenance/"))
-                if status == FAILED and error:
-                    summary.errors.append(error)
+                if status == DONE:
+                    continue
+                where = origin or f"message {message_id}"
+                if status == FAILED:
+                    why = error or where  # a failure's error names where it came from
+                else:
+                    why = f"{where}: {error}" if error else f"{where}: still {status}"
+                summary.not_done.append((status, why))
+                if status in (FAILED, DEAD):
+                    summary.errors.append(why)
+        summary.done = counts[DONE]
+        summary.rejected = counts[FAILED]
+        summary.dead = counts[DEAD]
+        summary.open = sum(counts[s] for s in OPEN)
 
     def retry(self, ids: list[int]) -> list[int]:
         reopened = self.store.reopen(ids, statuses=(FAILED, DEAD))
