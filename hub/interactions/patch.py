@@ -52,7 +52,7 @@ def patch(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
         if patched.get("resourceType") != req.resource_type or patched.get("id") != target:
             raise BusinessRule("A patch may not change the resource's type or id")
         try:
-            validate(patched)
+            validate(patched, max_depth=ctx.settings.max_resource_depth)
         except Invalid as e:
             raise BusinessRule(
                 f"The patched resource is not valid: {e.message}", issues=e.issues
