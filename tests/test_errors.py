@@ -280,7 +280,8 @@ def test_unknown_route_is_404_operation_outcome(client: TestClient, path: str) -
     ],
 )
 def test_method_not_allowed_is_405(client: TestClient, method: str, path: str, body: Any) -> None:
-    r = client.request(method, path, json=body, headers=FHIR if body is not None else {})
+    media = JSON_PATCH if method == "PATCH" else FHIR
+    r = client.request(method, path, json=body, headers=media if body is not None else {})
     body = assert_outcome(r, 405, "not-supported")
     assert method in body["issue"][0]["diagnostics"]
 
