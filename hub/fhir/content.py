@@ -49,7 +49,44 @@ def check(resource_type: str, resource: dict[str, Any], max_depth: int) -> int:
     """Raise `Invalid` for an element deeper than `max_depth` path steps (`Patient.name[0]
     .family` is 2) or for a string or element name holding a control character; return the
     depth of the deepest element."""
+    deepest, clean = _scan(resource, max_depth)
+    if not clean:
+        _locate(resource_type, resource, max_depth)
+    return deepest
+
+
+def _scan(resource: dict[str, Any], max_depth: int) -> tuple[int, bool]:
+    """(deepest element, whether the resource passes): the walk every write makes, so it
+    builds no paths and searches all strings at once; `_locate` walks again to name what
+    failed."""
     deepest = 0
+    strings: list[str] = []
+    # (a container, the depth of the element holding it): a dict's keys are one deeper.
+    stack: list[tuple[Any, int]] = [(resource, 0)]
+    while stack:
+        value, held = stack.pop()
+        if isinstance(value, dict):
+            if not value:
+                continue
+            depth = held + 1
+            if depth > max_depth:
+                return depth, False
+            deepest = max(deepest, depth)
+            strings.extend(value)
+            items: Any = value.values()
+        else:
+            depth = held
+            items = value
+        for item in items:
+            if isinstance(item, str):
+                strings.append(item)
+            elif isinstance(item, dict | list):
+                stack.append((item, depth))
+    return deepest, _CONTROL.search(" ".join(strings)) is None
+
+
+def _locate(resource_type: str, resource: dict[str, Any], max_depth: int) -> None:
+    """Raise `Invalid` naming the element `_scan` found at fault."""
     stack: list[tuple[Any, str, int]] = [(resource, resource_type, 0)]
     while stack:
         value, path, depth = stack.pop()
@@ -63,10 +100,8 @@ def check(resource_type: str, resource: dict[str, Any], max_depth: int) -> int:
             depth += 1
             if depth > max_depth:
                 raise _too_deep(f"{path}.{escaped(next(iter(value)))}", max_depth)
-            deepest = max(deepest, depth)
             for key, item in value.items():
                 found = _CONTROL.search(key)
                 if found:
                     raise _control(f"{path}.{escaped(key)}", found.group())
                 stack.append((item, f"{path}.{key}", depth))
-    return deepest
