@@ -7,6 +7,7 @@ and stored, never a 500, and the same on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import io
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -45,11 +46,22 @@ def nested_items(levels: int) -> dict[str, Any]:
 # --- depth -------------------------------------------------------------------
 
 
+@pytest.fixture()
+def default_recursion_limit() -> Iterator[None]:
+    """The interpreter's recursion limit as a new process has it: an earlier deep validation
+    in this process may have raised it."""
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(1000)
+    yield
+    sys.setrecursionlimit(max(before, sys.getrecursionlimit()))
+
+
 @pytest.mark.parametrize(
     "resource",
     [nested_extensions(123), nested_items(150), nested_items(DEFAULT_MAX_DEPTH - 1)],
     ids=["extensions-123", "items-150", "items-at-the-limit"],
 )
+@pytest.mark.usefixtures("default_recursion_limit")
 def test_deep_resources_within_the_limit_are_stored(
     client: TestClient, resource: dict[str, Any]
 ) -> None:
@@ -94,6 +106,22 @@ def test_resources_deeper_than_the_limit_are_400(
     assert path.count(".") == DEFAULT_MAX_DEPTH + 1
     assert str(DEFAULT_MAX_DEPTH) in body["issue"][0]["diagnostics"]
     assert client.get(f"/fhir/{kind}").json()["total"] == 0
+
+
+@pytest.mark.usefixtures("default_recursion_limit")
+def test_patches_adding_deep_values(client: TestClient, uid: str) -> None:
+    """jsonpatch copies values recursively: deep ones are applied where there is room, and
+    one deeper than any resource may be is refused first (422: the result would be invalid)."""
+    rid = create(client, patient(uid))["id"]
+    url = f"/fhir/Patient/{rid}"
+    ops = [{"op": "add", "path": "/extension", "value": nested_extensions(300)["extension"]}]
+    body = assert_outcome(client.patch(url, json=ops, headers=JSON_PATCH), 422, "too-costly")
+    assert str(DEFAULT_MAX_DEPTH) in body["issue"][0]["diagnostics"]
+    ops = [{"op": "add", "path": "/extension", "value": nested_extensions(150)["extension"]}]
+    r = client.patch(url, json=ops, headers=JSON_PATCH)
+    assert r.status_code == 200, r.text[:300]
+    assert r.json()["extension"] == ops[0]["value"]
+    assert client.get(url).headers["etag"] == 'W/"2"'
 
 
 @pytest.fixture()

@@ -55,7 +55,13 @@ def check(resource_type: str, resource: dict[str, Any], max_depth: int) -> int:
     return deepest
 
 
-def _scan(resource: dict[str, Any], max_depth: int) -> tuple[int, bool]:
+def nesting(value: Any, limit: int) -> int:
+    """How many objects deep `value` nests (for a resource, its deepest element's steps),
+    counted no further than `limit` + 1."""
+    return _scan(value, limit)[0]
+
+
+def _scan(resource: Any, max_depth: int) -> tuple[int, bool]:
     """(deepest element, whether the resource passes): the walk every write makes, so it
     builds no paths and searches all strings at once; `_locate` walks again to name what
     failed."""
