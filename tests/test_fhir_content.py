@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import orjson
@@ -47,3 +48,15 @@ def test_dumps_matches_orjson_at_any_depth() -> None:
     assert orjson.loads(sorted_bytes) == deep
     with pytest.raises(orjson.JSONEncodeError):
         dumps({"not json": {1, 2}})
+
+
+def test_a_recursion_error_in_validation_is_a_400() -> None:
+    """Should a model recurse more than measured, the client still gets a 400, not a 500."""
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(120)  # what a caller deep in its own recursion would have left
+    try:
+        with pytest.raises(Invalid) as raised:
+            validate(nested_items(20))
+    finally:
+        sys.setrecursionlimit(before)
+    assert raised.value.issues[0].code == "too-costly"

@@ -135,7 +135,13 @@ def validate(
             f"{resource_type}.id: '{rid}' is not a valid id", expression=(f"{resource_type}.id",)
         )
     depth = check_content(resource_type, resource, max_depth)
-    call_at_depth(depth, lambda: _validate_model(resource_type, resource))
+    try:
+        call_at_depth(depth, lambda: _validate_model(resource_type, resource))
+    except RecursionError:
+        # Not expected within the measured budget (hub/fhir/deep.py); a 400, should a model
+        # recurse more per step than measured, rather than a 500.
+        message = f"{resource_type}: nests too deeply to be validated"
+        raise Invalid(message, issues=[Issue("too-costly", message)]) from None
     return resource_type
 
 
