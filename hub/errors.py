@@ -18,6 +18,7 @@ class Category(StrEnum):
     NOT_FOUND = "not-found"
     GONE = "gone"
     NOT_ALLOWED = "not-allowed"
+    NOT_ACCEPTABLE = "not-acceptable"
     CONFLICT = "conflict"
     PRECONDITION_FAILED = "precondition-failed"
     TOO_LARGE = "too-large"
@@ -33,6 +34,7 @@ _STATUS: dict[Category, int] = {
     Category.UNSUPPORTED: 400,
     Category.NOT_FOUND: 404,
     Category.NOT_ALLOWED: 405,
+    Category.NOT_ACCEPTABLE: 406,
     Category.CONFLICT: 409,
     Category.GONE: 410,
     Category.PRECONDITION_FAILED: 412,
@@ -107,6 +109,11 @@ class Gone(HubError):
 
 class MethodNotAllowed(HubError):
     category = Category.NOT_ALLOWED
+    issue_code = "not-supported"
+
+
+class NotAcceptable(HubError):
+    category = Category.NOT_ACCEPTABLE
     issue_code = "not-supported"
 
 

@@ -50,6 +50,13 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest accepted request body; larger ones are refused with 413.",
     )
+    max_resource_depth: int = Field(
+        default=200,
+        ge=16,
+        le=500,
+        description="Deepest element accepted in a resource, counted in path steps "
+        "(Patient.name[0].family is 2); deeper resources are refused with 400.",
+    )
     default_page_size: int = Field(
         default=20,
         ge=1,

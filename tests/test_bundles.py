@@ -679,3 +679,26 @@ def test_post_entry_with_an_id_in_the_url_is_refused(client: TestClient, uid: st
     assert client.post(f"/fhir/Patient/{pid}", json=_patient(uid)).status_code == 405
     assert client.get(f"/fhir/Patient/{pid}").status_code == 404
     assert _by_identifier(client, uid) == []
+
+
+def test_reference_to_a_fullurl_no_entry_defines_is_400(client: TestClient, uid: str) -> None:
+    """A `urn:uuid:`/`urn:oid:` reference means an entry of the Bundle: stored as it is, it
+    would point nowhere, so the transaction is refused naming the element that holds it."""
+    for dangling in (f"urn:uuid:{uuid.uuid4()}", "urn:oid:1.2.3.4.5"):
+        patient = _entry("POST", "Patient", _patient(uid), f"urn:uuid:{uuid.uuid4()}")
+        observation = _observation()
+        observation["performer"] = [{"display": "Dr A"}, {"reference": dangling}]
+        r = _post(
+            client,
+            "transaction",
+            [patient, _entry("POST", "Observation", observation, f"urn:uuid:{uuid.uuid4()}")],
+        )
+        assert r.status_code == 400, r.text
+        issue = r.json()["issue"][0]
+        assert issue["code"] == "invalid"
+        assert issue["expression"] == ["Bundle.entry[1].resource.performer[1]"]
+        assert dangling in issue["diagnostics"]
+        assert issue["diagnostics"].startswith("Bundle.entry[1]")
+    # Nothing of the refused transactions was stored.
+    assert _by_identifier(client, uid) == []
+    assert client.get("/fhir/Observation").json()["total"] == 0

@@ -250,6 +250,19 @@ def test_unknown_version_is_404(client: TestClient, uid: str) -> None:
     assert_outcome(client.get(f"/fhir/Patient/nobody-{uid}/_history/1"), 404, "not-found")
 
 
+def test_lineage_of_an_unknown_version_is_404(client: TestClient, uid: str) -> None:
+    rid = create(client, patient(uid))["id"]
+    # Version 1 exists (written over REST, so it has no lineage): an empty list.
+    r = client.get(f"/fhir/Patient/{rid}/$lineage?version=1")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"resourceType": "Parameters", "parameter": []}
+    for version in ("2", "0"):
+        r = client.get(f"/fhir/Patient/{rid}/$lineage?version={version}")
+        body = assert_outcome(r, 404, "not-found", ["version"])
+        assert f"_history/{version}" in body["issue"][0]["diagnostics"]
+    assert_outcome(client.get(f"/fhir/Patient/nobody-{uid}/$lineage"), 404, "not-found")
+
+
 @pytest.mark.parametrize(
     "path",
     [
@@ -280,7 +293,8 @@ def test_unknown_route_is_404_operation_outcome(client: TestClient, path: str) -
     ],
 )
 def test_method_not_allowed_is_405(client: TestClient, method: str, path: str, body: Any) -> None:
-    r = client.request(method, path, json=body, headers=FHIR if body is not None else {})
+    media = JSON_PATCH if method == "PATCH" else FHIR
+    r = client.request(method, path, json=body, headers=media if body is not None else {})
     body = assert_outcome(r, 405, "not-supported")
     assert method in body["issue"][0]["diagnostics"]
 

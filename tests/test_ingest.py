@@ -668,7 +668,7 @@ def test_a_message_that_never_finishes_ends_dead(
         service, PATIENTS, patients(patient_row(P1)), "patients.csv", wait=False
     ).message_ids
 
-    def crash(_: Any) -> None:
+    def crash(_: Any, **__: Any) -> None:
         raise RuntimeError("the worker fell over")
 
     monkeypatch.setattr(pipeline_module, "validate", crash)
@@ -1307,10 +1307,10 @@ def test_a_message_that_crashes_its_mapping_fails_alone(
     ids = ingest(service, PATIENTS, patients(*rows), "poison.csv", wait=False).message_ids
     real = pipeline_module.validate
 
-    def crash(resource: dict[str, Any]) -> Any:
+    def crash(resource: dict[str, Any], **options: Any) -> Any:
         if resource.get("name", [{}])[0].get("family") == "Poison":
             raise RuntimeError("a bug in the mapping")
-        return real(resource)
+        return real(resource, **options)
 
     monkeypatch.setattr(pipeline_module, "validate", crash)
     outcomes = service.pipeline.process_many(ids)

@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     app.state.ingest = ingest_service
     errors.install(app)
     app.add_middleware(ReadsById, ctx=ctx, settings=settings)
+    app.add_middleware(errors.Unexpected)  # outermost: after any error, keep-alive holds
     app.include_router(ingest_routes.router(settings.max_body_bytes))
     router = APIRouter(prefix=settings.base_path)
 

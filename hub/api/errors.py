@@ -8,6 +8,7 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hub.errors import (
     HubError,
@@ -47,9 +48,36 @@ def install(app: FastAPI) -> None:
     async def _validation(_: Request, exc: RequestValidationError) -> Response:
         return error_response(Invalid(f"Invalid request: {exc.errors()}"))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> Response:
-        return unexpected_response(exc)
+
+class Unexpected:
+    """ASGI middleware answering any other exception with a 500 OperationOutcome.
+
+    Not an exception handler for `Exception`: Starlette runs that one in its
+    ServerErrorMiddleware, which re-raises after answering, and uvicorn then closes
+    the connection, so a client's keep-alive connection would not outlive a 500.
+    This middleware answers and returns, and the connection stays usable.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as exc:
+            if started:
+                raise  # half an answer is out: only closing the connection can end it
+            await unexpected_response(exc)(scope, receive, send)
 
 
 def unexpected_response(exc: Exception) -> Response:

@@ -16,7 +16,13 @@ from fastapi import Response
 from starlette.requests import HTTPConnection
 from starlette.types import Scope
 
-from hub.errors import Invalid, PayloadTooLarge, UnsupportedMediaType, information
+from hub.errors import (
+    Invalid,
+    NotAcceptable,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    information,
+)
 from hub.interactions.context import Request, Result, etag, version_location
 from hub.settings import Settings
 
@@ -25,6 +31,9 @@ _JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fh
 _PATCH_TYPES = ("application/json-patch+json",)
 _FORM = "application/x-www-form-urlencoded"
 _WRITES = ("POST", "PUT", "PATCH")
+# What a response can be: JSON only (docs/api.md says why not XML).
+_JSON_FORMATS = frozenset({"json", *_JSON_TYPES})
+_JSON_RANGES = frozenset({"*/*", "application/*", *_JSON_TYPES})
 
 
 def header(scope: Scope, name: bytes) -> str | None:
@@ -59,6 +68,55 @@ async def _body(http: HttpRequest, limit: int) -> bytes:
 
 def _media_type(http: HttpRequest) -> str:
     return http.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def accepts_json(accept: str | None) -> bool:
+    """Whether an Accept header admits a JSON answer (no header admits anything)."""
+    if not accept or not accept.strip():
+        return True
+    for media_range in accept.split(","):
+        media, *params = (p.strip().lower() for p in media_range.split(";"))
+        if media not in _JSON_RANGES:
+            continue
+        q = next((p[2:].strip() for p in params if p.startswith("q=")), "1")
+        try:
+            if float(q) > 0:
+                return True
+        except ValueError:
+            return True  # a malformed weight is no refusal
+    return False
+
+
+def negotiate(accept: str | None, params: list[tuple[str, str]]) -> None:
+    """Refuse (406) a request whose `_format`, or else whose Accept header, rules out JSON:
+    the hub answers nothing else. `_format` overrides Accept, as the spec says."""
+    formats = [value for name, value in params if name == "_format"]
+    if formats:
+        # An unencoded '+' in the query string arrives as a space: application/fhir json.
+        wanted = formats[-1].split(";")[0].strip().lower().replace(" ", "+")
+        if wanted not in _JSON_FORMATS:
+            raise NotAcceptable(
+                f"_format '{formats[-1]}' is not available: this server answers "
+                "application/fhir+json only",
+                expression=("_format",),
+            )
+    elif not accepts_json(accept):
+        raise NotAcceptable(
+            f"Accept '{accept}' admits no JSON: this server answers application/fhir+json only"
+        )
+
+
+def _check_media(method: str, operation: str | None, media: str) -> None:
+    """A body must name its media type, and one the interaction takes (else 415)."""
+    if operation == "_search":
+        accepted: tuple[str, ...] = (_FORM,)
+    elif method == "PATCH":
+        accepted = _PATCH_TYPES  # JSON Patch; FHIRPath Patch (a Parameters body) is not offered
+    else:
+        accepted = _JSON_TYPES
+    if media not in accepted:
+        sent = f"Content-Type '{media}'" if media else "A body without a Content-Type"
+        raise UnsupportedMediaType(f"{sent} is not supported here; use {' or '.join(accepted[:2])}")
 
 
 def _parse_json(raw: bytes) -> Any:
@@ -96,24 +154,18 @@ async def to_request(
 ) -> Request:
     method = "GET" if http.method == "HEAD" else http.method
     params = parse_qsl(http.url.query, keep_blank_values=True)
+    negotiate(http.headers.get("accept"), params)
     body: Any = None
     if method in _WRITES:
         raw = await _body(http, settings.max_body_bytes)
-        media = _media_type(http)
+        if raw:
+            _check_media(method, operation, _media_type(http))
         if operation == "_search":
-            if raw and media not in (_FORM, ""):
-                raise UnsupportedMediaType(f"POST _search takes {_FORM}, not '{media}'")
             params += parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)
-        else:
-            accepted = _PATCH_TYPES + _JSON_TYPES if method == "PATCH" else _JSON_TYPES
-            if media and media not in accepted:
-                raise UnsupportedMediaType(
-                    f"Content-Type '{media}' is not supported here; use {' or '.join(accepted[:2])}"
-                )
-            if raw:
-                body = _parse_json(raw)
-            elif not (operation or "").startswith("$"):
-                raise Invalid("The request has no body")
+        elif raw:
+            body = _parse_json(raw)
+        elif not (operation or "").startswith("$"):
+            raise Invalid("The request has no body")
     return Request(
         method=method,
         base_url=base_url(http.scope, settings),

@@ -6,7 +6,8 @@ itself (docs/benchmarks.md), so this ASGI middleware recognises exactly that
 request and answers it with the same interaction (`read.read_async`), the same
 response building and the same error mapping as every route. Anything else (a
 query string, HEAD, another path, SQLite, whose reads stay on threads) passes
-through untouched.
+through untouched, and so does a read whose Accept header admits no JSON (the
+route answers it 406).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from hub.interactions.context import Context, Request
 from hub.settings import Settings
 
 from .errors import error_response, unexpected_response
-from .http import base_url, header, http_date, to_response
+from .http import accepts_json, base_url, header, http_date, to_response
 
 
 class ReadsById:
@@ -50,6 +51,8 @@ class ReadsById:
             return None
         resource_type, _, resource_id = path[len(self.prefix) :].partition("/")
         if not is_resource_type(resource_type) or not ID_PATTERN.match(resource_id):
+            return None
+        if not accepts_json(header(scope, b"accept")):
             return None
         return resource_type, resource_id
 

@@ -140,7 +140,7 @@ class Pipeline:
                 adapter = self.adapters.get(m.adapter)
                 mapped = adapter.map(adapter.parse(m.raw), self.mapper(m))
                 for resource in mapped.resources:
-                    validate(resource)
+                    validate(resource, max_depth=self.ctx.settings.max_resource_depth)
             except (Invalid, LookupError) as e:
                 outcomes[m.id] = self._fail(m, e)
                 continue

@@ -18,7 +18,7 @@ def create(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
     """
     assert req.resource_type is not None
     resource = req.body
-    validate(resource, expected_type=req.resource_type)
+    validate(resource, expected_type=req.resource_type, max_depth=ctx.settings.max_resource_depth)
     with ctx.unit(tx) as t:
         if req.if_none_exist:
             # Two concurrent conditional creates with the same criteria must not both create.

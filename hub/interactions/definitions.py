@@ -107,7 +107,11 @@ def load_definitions(ctx: Context, definitions: Sequence[Mapping[str, Any]]) -> 
     valid: list[dict[str, Any]] = []
     for resource in definitions:
         try:
-            validate(dict(resource), expected_type=stored.RESOURCE_TYPE)
+            validate(
+                dict(resource),
+                expected_type=stored.RESOURCE_TYPE,
+                max_depth=ctx.settings.max_resource_depth,
+            )
         except HubError as e:
             report.unsupported.append(_refusal(resource, f"not a valid SearchParameter: {e}"))
             continue

@@ -2,7 +2,8 @@
 
 `GET [type]/[id]/$lineage` (optionally `?version=n`) answers a Parameters
 resource: one `element` per (version, element) with the source field and the
-message (by its id in the message store) that wrote it. Feed writes record
+message (by its id in the message store) that wrote it. An unknown resource or
+version is 404; a version written other than by a feed has no elements. Feed writes record
 lineage in the same transaction as the resource version.
 """
 
@@ -31,6 +32,11 @@ def lineage_of(ctx: Context, req: Request, tx: Transaction | None = None) -> Res
     with ctx.reading(tx) as t:
         if t.current(req.resource_type, req.resource_id) is None:
             raise NotFound(f"{req.resource_type}/{req.resource_id} is not known")
+        if version is not None and t.version(req.resource_type, req.resource_id, version) is None:
+            raise NotFound(
+                f"{req.resource_type}/{req.resource_id}/_history/{version} is not known",
+                expression=("version",),
+            )
         stmt = select(
             lineage.c.version_id, lineage.c.element, lineage.c.source_field, lineage.c.message_id
         ).where(lineage.c.res_type == req.resource_type, lineage.c.res_id == req.resource_id)

@@ -8,8 +8,10 @@ import jsonpatch
 import jsonpointer
 import orjson
 
-from hub.errors import BusinessRule, Gone, Invalid, NotFound
+from hub.errors import BusinessRule, Gone, Invalid, Issue, NotFound
 from hub.fhir import validate
+from hub.fhir.content import nesting
+from hub.fhir.deep import call_at_depth
 from hub.interactions.context import Context, Request, Result
 from hub.interactions.writes import check_precondition, expected_version, save, single_match
 from hub.store.repository import Transaction
@@ -27,6 +29,16 @@ def _patch_document(body: Any) -> jsonpatch.JsonPatch:
 def patch(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
     assert req.resource_type is not None
     document = _patch_document(req.body)
+    max_depth = ctx.settings.max_resource_depth
+    # Each operation is one object: a value nesting deeper than a resource may would make the
+    # result invalid (422, as validation would say), and is refused before jsonpatch copies it.
+    depth = nesting(req.body, max_depth + 1)
+    if depth > max_depth + 1:
+        message = (
+            f"The JSON Patch holds a value nested more than {max_depth} elements deep, "
+            "deeper than a resource may be"
+        )
+        raise BusinessRule(message, issues=[Issue("too-costly", message)])
     if_match = expected_version(req.if_match)
     with ctx.unit(tx) as t:
         if req.resource_id is None:
@@ -43,8 +55,12 @@ def patch(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
             raise Gone(f"{req.resource_type}/{target} was deleted")
         check_precondition(current, if_match)
         assert current.content is not None
+        stored = orjson.loads(current.content)
         try:
-            patched = document.apply(orjson.loads(current.content))
+            # jsonpatch copies the resource and the values recursively, as deep as they nest
+            # (the stored resource may predate a lower limit; orjson reads 1024 levels at most).
+            depth = max(depth, nesting(stored, 1024))
+            patched = call_at_depth(depth, lambda: document.apply(stored))
         except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as e:
             raise BusinessRule(f"The patch cannot be applied: {e}") from None
         if not isinstance(patched, dict):
@@ -52,7 +68,7 @@ def patch(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
         if patched.get("resourceType") != req.resource_type or patched.get("id") != target:
             raise BusinessRule("A patch may not change the resource's type or id")
         try:
-            validate(patched)
+            validate(patched, max_depth=max_depth)
         except Invalid as e:
             raise BusinessRule(
                 f"The patched resource is not valid: {e.message}", issues=e.issues

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from hub.errors import Invalid, MethodNotAllowed, NotFound
-from hub.fhir import is_resource_type
+from hub.fhir import ID_PATTERN, is_resource_type
+from hub.fhir.content import escaped
 from hub.interactions.context import Context, Request, Result
 from hub.store.repository import Transaction
 
@@ -67,6 +68,9 @@ def dispatch(ctx: Context, req: Request, tx: Transaction | None = None) -> Resul
         raise MethodNotAllowed(f"{method} is not supported on {req.base_url}/{op or ''}")
     if not is_resource_type(req.resource_type):
         raise NotFound(f"Unknown resource type '{req.resource_type}'")
+    if req.resource_id is not None and not ID_PATTERN.match(req.resource_id):
+        # No resource has such an id; the store is not asked (PostgreSQL refuses U+0000).
+        raise Invalid(f"'{escaped(req.resource_id)}' is not a valid resource id")
     chosen: Interaction | None = None
     if req.resource_id is None:
         if op is None:

@@ -109,18 +109,32 @@ def entry_request(base_url: str, index: int, entry: Any, prefer: str | None) -> 
     return req
 
 
-def _rewrite(value: Any, resolve: Callable[[str], str | None]) -> Any:
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            if k == "reference" and isinstance(v, str):
-                out[k] = resolve(v) or v
-            else:
-                out[k] = _rewrite(v, resolve)
-        return out
-    if isinstance(value, list):
-        return [_rewrite(v, resolve) for v in value]
-    return value
+def _rewrite(value: Any, path: str, resolve: Callable[[str, str], str | None]) -> Any:
+    """A copy of `value` whose `reference`s are resolved; `resolve` gets each with the path of
+    the element holding it (`path` names `value`). Iterative: a body may nest deeply."""
+    top: list[Any] = [value]
+    stack: list[tuple[Any, Any, Any, str]] = [(top, 0, value, path)]
+    while stack:
+        parent, key, original, where = stack.pop()
+        copy: dict[str, Any] | list[Any]
+        if isinstance(original, dict):
+            copy = dict(original)
+            for k, v in original.items():
+                if k == "reference" and isinstance(v, str):
+                    copy[k] = resolve(v, where) or v
+                elif isinstance(v, dict | list):
+                    stack.append((copy, k, v, f"{where}.{k}"))
+        elif isinstance(original, list):
+            copy = list(original)
+            stack.extend(
+                (copy, i, v, f"{where}[{i}]")
+                for i, v in enumerate(original)
+                if isinstance(v, dict | list)
+            )
+        else:
+            continue
+        parent[key] = copy
+    return top[0]
 
 
 def _located(index: int, error: HubError) -> HubError:
@@ -236,9 +250,17 @@ def _transaction(ctx: Context, req: Request, entries: list[Any], dispatch: Dispa
                     aliases[alias] = key
 
         # 2. Rewrite references to fullUrls and conditional references.
-        def resolve(reference: str) -> str | None:
+        def resolve(reference: str, where: str) -> str | None:
             if reference in aliases:
                 return aliases[reference]
+            if reference.startswith(("urn:uuid:", "urn:oid:")):
+                # Such a reference means only the entry with that fullUrl: stored as it is, it
+                # would point nowhere.
+                raise Invalid(
+                    f"{where}: '{reference}' is the fullUrl of no resource this transaction "
+                    "creates or updates",
+                    expression=(where,),
+                )
             type_, sep, query = reference.partition("?")
             if sep and is_resource_type(type_):
                 found = matches(
@@ -257,7 +279,7 @@ def _transaction(ctx: Context, req: Request, entries: list[Any], dispatch: Dispa
             if i in results or r.method not in ("POST", "PUT"):
                 continue
             try:
-                r.body = _rewrite(r.body, resolve)
+                r.body = _rewrite(r.body, str(r.resource_type), resolve)
             except HubError as e:
                 raise _located(i, e) from None
         # 3. Writes and reads in the spec's order.

@@ -13,7 +13,7 @@ def update(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
     """PUT [type]/[id] creates or updates; PUT [type]?criteria resolves the id by search."""
     assert req.resource_type is not None
     resource = req.body
-    validate(resource, expected_type=req.resource_type)
+    validate(resource, expected_type=req.resource_type, max_depth=ctx.settings.max_resource_depth)
     body_id = resource.get("id")
     if_match = expected_version(req.if_match)
     with ctx.unit(tx) as t:

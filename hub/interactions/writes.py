@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from hub.errors import Conflict, Invalid, MultipleMatches, PreconditionFailed
+from hub.fhir.jsonbytes import dumps
 from hub.interactions.context import Context, Result, parse_etag
 from hub.search import stored
 from hub.search.engine import SearchEngine
@@ -49,7 +50,7 @@ def content_hash(resource: dict[str, Any]) -> str:
             if rest
             else {k: v for k, v in resource.items() if k != "meta"}
         )
-    return hashlib.sha256(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return hashlib.sha256(dumps(resource, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def stamp(
@@ -111,7 +112,7 @@ def save(
     version_id = current.version_id + 1 if current is not None else 1
     at = now()
     stamped = stamp(resource, resource_id, version_id, at)
-    content = orjson.dumps(stamped)
+    content = dumps(stamped)
     new = NewVersion(
         resource_type,
         resource_id,

@@ -21,6 +21,7 @@ import orjson
 
 from hub.errors import Invalid, Issue, Unsupported
 from hub.fhir import is_resource_type
+from hub.fhir.content import control_character, escaped
 from hub.search.registry import RESULT_PARAMETERS, SPECIAL, Registry, SearchParam
 from hub.search.values import date_range, decimal_range
 
@@ -367,6 +368,14 @@ def parse(
 ) -> SearchRequest:
     request = SearchRequest(tuple(resource_types))
     for name, value in params:
+        control = control_character(name + value)
+        if control is not None:
+            # Nothing stored holds one (writes refuse them), and PostgreSQL cannot take U+0000.
+            raise Invalid(
+                f"Search parameter '{escaped(name)}' holds the control character "
+                f"U+{ord(control):04X}",
+                expression=(escaped(name),),
+            )
         code = name.split(":")[0]
         try:
             if code in RESULT_PARAMETERS or code in ("_cursor", "_type"):

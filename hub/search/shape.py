@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from hub.fhir import mandatory_elements, summary_elements
+from hub.fhir.jsonbytes import dumps
 
 SUBSETTED = {
     "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
@@ -40,4 +41,4 @@ def shape(content: bytes, summary: str | None, elements: Sequence[str]) -> bytes
     else:
         keep = mandatory_elements(resource_type) | set(elements) | {f"_{e}" for e in elements}
     shaped = {k: v for k, v in resource.items() if k in keep}
-    return orjson.dumps(_subsetted(shaped))
+    return dumps(_subsetted(shaped))
