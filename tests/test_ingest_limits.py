@@ -28,7 +28,7 @@ from adapters.csv.adapter import CsvAdapter
 from hub.cli import main as cli
 from hub.errors import Invalid
 from hub.ingest.dispatch import InlineDispatcher
-from hub.ingest.messages import DEAD, DONE, FAILED
+from hub.ingest.messages import DONE, FAILED
 from hub.ingest.service import IngestService
 from hub.interactions.context import Context
 from hub.settings import Settings, get_settings
