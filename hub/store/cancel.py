@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 log = logging.getLogger("hub.store")
+REPEAT = 0.05
 
 
 class Cancellation:
@@ -26,18 +28,25 @@ class Cancellation:
     def cancel(self) -> None:
         """Stop the statements running for this request, and refuse the next ones.
 
-        The stops run under the lock that `watching` takes to end: a connection is not handed
-        back to the pool (and to another request) while a cancel is on its way to it.
+        Until every block watching ends, the stops are repeated every `REPEAT` seconds: a
+        statement that was about to start when the first came (being compiled) is stopped too.
+        They run under the lock that ends a block: a connection is not handed back to the pool,
+        and to another request, while a stop is on its way to it.
         """
         with self._lock:
             if self.cancelled:
                 return
             self.cancelled = True
-            for stop in list(self._stops.values()):
-                try:
-                    stop()
-                except Exception:  # a connection already closed: nothing left to stop
-                    log.warning("could not cancel a statement", exc_info=True)
+        while True:
+            with self._lock:
+                if not self._stops:
+                    return
+                for stop in list(self._stops.values()):
+                    try:
+                        stop()
+                    except Exception:  # a connection already closed: nothing left to stop
+                        log.warning("could not cancel a statement", exc_info=True)
+            time.sleep(REPEAT)
 
     @contextmanager
     def watching(self, stop: Callable[[], None]) -> Iterator[None]:
