@@ -236,6 +236,20 @@ def test_the_largest_searches_within_the_limits_are_answered(client: TestClient)
     assert r.json()["total"] == 0
 
 
+def test_a_search_the_store_cannot_parse_is_too_costly(
+    repo: SqlRepository, settings: Settings
+) -> None:
+    """With the limits raised past what SQLite parses, it answers 400, not 500."""
+    raised = settings.model_copy(update={"search_max_chain": 12})
+    with TestClient(create_app(raised, build_context(raised, repo))) as client:
+        r = client.get(f"/fhir/Patient?{_chain(12)}=n")
+    if repo.dialect == "sqlite":
+        assert r.status_code == 400, r.text
+        assert r.json()["issue"][0]["code"] == "too-costly"
+    else:
+        assert _ids(r) == []
+
+
 # --- the time limit ----------------------------------------------------------------------
 
 

@@ -37,7 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 
-from hub.errors import Busy, Conflict, Timeout
+from hub.errors import Busy, Conflict, Timeout, TooCostly
 from hub.store.cancel import Cancellation
 from hub.store.repository import IndexRows, NewVersion, Version
 from hub.store.schema import INDEX_TABLES, lineage, resource_history, resources
@@ -198,6 +198,25 @@ def _stopped(error: DBAPIError) -> bool:
     if isinstance(error.orig, psycopg.errors.QueryCanceled):
         return True
     return isinstance(error.orig, sqlite3.OperationalError) and "interrupted" in str(error.orig)
+
+
+# What SQLite says of a statement beyond its parser's or compiler's limits.
+_SQLITE_TOO_COMPLEX = (
+    "parser stack overflow",
+    "Expression tree is too large",
+    "too many SQL variables",
+    "too many terms",
+)
+
+
+def _too_complex(error: DBAPIError) -> bool:
+    """Whether a search's statement is beyond what the store can parse or plan: possible
+    only when the search limits are raised past what it runs (docs/search.md#limits)."""
+    if isinstance(error.orig, psycopg.Error) and (error.orig.sqlstate or "").startswith("54"):
+        return True  # program limit exceeded: statement too complex, stack depth, ...
+    return isinstance(error.orig, sqlite3.OperationalError) and any(
+        m in str(error.orig) for m in _SQLITE_TOO_COMPLEX
+    )
 
 
 def _too_slow(seconds: float) -> Timeout:
@@ -455,6 +474,11 @@ class SqlTransaction:
                 try:
                     yield
                 except DBAPIError as e:
+                    if _too_complex(e):
+                        raise TooCostly(
+                            "The search is too large for the store to run "
+                            f"({str(e.orig).splitlines()[0]}); narrow it"
+                        ) from None
                     if not _stopped(e):
                         raise
                     if cancellation is not None and cancellation.cancelled:
