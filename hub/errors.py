@@ -153,6 +153,21 @@ class Busy(HubError):
     issue_code = "transient"
 
 
+class TooCostly(HubError):
+    """A search beyond one of the configured limits (criteria, OR values, chain, _has):
+    refused before it runs, with the limit named, because it could hold the store for long."""
+
+    category = Category.INVALID
+    issue_code = "too-costly"
+
+
+class Timeout(Busy):
+    """A search stopped when it ran past its time limit (or its client went away): 503, as
+    the store may answer it when less loaded; `timeout` is a kind of `transient` issue."""
+
+    issue_code = "timeout"
+
+
 def status_of(error: HubError) -> int:
     return _STATUS[error.category]
 

@@ -69,6 +69,35 @@ class Settings(BaseSettings):
         description="Without _total, a search's first page states the total only when it is at "
         "most this many (counting stops there); _total=accurate always counts.",
     )
+    search_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Longest a search may run: each statement on PostgreSQL (statement_timeout), "
+        "the whole search on SQLite; past it the search stops and answers 503 (timeout).",
+    )
+    search_max_criteria: int = Field(
+        default=32,
+        ge=1,
+        description="Most distinct criteria a search may have per type (identical repeats count "
+        "once); more answers 400 (too-costly).",
+    )
+    search_max_or_values: int = Field(
+        default=1000,
+        ge=1,
+        description="Most distinct comma-separated (OR) values of a search, all its criteria "
+        "together; more answers 400 (too-costly).",
+    )
+    search_max_chain: int = Field(
+        default=4,
+        ge=0,
+        description="Most reference hops of a chained parameter (subject.organization.name is 2); "
+        "more answers 400.",
+    )
+    search_max_has_depth: int = Field(
+        default=2,
+        ge=0,
+        description="Most nested _has levels of a reverse-chained parameter; more answers 400.",
+    )
     db_pool_size: int = Field(
         default=40,
         ge=1,

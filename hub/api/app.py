@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -17,10 +18,12 @@ from hub.interactions.routes import dispatch
 from hub.search.stored import RegistryHolder
 from hub.settings import Settings, get_settings
 from hub.store import Repository, SqlRepository
+from hub.store.cancel import Cancellation
 from hub.store.reader import reader_for
 
 from . import errors
 from . import ingest as ingest_routes
+from .disconnect import cancel_when_gone
 from .http import to_request, to_response
 from .reads import ReadsById
 
@@ -75,7 +78,13 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
 
     async def handle(http: Request, **parts: str | None) -> Response:
         req = await to_request(http, settings, **parts)
-        result = await run_in_threadpool(dispatch, ctx, req)
+        # A client that goes away stops the request's searches (docs/search.md#limits).
+        req.cancel = Cancellation()
+        watcher = asyncio.ensure_future(cancel_when_gone(http, req.cancel))
+        try:
+            result = await run_in_threadpool(dispatch, ctx, req)
+        finally:
+            watcher.cancel()
         return to_response(req, result)
 
     @router.api_route("/metadata", methods=["GET", "HEAD"], summary="CapabilityStatement")

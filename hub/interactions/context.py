@@ -15,6 +15,7 @@ from typing import Any
 from hub.search.registry import Registry
 from hub.search.stored import RegistryHolder
 from hub.settings import Settings
+from hub.store.cancel import Cancellation
 from hub.store.reader import AsyncReader
 from hub.store.repository import Repository, Transaction, Version
 
@@ -75,6 +76,8 @@ class Request:
     if_modified_since: datetime | None = None
     prefer_return: str | None = None
     prefer_handling: str | None = None  # strict (the default) or lenient
+    # Set by the API: cancelled when the client goes away, which stops the request's searches.
+    cancel: Cancellation | None = None
 
 
 @dataclass

@@ -18,6 +18,7 @@ from hub.fhir import R4_RESOURCE_TYPES, is_resource_type
 from hub.interactions.bundles import bundle, full_url, link
 from hub.interactions.context import Context, Request, Result
 from hub.search.engine import Page, SearchEngine
+from hub.search.limits import Limits
 from hub.search.parse import Include, SearchRequest, encode_cursor, parse
 from hub.search.shape import shape
 from hub.store.repository import Transaction, Version
@@ -42,6 +43,7 @@ def _request(
         req.params if params is None else params,
         strict=req.prefer_handling != "lenient",
         max_count=ctx.settings.max_page_size,
+        limits=Limits.of(ctx.settings),
     )
 
 
@@ -86,7 +88,7 @@ def _run(
     extra: Mapping[str, Sequence[ColumnElement[bool]]] | None = None,
 ) -> Result:
     engine = SearchEngine(ctx.registry, req.base_url)
-    with ctx.reading(tx) as t:
+    with ctx.reading(tx) as t, t.limited(ctx.settings.search_timeout_seconds, req.cancel):
         page = engine.run(
             t, request, _page_size(ctx, request), extra, total_up_to=ctx.settings.search_total_limit
         )

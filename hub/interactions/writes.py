@@ -22,6 +22,7 @@ from hub.interactions.context import Context, Result, parse_etag
 from hub.search import stored
 from hub.search.engine import SearchEngine
 from hub.search.extract import extract
+from hub.search.limits import Limits
 from hub.search.parse import parse
 from hub.store.repository import NewVersion, Transaction, Version
 
@@ -166,12 +167,14 @@ def matches(
     base_url: str = "",
 ) -> list[Version]:
     """Resources matching conditional criteria; at most two, enough to tell one from many."""
-    request = parse(ctx.registry, [resource_type], params)
+    request = parse(ctx.registry, [resource_type], params, limits=Limits.of(ctx.settings))
     if not request.criteria:
         raise Invalid("A conditional request needs at least one search criterion")
     request.total = "none"
     request.sort, request.includes, request.revincludes = [], [], []
-    return SearchEngine(ctx.registry, base_url).run(tx, request, 2, total_default="none").matches
+    with tx.limited(ctx.settings.search_timeout_seconds):
+        page = SearchEngine(ctx.registry, base_url).run(tx, request, 2, total_default="none")
+    return page.matches
 
 
 def single_match(

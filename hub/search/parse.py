@@ -22,6 +22,7 @@ import orjson
 from hub.errors import Invalid, Issue, Unsupported
 from hub.fhir import is_resource_type
 from hub.fhir.content import control_character, escaped
+from hub.search.limits import Limits, distinct, identity
 from hub.search.registry import RESULT_PARAMETERS, SPECIAL, Registry, SearchParam
 from hub.search.values import date_range, decimal_range
 
@@ -112,6 +113,7 @@ class Criterion:
     chain: tuple[tuple[SearchParam, tuple[str, ...]], ...] = ()
     has: tuple[tuple[str, SearchParam], ...] = ()  # _has: (source type, its reference param)
     root: str = ""  # the searched type this criterion filters
+    name: str = field(default="", compare=False)  # the request's parameter, for errors
 
 
 @dataclass(frozen=True)
@@ -245,8 +247,20 @@ def _link(
     return params[0], reachable
 
 
-def _criterion(registry: Registry, resource_type: str, name: str, value: str) -> Criterion:
+def _criterion(
+    registry: Registry,
+    resource_type: str,
+    name: str,
+    value: str,
+    limits: Limits | None,
+    depth: int = 0,
+    whole: str = "",
+) -> Criterion:
+    """`whole` is the request's parameter when `name` is the part of it inside a `_has`."""
+    whole = whole or name
     if name.startswith("_has:"):
+        if limits is not None:
+            limits.check_has(whole, depth + 1)
         pieces = name.split(":")
         if len(pieces) < 4 or not is_resource_type(pieces[1]):
             raise Invalid(f"'{name}' is not _has:Type:reference:parameter", expression=(name,))
@@ -256,7 +270,7 @@ def _criterion(registry: Registry, resource_type: str, name: str, value: str) ->
             raise Unsupported(
                 f"'{ref_code}' is not a reference parameter of {source}", expression=(name,)
             )
-        inner = _criterion(registry, source, ":".join(pieces[3:]), value)
+        inner = _criterion(registry, source, ":".join(pieces[3:]), value, limits, depth + 1, whole)
         return Criterion(
             inner.resource_types,
             inner.param,
@@ -267,6 +281,11 @@ def _criterion(registry: Registry, resource_type: str, name: str, value: str) ->
             ((source, ref), *inner.has),
         )
     links = name.split(".")
+    if limits is not None:
+        limits.check_chain(whole, len(links) - 1)
+    raw = distinct(split_or(value))
+    if limits is not None:
+        limits.check_or_values(whole, len(raw))
     chain: list[tuple[SearchParam, tuple[str, ...]]] = []
     current: tuple[str, ...] = (resource_type,)
     for i, link in enumerate(links[:-1]):
@@ -280,7 +299,7 @@ def _criterion(registry: Registry, resource_type: str, name: str, value: str) ->
             raise Unsupported(
                 f"The modifier ':{modifier}' of '{name}' is not supported", expression=(name,)
             )
-        ids = tuple(unescape(v) for v in split_or(value))
+        ids = distinct([unescape(v) for v in raw])
         return Criterion(current, None, code, None, ids, tuple(chain))
     found = [p for t in current if (p := registry.get(t, code)) is not None]
     if not found:
@@ -304,12 +323,12 @@ def _criterion(registry: Registry, resource_type: str, name: str, value: str) ->
     kind = param.type
     if modifier == "text":
         kind = "string"
-    values = tuple(parse_value(param, kind, v, name) for v in split_or(value))
+    values = distinct([parse_value(param, kind, v, name) for v in raw])
     if param.type == "reference" and modifier and modifier != "missing":
-        values = tuple(v if "/" in v else f"{modifier}/{v}" for v in values)
+        values = distinct([v if "/" in v else f"{modifier}/{v}" for v in values])
         return Criterion(current, param, code, None, values, tuple(chain))
     if modifier == "of-type":
-        values = tuple(_of_type(v, name) for v in values)
+        values = distinct([_of_type(v, name) for v in values])
     return Criterion(current, param, code, modifier or None, values, tuple(chain))
 
 
@@ -365,8 +384,17 @@ def parse(
     *,
     strict: bool = True,
     max_count: int = 1000,
+    limits: Limits | None = None,
 ) -> SearchRequest:
+    """The search `params` ask for; `limits` refuses one too costly to run (`hub.search.limits`).
+
+    Identical criteria are kept once (AND of a condition with itself is that condition), so a
+    parameter repeated any number of times costs what it costs once.
+    """
     request = SearchRequest(tuple(resource_types))
+    seen: set[tuple[str, str]] = set()
+    kept: set[tuple[Any, ...]] = set()
+    per_type: dict[str, tuple[int, int]] = {}  # criteria and their values, by searched type
     for name, value in params:
         control = control_character(name + value)
         if control is not None:
@@ -383,9 +411,21 @@ def parse(
                 continue
             if value == "" and not name.startswith("_has"):
                 continue
+            if (name, value) in seen:
+                continue
+            seen.add((name, value))
             for resource_type in resource_types:
-                found = _criterion(registry, resource_type, name, value)
-                request.criteria.append(replace(found, root=resource_type))
+                found = _criterion(registry, resource_type, name, value, limits)
+                criterion = replace(found, root=resource_type, name=name)
+                if identity(criterion) in kept:
+                    continue
+                kept.add(identity(criterion))
+                criteria, values = per_type.get(resource_type, (0, 0))
+                per_type[resource_type] = (criteria + 1, values + len(criterion.values))
+                if limits is not None:
+                    limits.check_criteria(name, criteria + 1)
+                    limits.check_or_values(name, values + len(criterion.values))
+                request.criteria.append(criterion)
         except Unsupported as e:
             _strict_error(strict, request, e)
             request.ignored.append((name, value))
@@ -424,9 +464,13 @@ def _result_parameter(
                 )
             request.sort.append(SortKey(key_code, params[0], descending))
     elif code == "_include":
-        request.includes.append(_include(registry, value, name, False))
+        found = _include(registry, value, name, False)
+        if found not in request.includes:  # the same include twice finds the same resources
+            request.includes.append(found)
     elif code == "_revinclude":
-        request.revincludes.append(_include(registry, value, name, True))
+        found = _include(registry, value, name, True)
+        if found not in request.revincludes:
+            request.revincludes.append(found)
     elif code == "_total":
         if value not in TOTAL_MODES:
             raise Invalid(

@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     ColumnElement,
     Select,
     and_,
@@ -26,6 +27,9 @@ from sqlalchemy import (
     select,
     true,
 )
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from hub.search.extract import MAX_STRING
 from hub.search.parse import Criterion, DateValue, NumberValue, SearchRequest, SortKey
@@ -53,6 +57,43 @@ _TABLES = {
     "uri": search_uri,
     "composite": search_composite,
 }
+
+
+class _Parenthesised(ColumnElement[bool]):
+    """A condition in parentheses of its own, which SQLAlchemy does not flatten into the OR
+    around it (see `any_of`)."""
+
+    inherit_cache = True
+    type = Boolean()
+    _traverse_internals = [  # noqa: RUF012  (SQLAlchemy's cache key and bind parameters)
+        ("element", InternalTraversal.dp_clauseelement),
+    ]
+
+    def __init__(self, element: ColumnElement[bool]) -> None:
+        self.element = element
+
+
+@compiles(_Parenthesised)
+def _parenthesised(element: _Parenthesised, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"({compiler.process(element.element, **kw)})"
+
+
+_SPAN = 64
+
+
+def any_of(conditions: Sequence[ColumnElement[bool]]) -> ColumnElement[bool]:
+    """The OR of `conditions`, a long list as an OR of parenthesised ORs of up to 64.
+
+    SQLite parses `a OR b OR c ...` into a tree as deep as the list is long and refuses one
+    deeper than 1000 (an OR of some 450 values, fewer inside a chain). Groups keep it shallow,
+    and few: each level of parentheses also takes room on SQLite's parser stack, which nested
+    subqueries (chains, `_has`) fill. PostgreSQL flattens nested ORs: its plan is the same.
+    """
+    if len(conditions) <= _SPAN:
+        return or_(*conditions)
+    return any_of(
+        [_Parenthesised(or_(*conditions[i : i + _SPAN])) for i in range(0, len(conditions), _SPAN)]
+    )
 
 
 def _like_escape(text: str) -> str:
@@ -330,7 +371,7 @@ class QueryBuilder:
             positive = select(t.c.res_id).where(
                 t.c.res_type == resource_type,
                 t.c.param == c.param.code,
-                or_(*[_token_match(t.c.system, t.c.code, v) for v in c.values]),
+                any_of([_token_match(t.c.system, t.c.code, v) for v in c.values]),
             )
             return select(resources.c.res_id).where(
                 resources.c.res_type == resource_type,
@@ -343,17 +384,17 @@ class QueryBuilder:
             table, cond = self._value_clause(c.param, c.modifier, value)
             alternatives.append(cond)
         assert table is not None
-        return select(table.c.res_id).where(table.c.res_type == resource_type, or_(*alternatives))
+        return select(table.c.res_id).where(table.c.res_type == resource_type, any_of(alternatives))
 
     def matching(self, resource_type: str, group: Group) -> Select[Any]:
         """ids of `resource_type` resources meeting a group of criteria (see `groups`)."""
         if isinstance(group, Paired):
             t = search_composite
             conds = [
-                or_(*[_token_match(t.c.c1_system, t.c.c1_code, v) for v in group.token.values])
+                any_of([_token_match(t.c.c1_system, t.c.c1_code, v) for v in group.token.values])
             ]
             for c in group.dates:
-                conds.append(or_(*[_date_match(t.c.c2_low, t.c.c2_high, v) for v in c.values]))
+                conds.append(any_of([_date_match(t.c.c2_low, t.c.c2_high, v) for v in c.values]))
             return select(t.c.res_id).where(
                 t.c.res_type == resource_type, t.c.param == group.composite.code, *conds
             )
@@ -365,7 +406,7 @@ class QueryBuilder:
                 for value in c.values:
                     table, cond = self._value_clause(c.param, c.modifier, value)
                     alternatives.append(cond)
-                conds.append(or_(*alternatives))
+                conds.append(any_of(alternatives))
             assert table is not None
             return select(table.c.res_id).where(table.c.res_type == resource_type, *conds)
         c = group[0]
@@ -382,8 +423,8 @@ class QueryBuilder:
                 s: select(r.c.res_id).where(
                     r.c.res_type == s,
                     r.c.param == link.code,
-                    or_(
-                        *[
+                    any_of(
+                        [
                             and_(r.c.target_type == t, r.c.target_id.in_(per_type[t]))
                             for t in types
                             if t in per_type

@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 from sqlalchemy import Executable, Table
 
+from hub.store.cancel import Cancellation
+
 
 @dataclass(frozen=True, slots=True)
 class Version:
@@ -90,6 +92,12 @@ class Transaction(Protocol):
 
     def load(self, keys: Sequence[tuple[str, str]]) -> list[Version]:
         """The current, live versions of (type, id) pairs, in the order asked."""
+
+    def limited(
+        self, seconds: float, cancellation: Cancellation | None = None
+    ) -> AbstractContextManager[None]:
+        """Stop the statements of the block once it has run `seconds`, or when `cancellation`
+        is cancelled, with `hub.errors.Timeout`; the transaction is then unusable."""
 
     def lock(self, key: str) -> None:
         """Hold a lock named `key` until the transaction ends.

@@ -10,8 +10,11 @@ unique (type, id, version) is the second guard: version numbers never repeat.
 from __future__ import annotations
 
 import re
+import sqlite3
+import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,7 +37,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 
-from hub.errors import Busy, Conflict
+from hub.errors import Busy, Conflict, Timeout, TooCostly
+from hub.store.cancel import Cancellation
 from hub.store.repository import IndexRows, NewVersion, Version
 from hub.store.schema import INDEX_TABLES, lineage, resource_history, resources
 
@@ -189,6 +193,43 @@ def insert_rows(
                     )
 
 
+def _stopped(error: DBAPIError) -> bool:
+    """Whether a statement failed because it was stopped (`SqlTransaction.limited`)."""
+    if isinstance(error.orig, psycopg.errors.QueryCanceled):
+        return True
+    return isinstance(error.orig, sqlite3.OperationalError) and "interrupted" in str(error.orig)
+
+
+# What SQLite says of a statement beyond its parser's or compiler's limits.
+_SQLITE_TOO_COMPLEX = (
+    "parser stack overflow",
+    "Expression tree is too large",
+    "too many SQL variables",
+    "too many terms",
+)
+
+
+def _too_complex(error: DBAPIError) -> bool:
+    """Whether a search's statement is beyond what the store can parse or plan: possible
+    only when the search limits are raised past what it runs (docs/search.md#limits)."""
+    if isinstance(error.orig, psycopg.Error) and (error.orig.sqlstate or "").startswith("54"):
+        return True  # program limit exceeded: statement too complex, stack depth, ...
+    return isinstance(error.orig, sqlite3.OperationalError) and any(
+        m in str(error.orig) for m in _SQLITE_TOO_COMPLEX
+    )
+
+
+def _too_slow(seconds: float) -> Timeout:
+    return Timeout(
+        f"The search ran longer than {seconds:g} s, the hub's limit (HUB_SEARCH_TIMEOUT_SECONDS), "
+        "and was stopped; narrow its criteria"
+    )
+
+
+def _client_gone() -> Timeout:
+    return Timeout("The search was stopped: its client closed the connection")
+
+
 _DUPLICATE_KEY = re.compile(r"\(res_type, res_id\)=\(([^,]+), ([^)]+)\)")
 
 
@@ -230,8 +271,18 @@ class SqlTransaction:
         self._added: dict[str, list[dict[str, Any]]] = {}  # rows of other tables (lineage)
         # Current versions already known to this unit: prefetched, or written by it.
         self._known: dict[tuple[str, str], Version | None] = {}
+        self.writing = bool(conn.get_execution_options().get("hub_write"))
+        # Set by `limited`: when the statements of the block must stop, and who may stop them.
+        self._deadline: float | None = None
+        self._limit = 0.0
+        self._cancellation: Cancellation | None = None
 
     def _execute(self, statement: Executable, params: Any = None) -> Any:
+        if self._deadline is not None:
+            if self._cancellation is not None and self._cancellation.cancelled:
+                raise _client_gone()
+            if time.monotonic() > self._deadline:
+                raise _too_slow(self._limit)
         if self._pending or self._added:
             self.flush()
         return self.conn.execute(statement, params)
@@ -383,6 +434,61 @@ class SqlTransaction:
 
     def rows(self, statement: Executable) -> Sequence[Any]:
         return self._execute(statement).all()
+
+    def _stop_statement(self) -> None:
+        """Stop what the connection runs; called from another thread."""
+        driver = self.conn.connection.dbapi_connection
+        if isinstance(driver, psycopg.Connection):
+            driver.cancel_safe(timeout=5)
+        elif isinstance(driver, sqlite3.Connection):
+            driver.interrupt()
+
+    @contextmanager
+    def limited(self, seconds: float, cancellation: Cancellation | None = None) -> Iterator[None]:
+        """The block's statements stop once it has run `seconds`, or when `cancellation` is
+        cancelled (its client went away), raising `Timeout`.
+
+        PostgreSQL stops a statement itself (statement_timeout, set for this transaction only);
+        SQLite is interrupted by a timer. No statement starts after the time is up, so a search
+        of many statements (one per type of a system search) stops too.
+        """
+        outer = self._deadline, self._limit, self._cancellation
+        self._deadline, self._limit = time.monotonic() + seconds, seconds
+        self._cancellation = cancellation
+        try:
+            with ExitStack() as stack:
+                if self.dialect == "postgresql":
+                    self._execute(
+                        text("SELECT set_config('statement_timeout', :ms, true)"),
+                        {"ms": str(max(1, round(seconds * 1000)))},
+                    )
+                else:
+                    time_up = Cancellation()
+                    stack.enter_context(time_up.watching(self._stop_statement))
+                    timer = threading.Timer(seconds, time_up.cancel)
+                    timer.daemon = True
+                    timer.start()
+                    stack.callback(timer.cancel)
+                if cancellation is not None:
+                    stack.enter_context(cancellation.watching(self._stop_statement))
+                try:
+                    yield
+                except DBAPIError as e:
+                    if _too_complex(e):
+                        raise TooCostly(
+                            "The search is too large for the store to run "
+                            f"({str(e.orig).splitlines()[0]}); narrow it"
+                        ) from None
+                    if not _stopped(e):
+                        raise
+                    if cancellation is not None and cancellation.cancelled:
+                        raise _client_gone() from None
+                    raise _too_slow(seconds) from None
+        finally:
+            self._deadline, self._limit, self._cancellation = outer
+        if self.dialect == "postgresql" and self.writing:
+            # The transaction goes on with writes, which have no time limit.
+            self._execute(text("SET LOCAL statement_timeout TO DEFAULT"))
 
     def execute(
         self, statement: Executable, rows: Sequence[Mapping[str, Any]] | None = None
