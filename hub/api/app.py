@@ -29,7 +29,12 @@ FHIR_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
 def build_context(settings: Settings, repo: Repository | None = None) -> Context:
     if repo is None:
-        repo = SqlRepository.from_url(settings.database_url, settings.db_pool_size)
+        repo = SqlRepository.from_url(
+            settings.database_url,
+            settings.db_pool_size,
+            pool_timeout=settings.db_pool_timeout_seconds,
+            lock_timeout=settings.db_lock_timeout_seconds,
+        )
     holder = RegistryHolder(repo, refresh_seconds=settings.registry_refresh_seconds)
     reader = reader_for(settings.database_url, settings.db_read_connections)
     return Context(repo=repo, registries=holder, settings=settings, reader=reader)
