@@ -89,8 +89,8 @@ class Settings(BaseSettings):
         "quarters of the pool wait at once; more are answered 503 at once.",
     )
     workers: int = Field(default=1, ge=1, description="uvicorn worker processes for `hub serve`.")
-    shutdown_seconds: float = Field(
-        default=5.0,
+    shutdown_seconds: int = Field(
+        default=5,
         ge=0,
         description="On SIGTERM, how long `hub serve` lets requests in flight finish before "
         "cancelling them.",

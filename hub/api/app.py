@@ -23,6 +23,7 @@ from . import errors
 from . import ingest as ingest_routes
 from .http import to_request, to_response
 from .reads import ReadsById
+from .turns import ConditionalCreateTurns
 
 FHIR_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     app.state.ingest = ingest_service
     errors.install(app)
     app.add_middleware(ReadsById, ctx=ctx, settings=settings)
+    app.add_middleware(ConditionalCreateTurns, settings=settings)
     app.include_router(ingest_routes.router(settings.max_body_bytes))
     router = APIRouter(prefix=settings.base_path)
 
