@@ -79,6 +79,8 @@ def serve(
             upgrade(settings.database_url, settings.migrations_dir)
         except FileNotFoundError as e:
             raise click.ClickException(str(e)) from None
+    if settings.database_url.startswith("postgresql"):
+        _check_connections(settings)
     import uvicorn
 
     click.echo(
@@ -94,7 +96,32 @@ def serve(
         workers=settings.workers,
         log_level=settings.log_level,
         access_log=False,
+        # On SIGTERM: requests in flight get this long, then they are cancelled. Every wait
+        # of a request is bounded (pool, locks), so the process ends shortly after.
+        timeout_graceful_shutdown=settings.shutdown_seconds,
     )
+
+
+def _check_connections(settings: Settings) -> None:
+    """Refuse to serve when the server can never hold the hub's connections; warn when
+    it cannot now. A server that cannot be reached yet is not checked."""
+    import psycopg
+
+    from hub.store.capacity import TooFewConnections, judge, server_capacity
+
+    try:
+        capacity = server_capacity(settings.database_url)
+    except psycopg.Error as e:
+        click.echo(f"warning: connection limits not checked: {e}".rstrip(), err=True)
+        return
+    try:
+        warning = judge(
+            capacity, settings.workers, settings.db_pool_size, settings.db_read_connections
+        )
+    except TooFewConnections as e:
+        raise click.ClickException(str(e)) from None
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
 
 
 @main.group(help="Database schema commands (Alembic migrations).")

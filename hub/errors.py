@@ -149,8 +149,16 @@ class BusinessRule(HubError):
 
 
 class Busy(HubError):
+    """Momentarily unable to answer (a lock or a connection not had in time): 503, and
+    `Retry-After` tells the client when to try again."""
+
     category = Category.BUSY
     issue_code = "transient"
+    retry_after: int = 1  # seconds
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.headers.setdefault("Retry-After", str(self.retry_after))
 
 
 class TooCostly(HubError):

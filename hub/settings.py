@@ -99,9 +99,11 @@ class Settings(BaseSettings):
         description="Most nested _has levels of a reverse-chained parameter; more answers 400.",
     )
     db_pool_size: int = Field(
-        default=40,
+        default=20,
         ge=1,
-        description="PostgreSQL connections per process; also the number of request threads.",
+        description="PostgreSQL connections per process; also the number of request threads. "
+        "`hub serve` opens up to workers x (this + HUB_DB_READ_CONNECTIONS) connections and "
+        "refuses to start when the server's max_connections cannot hold them.",
     )
     db_read_connections: int = Field(
         default=2,
@@ -109,7 +111,26 @@ class Settings(BaseSettings):
         description="PostgreSQL connections per process for reads by id, which run on the "
         "event loop and share queries: more gives smaller batches, not more reads.",
     )
+    db_pool_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="Longest a request waits for a pooled connection; then it is answered "
+        "503 with Retry-After.",
+    )
+    db_lock_timeout_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="Longest a conditional create waits for another request with the same "
+        "criteria (PostgreSQL); then it is answered 503 with Retry-After. At most three "
+        "quarters of the pool wait at once; more are answered 503 at once.",
+    )
     workers: int = Field(default=1, ge=1, description="uvicorn worker processes for `hub serve`.")
+    shutdown_seconds: int = Field(
+        default=5,
+        ge=0,
+        description="On SIGTERM, how long `hub serve` lets requests in flight finish before "
+        "cancelling them.",
+    )
     log_level: str = Field(default="info", description="uvicorn log level.")
     registry_refresh_seconds: float = Field(
         default=5.0,

@@ -1116,8 +1116,8 @@ def test_cli_ingest_list_show_retry_and_replay(
     opened: list[SqlRepository] = []
     from_url = SqlRepository.from_url
 
-    def tracked(url: str, pool_size: int = 20) -> SqlRepository:
-        opened.append(from_url(url, pool_size))
+    def tracked(url: str, pool_size: int = 20, **options: float) -> SqlRepository:
+        opened.append(from_url(url, pool_size, **options))
         return opened[-1]
 
     monkeypatch.setattr(SqlRepository, "from_url", tracked)

@@ -26,13 +26,19 @@ from . import ingest as ingest_routes
 from .disconnect import cancel_when_gone
 from .http import to_request, to_response
 from .reads import ReadsById
+from .turns import ConditionalCreateTurns
 
 FHIR_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
 
 def build_context(settings: Settings, repo: Repository | None = None) -> Context:
     if repo is None:
-        repo = SqlRepository.from_url(settings.database_url, settings.db_pool_size)
+        repo = SqlRepository.from_url(
+            settings.database_url,
+            settings.db_pool_size,
+            pool_timeout=settings.db_pool_timeout_seconds,
+            lock_timeout=settings.db_lock_timeout_seconds,
+        )
     holder = RegistryHolder(repo, refresh_seconds=settings.registry_refresh_seconds)
     reader = reader_for(settings.database_url, settings.db_read_connections)
     return Context(repo=repo, registries=holder, settings=settings, reader=reader)
@@ -72,6 +78,7 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     app.state.ingest = ingest_service
     errors.install(app)
     app.add_middleware(ReadsById, ctx=ctx, settings=settings)
+    app.add_middleware(ConditionalCreateTurns, settings=settings)
     app.add_middleware(errors.Unexpected)  # outermost: after any error, keep-alive holds
     app.include_router(ingest_routes.router(settings.max_body_bytes))
     router = APIRouter(prefix=settings.base_path)

@@ -156,7 +156,7 @@ class Pipeline:
 
     def _commit(self, batch: list[_Prepared], held: _Held) -> dict[int, Outcome]:
         try:
-            with self.ctx.repo.transaction() as tx:
+            with self.ctx.unit(None) as tx:
                 return self._apply(tx, batch)
         except Exception as e:
             if len(batch) > 1:

@@ -42,11 +42,15 @@ class Context:
 
     @contextmanager
     def unit(self, tx: Transaction | None) -> Iterator[Transaction]:
-        """Join the caller's transaction (a transaction Bundle) or open one."""
+        """Join the caller's transaction (a transaction Bundle) or open one.
+
+        A unit of its own settles its registries before it takes a connection
+        (`RegistryHolder.held`): checking them inside would need a second one.
+        """
         if tx is not None:
             yield tx
         else:
-            with self.repo.transaction() as own:
+            with self.registries.held(), self.repo.transaction() as own:
                 yield own
 
     @contextmanager
@@ -54,7 +58,7 @@ class Context:
         if tx is not None:
             yield tx
         else:
-            with self.repo.snapshot() as own:
+            with self.registries.held(), self.repo.snapshot() as own:
                 yield own
 
 

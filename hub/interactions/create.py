@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl
-
 from hub.fhir import validate
 from hub.interactions.context import Context, Request, Result
-from hub.interactions.writes import new_id, save, single_match
+from hub.interactions.writes import create_match, new_id, save
 from hub.store.repository import Transaction
 
 
@@ -22,10 +20,7 @@ def create(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
     with ctx.unit(tx) as t:
         if req.if_none_exist:
             # Two concurrent conditional creates with the same criteria must not both create.
-            t.lock(f"create:{req.resource_type}?{req.if_none_exist}")
-            existing = single_match(
-                ctx, t, req.resource_type, parse_qsl(req.if_none_exist), req.base_url
-            )
+            existing = create_match(ctx, t, req.resource_type, req.if_none_exist, req.base_url)
             if existing is not None:
                 return Result(200, version=existing)
         # A transaction assigned the id up front (a new uuid, like new_id here).

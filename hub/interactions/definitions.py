@@ -135,7 +135,7 @@ def load_definitions(ctx: Context, definitions: Sequence[Mapping[str, Any]]) -> 
         else:
             reasons = "; ".join(dict.fromkeys(u.reason for u in mine)) or "not indexed"
             report.unsupported.append(_refusal(resource, reasons))
-    with ctx.repo.transaction() as tx:
+    with ctx.unit(None) as tx:
         urls = stored.stored_urls(tx)
         by_url: dict[str, str] = {}
         for rid, url in sorted(urls.items()):

@@ -31,7 +31,7 @@ from hub.errors import (
 from hub.fhir import is_resource_type
 from hub.interactions.bundles import bundle, full_url, status_line, stored, version_response
 from hub.interactions.context import Context, Request, Result
-from hub.interactions.writes import matches, new_id, single_match
+from hub.interactions.writes import create_match, matches, new_id, single_match
 from hub.store.repository import Transaction
 
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -219,7 +219,7 @@ def _transaction(ctx: Context, req: Request, entries: list[Any], dispatch: Dispa
     order = sorted(range(len(requests)), key=lambda i: _ORDER[requests[i].method])
     results: dict[int, Result] = {}
     targets: dict[str, int] = {}
-    with _locating(targets), ctx.repo.transaction() as tx:
+    with _locating(targets), ctx.unit(None) as tx:
         # 1. Deletes, then ids for everything about to be written.
         for i in order:
             r = requests[i]
@@ -296,10 +296,7 @@ def _assign_id(
     assert r.resource_type is not None
     if r.method == "POST":
         if r.if_none_exist:
-            tx.lock(f"create:{r.resource_type}?{r.if_none_exist}")
-            existing = single_match(
-                ctx, tx, r.resource_type, parse_qsl(r.if_none_exist), r.base_url
-            )
+            existing = create_match(ctx, tx, r.resource_type, r.if_none_exist, r.base_url)
             if existing is not None:
                 r.resource_id = existing.resource_id
                 results[i] = Result(200, version=existing)

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 
@@ -175,6 +176,23 @@ def matches(
     with tx.limited(ctx.settings.search_timeout_seconds):
         page = SearchEngine(ctx.registry, base_url).run(tx, request, 2, total_default="none")
     return page.matches
+
+
+def create_match(
+    ctx: Context, tx: Transaction, resource_type: str, if_none_exist: str, base_url: str = ""
+) -> Version | None:
+    """The resource an If-None-Exist matches; when none does, the unit holds the lock that
+    keeps two creates with the same criteria from both creating until it ends."""
+    key = f"create:{resource_type}?{if_none_exist}"
+    criteria = parse_qsl(if_none_exist)
+    if not tx.try_lock(key):
+        # Another request with these criteria is at work, most likely creating the match:
+        # once it has committed, the match is found without waiting for the lock.
+        found = single_match(ctx, tx, resource_type, criteria, base_url)
+        if found is not None:
+            return found
+        tx.lock(key)  # bounded: Busy (503) when the wait would be too long
+    return single_match(ctx, tx, resource_type, criteria, base_url)
 
 
 def single_match(

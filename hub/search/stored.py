@@ -16,7 +16,8 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +26,7 @@ import orjson
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from hub.errors import Busy
 from hub.fhir import R4_RESOURCE_TYPES
 from hub.search.registry import (
     COMMON,
@@ -278,6 +280,7 @@ class RegistryHolder:
     once every `refresh_seconds` (None: never; 0: on every call), and on
     every call for a short while after `watch()` (this process wrote a
     SearchParameter), and rebuilds the registries when the versions differ.
+    Inside `held()` it answers from memory.
     """
 
     def __init__(
@@ -294,6 +297,7 @@ class RegistryHolder:
         self._lock = threading.Lock()
         self._next_check = time.monotonic() + (refresh_seconds or 0.0)
         self._eager_until = 0.0
+        self._held = threading.local()
         self._current = self._build()
 
     def _build(self) -> Registries:
@@ -305,6 +309,9 @@ class RegistryHolder:
             return Registries(self.shipped, self.shipped, -1)
 
     def current(self) -> Registries:
+        held: Registries | None = getattr(self._held, "registries", None)
+        if held is not None:
+            return held
         if self.refresh_seconds is not None:
             now = time.monotonic()
             if now >= self._next_check or now < self._eager_until:
@@ -312,11 +319,30 @@ class RegistryHolder:
                 self._check()
         return self._current
 
+    @contextmanager
+    def held(self) -> Iterator[Registries]:
+        """The registries of one unit of work: checked now, before the unit takes its
+        connection, and answered from memory in this thread until it ends.
+
+        A check reads the store on a connection of its own. A unit that holds one, and
+        perhaps a lock that other units wait for with the rest of the pool, must never
+        wait for a second: none might come free.
+        """
+        outer: Registries | None = getattr(self._held, "registries", None)
+        if outer is not None:
+            yield outer
+            return
+        self._held.registries = self.current()
+        try:
+            yield self._held.registries
+        finally:
+            self._held.registries = None
+
     def _check(self) -> None:
         try:
             with self.repo.snapshot() as tx:
                 version = read_version(tx)
-        except SQLAlchemyError as e:
+        except (SQLAlchemyError, Busy) as e:
             log.warning("the search registry version could not be read: %s", e)
             return
         if version != self._current.version:

@@ -104,7 +104,12 @@ class Transaction(Protocol):
 
         Serialises check-then-write sequences (a conditional create) that no
         row lock covers, because the row they would lock does not exist yet.
+        The wait is bounded: `hub.errors.Busy` when it would be too long, or
+        when too many units of this process wait already.
         """
+
+    def try_lock(self, key: str) -> bool:
+        """Take the lock named `key` if it is free now; whether it was taken."""
 
     def history(
         self,

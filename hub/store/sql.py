@@ -35,6 +35,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql.elements import ColumnElement
 
 from hub.errors import Busy, Conflict, Timeout, TooCostly
@@ -84,14 +86,16 @@ def version_of(row: Any) -> Version:
     )
 
 
-def make_engine(url: str, pool_size: int = 20) -> Engine:
+def make_engine(url: str, pool_size: int = 20, pool_timeout: float = 5.0) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         _configure_sqlite(engine)
         return engine
     # A pool as large as the request thread pool (see hub.api.app), with no overflow:
     # overflow connections are closed on check-in and reopened, a backend fork each.
-    # Stale connections are recycled instead of pinged before every use.
+    # Stale connections are recycled instead of pinged before every use. A request that
+    # gets no connection within `pool_timeout` is answered 503 (`SqlRepository.connect`)
+    # rather than queued without end.
     # No server-side prepared statements (psycopg prepares a query after 5 runs): PostgreSQL
     # then switches to a generic plan, blind to the values, and a search whose best plan
     # depends on them (a common code or a rare one) ran 15x slower (docs/benchmarks.md).
@@ -99,6 +103,7 @@ def make_engine(url: str, pool_size: int = 20) -> Engine:
         url,
         pool_size=pool_size,
         max_overflow=0,
+        pool_timeout=pool_timeout,
         pool_recycle=1800,
         connect_args={"prepare_threshold": None},
     )
@@ -254,6 +259,20 @@ def _created_meanwhile(pending: Sequence[NewVersion], detail: str) -> Conflict:
     return error
 
 
+class LockWaits:
+    """How long, and how many at once, units of one process wait for a named lock.
+
+    A conditional create waits for another with the same criteria while holding a pooled
+    connection and a request thread. Bounding both the wait and the number of waiters keeps
+    a burst of them from taking every connection: the rest of the pool goes on answering
+    the requests that need no lock.
+    """
+
+    def __init__(self, timeout: float, waiters: int) -> None:
+        self.timeout_ms = max(1, round(timeout * 1000))
+        self.slots = threading.BoundedSemaphore(max(1, waiters))
+
+
 class SqlTransaction:
     """One unit of work on one connection.
 
@@ -264,9 +283,10 @@ class SqlTransaction:
     creates becomes a handful of statements instead of 500.
     """
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, waits: LockWaits | None = None) -> None:
         self.conn = conn
         self.dialect = conn.dialect.name
+        self._waits = waits or LockWaits(2.0, 1)
         self._pending: list[NewVersion] = []
         self._added: dict[str, list[dict[str, Any]]] = {}  # rows of other tables (lineage)
         # Current versions already known to this unit: prefetched, or written by it.
@@ -366,12 +386,37 @@ class SqlTransaction:
         ).first()
         return version_of(row) if row else None
 
-    def lock(self, key: str) -> None:
+    def try_lock(self, key: str) -> bool:
         # SQLite writers already hold the database lock from BEGIN IMMEDIATE.
-        if self.conn.dialect.name == "postgresql":
+        if self.dialect != "postgresql":
+            return True
+        statement = text("SELECT pg_try_advisory_xact_lock(hashtextextended(:key, 0))")
+        return bool(self._execute(statement, {"key": key}).scalar())
+
+    def lock(self, key: str) -> None:
+        if self.try_lock(key):
+            return
+        waits = self._waits
+        if not waits.slots.acquire(blocking=False):
+            raise Busy("Too many requests wait for the same resources; retry the request")
+        try:
+            # lock_timeout bounds this wait only: back to the default once the lock is had.
             self._execute(
-                text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key}
+                text("SELECT set_config('lock_timeout', :ms, true)"), {"ms": f"{waits.timeout_ms}"}
             )
+            try:
+                self._execute(
+                    text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key}
+                )
+            except OperationalError as e:
+                if isinstance(e.orig, psycopg.errors.LockNotAvailable):
+                    raise Busy(
+                        "Another request with the same conditions took too long; retry the request"
+                    ) from None
+                raise
+            self._execute(text("SET LOCAL lock_timeout TO DEFAULT"))
+        finally:
+            waits.slots.release()
 
     def version(self, resource_type: str, resource_id: str, version_id: int) -> Version | None:
         row = self._execute(
@@ -560,18 +605,30 @@ class SqlTransaction:
 
 
 class SqlRepository:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, lock_timeout: float = 2.0) -> None:
         self._single: dict[str, Any] = (
             {"isolation_level": "AUTOCOMMIT"} if engine.dialect.name == "postgresql" else {}
         )
         self.engine = engine
+        pool = engine.pool
+        size = pool.size() if isinstance(pool, QueuePool) else 1
+        # At most three quarters of the pool wait for locks: the last quarter keeps serving
+        # everything else (requests that take no lock are quick, so a few connections do).
+        self.lock_waits = LockWaits(lock_timeout, size - max(1, size // 4))
         self._read = select(*_CURRENT_COLUMNS).where(
             resources.c.res_type == bindparam("t"), resources.c.res_id == bindparam("i")
         )
 
     @classmethod
-    def from_url(cls, url: str, pool_size: int = 20) -> SqlRepository:
-        return cls(make_engine(url, pool_size))
+    def from_url(
+        cls,
+        url: str,
+        pool_size: int = 20,
+        *,
+        pool_timeout: float = 5.0,
+        lock_timeout: float = 2.0,
+    ) -> SqlRepository:
+        return cls(make_engine(url, pool_size, pool_timeout), lock_timeout)
 
     @property
     def dialect(self) -> str:
@@ -580,7 +637,7 @@ class SqlRepository:
     def read(self, resource_type: str, resource_id: str) -> Version | None:
         # One statement needs no transaction: on PostgreSQL, autocommit saves the
         # BEGIN and ROLLBACK round trips.
-        with self.engine.connect().execution_options(**self._single) as conn:
+        with self.connect().execution_options(**self._single) as conn:
             row = conn.execute(self._read, {"t": resource_type, "i": resource_id}).first()
             if not self._single:
                 conn.rollback()
@@ -588,9 +645,9 @@ class SqlRepository:
 
     @contextmanager
     def transaction(self) -> Iterator[SqlTransaction]:
-        with self.engine.connect().execution_options(hub_write=True) as conn, conn.begin():
+        with self.connect().execution_options(hub_write=True) as conn, conn.begin():
             try:
-                tx = SqlTransaction(conn)
+                tx = SqlTransaction(conn, self.lock_waits)
                 yield tx
                 tx.flush()
             except OperationalError as e:
@@ -600,8 +657,15 @@ class SqlRepository:
 
     @contextmanager
     def snapshot(self) -> Iterator[SqlTransaction]:
-        with self.engine.connect() as conn, conn.begin():
-            yield SqlTransaction(conn)
+        with self.connect() as conn, conn.begin():
+            yield SqlTransaction(conn, self.lock_waits)
+
+    def connect(self) -> Connection:
+        """A pooled connection, or 503 when none comes free within the pool timeout."""
+        try:
+            return self.engine.connect()
+        except PoolTimeout:
+            raise Busy("No database connection came free in time; retry the request") from None
 
     def close(self) -> None:
         self.engine.dispose()
