@@ -290,8 +290,8 @@ class Runner:
         self.opened: list[SqlRepository] = []
         from_url = SqlRepository.from_url
 
-        def tracked(url: str, pool_size: int = 20) -> SqlRepository:
-            self.opened.append(from_url(url, pool_size))
+        def tracked(url: str, *args: Any, **options: Any) -> SqlRepository:
+            self.opened.append(from_url(url, *args, **options))
             return self.opened[-1]
 
         monkeypatch.setattr(SqlRepository, "from_url", tracked)
