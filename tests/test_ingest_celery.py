@@ -132,6 +132,10 @@ class Process:
             time.sleep(0.05)
         self.log.close()
 
+    def signal(self, number: int) -> None:
+        """Send a signal to the whole group (SIGSTOP pauses the pool children too)."""
+        os.killpg(self.popen.pid, number)
+
     def tail(self, lines: int = 30) -> str:
         text = self.log_path.read_text(errors="replace").splitlines()
         return f"--- last lines of {self.name}.log ---\n" + "\n".join(text[-lines:])
@@ -338,14 +342,20 @@ def test_a_redis_restart_mid_file_loses_nothing_and_duplicates_nothing(
     hub: Hub, synthea_file: Path
 ) -> None:
     hub.start("beat", ["beat", "--loglevel", "info"])
-    hub.start_worker()
+    worker = hub.start_worker()
     hub.ingest(synthea_file)
 
     hub.wait(lambda c: c.get(DONE, 0) >= MESSAGES // 5, DEADLINE, "a fifth of the rows")
-    queued = hub.broker.client().llen("celery")
-    assert queued > 0, "nothing was queued when Redis was restarted"
-    hub.broker.restart()  # every queued task is lost: Redis runs without persistence
-    assert hub.counts().get(DONE, 0) < MESSAGES, "the file was done before Redis restarted"
+    # The worker is paused while Redis restarts, so that the file is surely unfinished and
+    # tasks queued when they are lost (a fast worker could otherwise finish first).
+    worker.signal(signal.SIGSTOP)
+    try:
+        assert hub.counts().get(DONE, 0) < MESSAGES, "the file was done before Redis restarted"
+        queued = hub.broker.client().llen("celery")
+        assert queued > 0, "nothing was queued when Redis was restarted"
+        hub.broker.restart()  # every queued task is lost: Redis runs without persistence
+    finally:
+        worker.signal(signal.SIGCONT)
 
     assert_every_row_done_once(hub)
 
