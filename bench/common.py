@@ -3,6 +3,7 @@ what the output says about the machine and the code measured."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
+FHIR_JSON = "application/fhir+json"
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -183,3 +185,38 @@ def idle_share(seconds: float = 1.0) -> float:
     except OSError:
         return 1.0
     return (idle1 - idle0) / max(1, total1 - total0)
+
+
+# --- a minimal HTTP/1.1 keep-alive client ----------------------------------------------------
+# Load generators in the bench's own event loop: an HTTP library's per-request cost would be
+# measured along with the hub's.
+
+
+def raw_request(method: str, path: str, body: bytes | None = None, headers: str = "") -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: {HOST}\r\nAccept: {FHIR_JSON}\r\n{headers}"
+    if body is None:
+        return (head + "\r\n").encode()
+    head += f"Content-Type: {FHIR_JSON}\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+async def exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> tuple[int, bool]:
+    """Send one request; its status and whether it carried Retry-After."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length, retry_after = 0, False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"retry-after":
+            retry_after = True
+        elif name == b"transfer-encoding":
+            raise RuntimeError("this client reads Content-Length bodies only")
+    if length:
+        await reader.readexactly(length)
+    return status, retry_after

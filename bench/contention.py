@@ -41,7 +41,9 @@ from typing import Any
 from common import (
     HOST,
     drop_database,
+    exchange,
     idle_share,
+    raw_request,
     recreate_database,
     revision,
     scratch,
@@ -56,36 +58,6 @@ SLOWEST_CREATE_TARGET_S = 5.0
 
 
 # --- a minimal HTTP/1.1 keep-alive client --------------------------------------------------
-
-
-def raw_request(method: str, path: str, body: bytes | None = None, headers: str = "") -> bytes:
-    head = f"{method} {path} HTTP/1.1\r\nHost: {HOST}\r\nAccept: {FHIR_JSON}\r\n{headers}"
-    if body is None:
-        return (head + "\r\n").encode()
-    head += f"Content-Type: {FHIR_JSON}\r\nContent-Length: {len(body)}\r\n\r\n"
-    return head.encode() + body
-
-
-async def exchange(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
-) -> tuple[int, bool]:
-    """Send one request; its status and whether it carried Retry-After."""
-    writer.write(request)
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    length, retry_after = 0, False
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            length = int(value)
-        elif name == b"retry-after":
-            retry_after = True
-        elif name == b"transfer-encoding":
-            raise RuntimeError("this client reads Content-Length bodies only")
-    if length:
-        await reader.readexactly(length)
-    return status, retry_after
 
 
 def run_loop(coro: Any) -> Any:

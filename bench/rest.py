@@ -51,10 +51,12 @@ from common import (
     Server,
     checkpoint,
     drop_database,
+    exchange,
     free_port,
     http_get,
     idle_share,
     libpq_url,
+    raw_request,
     recreate_database,
     revision,
     scratch,
@@ -452,40 +454,13 @@ class Load:
     clients: int
 
 
-def raw_request(load: Load, path: str) -> bytes:
-    head = f"{load.method} {path} HTTP/1.1\r\nHost: {HOST}\r\nAccept: application/fhir+json\r\n"
-    if load.body is None:
-        return (head + "\r\n").encode()
-    head += f"Content-Type: {FHIR_JSON}\r\nContent-Length: {len(load.body)}\r\n\r\n"
-    return head.encode() + load.body
-
-
-async def _exchange(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
-) -> int:
-    writer.write(request)
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            length = int(value)
-        elif name == b"transfer-encoding":
-            raise RuntimeError("the asyncio client reads Content-Length bodies only")
-    if length:
-        await reader.readexactly(length)
-    return status
-
-
 async def _asyncio_load(port: int, load: Load, warmup: float, duration: float, ok: int) -> Run:
     """Closed loop; the window opens after `warmup` and once every client has had an answer.
 
     Waiting for every client's first answer keeps slow requests (a Bundle can take seconds)
     from being measured before the server is in its steady state, whatever --warmup says.
     """
-    requests = [raw_request(load, p) for p in load.paths]
+    requests = [raw_request(load.method, p, load.body) for p in load.paths]
     start = time.perf_counter() + 0.2
     window = [float("inf"), float("inf")]
     spans: list[list[tuple[float, float]]] = [[] for _ in range(load.clients)]
@@ -499,7 +474,7 @@ async def _asyncio_load(port: int, load: Load, warmup: float, duration: float, o
         await asyncio.sleep(max(0.0, start - time.perf_counter()))
         i = n * max(1, len(requests) // load.clients)
         while (t0 := time.perf_counter()) < window[1]:
-            status = await _exchange(reader, writer, requests[i % len(requests)])
+            status, _ = await exchange(reader, writer, requests[i % len(requests)])
             i += 1
             if t0 >= window[0]:
                 spans[n].append((t0, time.perf_counter()))
