@@ -60,7 +60,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if missed:
         terminalreporter.write_sep(
             "!",
-            f"{len(missed)} tests were SKIPPED: a server they need is missing "
+            f"{len(missed)} test{'s were' if len(missed) != 1 else ' was'} SKIPPED: "
+            "a server it needs is missing "
             "(see the skip reasons above; CI=true makes this a failure)",
             red=True,
             bold=True,
