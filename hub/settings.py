@@ -98,12 +98,18 @@ class Settings(BaseSettings):
         ge=0,
         description="Most nested _has levels of a reverse-chained parameter; more answers 400.",
     )
+    search_max_sort: int = Field(
+        default=8,
+        ge=1,
+        description="Most different _sort keys of a search (each adds a lookup per result); "
+        "more answers 400.",
+    )
     db_pool_size: int = Field(
         default=20,
         ge=1,
-        description="PostgreSQL connections per process; also the number of request threads. "
-        "`hub serve` opens up to workers x (this + HUB_DB_READ_CONNECTIONS) connections and "
-        "refuses to start when the server's max_connections cannot hold them.",
+        description="Database connections per process (PostgreSQL, or a SQLite file); also "
+        "the number of request threads. `hub serve` opens up to workers x (this + "
+        "HUB_DB_READ_CONNECTIONS) connections and refuses to start when the server's max_connections cannot hold them.",
     )
     db_read_connections: int = Field(
         default=2,

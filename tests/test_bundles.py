@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import orjson
+import pytest
 from fastapi.testclient import TestClient
 
 BASE = "http://hub.test/fhir"
@@ -702,3 +703,56 @@ def test_reference_to_a_fullurl_no_entry_defines_is_400(client: TestClient, uid:
     # Nothing of the refused transactions was stored.
     assert _by_identifier(client, uid) == []
     assert client.get("/fhir/Observation").json()["total"] == 0
+
+
+def test_a_stored_document_bundle_keeps_its_own_urn_uuid_references(
+    client: TestClient, uid: str
+) -> None:
+    """References inside a Bundle the transaction stores resolve against that Bundle's entries."""
+    patient_url, composition_url = f"urn:uuid:{uuid.uuid4()}", f"urn:uuid:{uuid.uuid4()}"
+    document = {
+        "resourceType": "Bundle",
+        "type": "document",
+        "identifier": {"system": "urn:doc", "value": uid},
+        "entry": [
+            {
+                "fullUrl": composition_url,
+                "resource": {
+                    "resourceType": "Composition",
+                    "status": "final",
+                    "type": {"text": "note"},
+                    "date": "2024-01-01",
+                    "title": "Note",
+                    "author": [{"reference": patient_url}],
+                    "subject": {"reference": patient_url},
+                },
+            },
+            {"fullUrl": patient_url, "resource": _patient(uid)},
+        ],
+    }
+    body = _ok(client, "transaction", [_entry("POST", "Bundle", document)])
+    assert body["entry"][0]["response"]["status"].startswith("201"), body
+    location = body["entry"][0]["response"]["location"]
+    r = client.get("/fhir/" + location[location.index("Bundle/") :])
+    assert r.status_code == 200, r.text
+    assert r.json()["entry"][0]["resource"]["subject"] == {"reference": patient_url}
+
+
+@pytest.mark.parametrize("kind", ["transaction", "batch"])
+def test_an_if_none_exist_holding_a_nul_or_no_string_is_400(
+    client: TestClient, uid: str, kind: str
+) -> None:
+    for criteria in (f"identifier=urn:mrn|{uid}\x00", 5):
+        entry = _entry("POST", "Patient", _patient(uid))
+        entry["request"]["ifNoneExist"] = criteria
+        r = _post(client, kind, [entry])
+        if kind == "transaction":
+            assert r.status_code == 400, r.text
+            issue = r.json()["issue"][0]
+        else:
+            assert r.status_code == 200, r.text
+            response = r.json()["entry"][0]["response"]
+            assert response["status"].startswith("400"), response
+            issue = response["outcome"]["issue"][0]
+        assert "Bundle.entry[0]" in issue["diagnostics"], issue
+    assert _by_identifier(client, uid) == []

@@ -40,6 +40,7 @@ from hub.settings import Settings, get_settings
 from hub.store import SqlRepository
 from hub.store.capacity import Capacity, TooFewConnections, judge
 from hub.store.reader import conninfo
+from hub.store.sql import lock_id
 
 BASE = "http://hub.test/fhir"
 HANG = 30.0  # seconds: longer than any bounded wait here, so only a hang reaches it
@@ -149,7 +150,7 @@ class Held:
 
     def __init__(self, postgres_url: str, key: str) -> None:
         self.conn = psycopg.connect(conninfo(postgres_url))
-        self.conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
+        self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_id(key),))
 
     def waiting(self) -> int:
         """Sessions waiting for an advisory lock of this database now."""

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 from fastapi.testclient import TestClient
-from ingest_fixtures import PATIENT_COLUMNS, csv_bytes, hold, ingest, patient_row, rid
+from ingest_fixtures import PATIENT_COLUMNS, csv_bytes, hold, ingest, patient_row, read, rid
 from sqlalchemy import select
 
 import hub.ingest.pipeline as pipeline_module
@@ -406,3 +406,24 @@ def test_cli_refuses_an_unknown_mapping_or_a_bad_source_with_exit_2(
     result = hub_ingest.ingest("--source", "s" * 101, str(file))
     assert result.exit_code == 2 and "is not a valid source name" in result.output
     assert stored(service) == []
+
+
+def test_an_error_quoting_a_nul_is_stored_and_loses_no_other_row(service: IngestService) -> None:
+    # The mapping's error quotes the bad cell, NUL included: PostgreSQL cannot store that text.
+    bad = patient_row(pid(2), BIRTHDATE="\x001961-07-04")
+    ingest(service, PATIENTS, patients(patient_row(pid(1)), bad, patient_row(pid(3))), "nul.csv")
+    found = stored(service)
+    assert [m.status for m in found] == [DONE, FAILED, DONE]
+    assert "\\u0000" in (found[1].error or "")
+
+
+def test_a_cell_holding_a_lone_cr_is_one_row(service: IngestService) -> None:
+    out = io.StringIO()  # quoted as a careful exporter writes it (csv.writer would not)
+    writer = csv.writer(out, lineterminator="\r", quoting=csv.QUOTE_ALL)
+    writer.writerow(PATIENT_COLUMNS)
+    for row in (patient_row(pid(1), ADDRESS="1 Main St\rFlat 2"), patient_row(pid(2))):
+        writer.writerow([row.get(c, "") for c in PATIENT_COLUMNS])
+    ingest(service, PATIENTS, out.getvalue().encode(), "cr.csv")
+    assert [m.status for m in stored(service)] == [DONE, DONE]
+    patient = read(service, "Patient", rid("Patient", pid(1)))
+    assert patient["address"][0]["line"] == ["1 Main St\rFlat 2"]

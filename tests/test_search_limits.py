@@ -374,3 +374,60 @@ def test_a_client_that_disconnects_cancels_its_search_in_postgresql(postgres_url
         locker.close()
         watch.close()
         single.close()
+
+
+def test_sort_keys_repeated_are_one_and_too_many_are_too_costly(client: TestClient) -> None:
+    r = client.post(
+        "/fhir/Patient/_search",
+        data={"_sort": ",".join(["birthdate", "-birthdate"] * 1500)},
+    )
+    assert r.status_code == 200, r.text
+    codes = ["birthdate", "family", "given", "gender", "address", "name", "phone", "email", "_id"]
+    r = client.get("/fhir/Patient", params={"_sort": ",".join(codes)})
+    _too_costly(r, "HUB_SEARCH_MAX_SORT", "_sort")
+    r = client.get("/fhir/Patient", params={"_sort": ",".join(codes[:8])})
+    assert r.status_code == 200, r.text
+
+
+def test_bundle_entries_share_the_bundles_cancellation(ctx: Context) -> None:
+    """A client gone while its batch runs stops the entries' searches too."""
+    from hub.interactions.context import Request
+    from hub.interactions.routes import dispatch
+    from hub.store.cancel import Cancellation
+
+    batch = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"request": {"method": "GET", "url": "Patient?gender=male"}}] * 2,
+    }
+    req = Request(method="POST", base_url="http://hub.test/fhir", body=batch)
+    req.cancel = Cancellation()
+    req.cancel.cancel()  # the client went away
+    result = dispatch(ctx, req)
+    assert result.body is not None
+    statuses = [e["response"]["status"] for e in result.body["entry"]]
+    assert statuses == ["503 Service Unavailable"] * 2, result.body
+
+
+def test_a_search_past_a_shared_deadline_stops_before_it_starts(repo: SqlRepository) -> None:
+    from hub.errors import Timeout
+    from hub.store.cancel import Cancellation
+
+    shared = Cancellation()
+    shared.deadline = time.monotonic() - 1
+    with repo.snapshot() as tx, pytest.raises(Timeout), tx.limited(30, shared):
+        tx.rows(text("SELECT 1"))
+
+
+def test_the_sqlite_pool_has_the_configured_size_and_timeout(tmp_path: Any) -> None:
+    from hub.errors import Busy
+
+    repo = SqlRepository.from_url(f"sqlite:///{tmp_path / 'pool.db'}", 2, pool_timeout=0.2)
+    try:
+        held = [repo.connect(), repo.connect()]
+        with pytest.raises(Busy):
+            repo.connect()
+        for conn in held:
+            conn.close()
+    finally:
+        repo.close()

@@ -136,7 +136,11 @@ def _read_all(text: str) -> list[list[str]]:
 
 def _line(row: list[str]) -> str:
     out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerow(row)
+    # The writer quotes a cell holding LF but not one holding a lone CR, which a reader takes
+    # for a line end: such a row is written with every cell quoted (other rows keep their
+    # bytes, and so their external ids).
+    quoting = csv.QUOTE_ALL if any("\r" in cell for cell in row) else csv.QUOTE_MINIMAL
+    csv.writer(out, lineterminator="\n", quoting=quoting).writerow(row)
     return out.getvalue()
 
 

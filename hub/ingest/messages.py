@@ -398,6 +398,10 @@ class MessageStore:
 
     def set_status(self, message_id: int, status: str, error: str | None = None) -> None:
         """End an open message (failed, dead); one another worker finished stays as it is."""
+        if error is not None:
+            # An error may quote the input (a cell holding NUL): as an escape, which any store
+            # keeps; PostgreSQL would refuse the text itself, and the message would stay open.
+            error = _UNSTORABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", error)
         with self.engine.connect().execution_options(hub_write=True) as conn, conn.begin():
             conn.execute(
                 update(messages)

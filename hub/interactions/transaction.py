@@ -11,6 +11,7 @@ its own and reports each entry's outcome.
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -32,6 +33,7 @@ from hub.fhir import is_resource_type
 from hub.interactions.bundles import bundle, full_url, status_line, stored, version_response
 from hub.interactions.context import Context, Request, Result
 from hub.interactions.writes import create_match, matches, new_id, single_match
+from hub.store.cancel import Cancellation
 from hub.store.repository import Transaction
 
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -39,12 +41,24 @@ _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 Dispatch = Callable[[Context, Request, Transaction | None], Result]
 
 
-def entry_request(base_url: str, index: int, entry: Any, prefer: str | None) -> Request:
-    """Turn `Bundle.entry[i].request` (and its resource) into an interaction request."""
+def entry_request(
+    base_url: str, index: int, entry: Any, prefer: str | None, parent: Request | None = None
+) -> Request:
+    """Turn `Bundle.entry[i].request` (and its resource) into an interaction request.
+
+    With the Bundle's own request as `parent`, the entry shares its cancellation: a client
+    that goes away stops the entries' searches, and they share one time limit.
+    """
     where = f"Bundle.entry[{index}]"
     if not isinstance(entry, dict) or not isinstance(entry.get("request"), dict):
         raise Invalid(f"{where} has no request", expression=(f"{where}.request",))
     request = entry["request"]
+    for name in ("ifMatch", "ifNoneExist", "ifNoneMatch"):
+        if name in request and not isinstance(request[name], str):
+            raise Invalid(
+                f"{where}.request.{name} must be a string",
+                expression=(f"{where}.request.{name}",),
+            )
     method = str(request.get("method", "")).upper()
     if method not in _ORDER:
         raise Invalid(
@@ -67,6 +81,7 @@ def entry_request(base_url: str, index: int, entry: Any, prefer: str | None) -> 
         if_none_exist=request.get("ifNoneExist"),
         if_none_match=request.get("ifNoneMatch"),
         prefer_return=prefer,
+        cancel=parent.cancel if parent is not None else None,
     )
     if not segments or not is_resource_type(segments[0]):
         raise NotFound(
@@ -111,12 +126,18 @@ def entry_request(base_url: str, index: int, entry: Any, prefer: str | None) -> 
 
 def _rewrite(value: Any, path: str, resolve: Callable[[str, str], str | None]) -> Any:
     """A copy of `value` whose `reference`s are resolved; `resolve` gets each with the path of
-    the element holding it (`path` names `value`). Iterative: a body may nest deeply."""
+    the element holding it (`path` names `value`). Iterative: a body may nest deeply.
+
+    A Bundle inside (an entry that stores a document or message Bundle) is left as it is: its
+    references resolve against its own entries' fullUrls, not the transaction's.
+    """
     top: list[Any] = [value]
     stack: list[tuple[Any, Any, Any, str]] = [(top, 0, value, path)]
     while stack:
         parent, key, original, where = stack.pop()
         copy: dict[str, Any] | list[Any]
+        if isinstance(original, dict) and original.get("resourceType") == "Bundle":
+            continue  # `parent[key]` keeps the original
         if isinstance(original, dict):
             copy = dict(original)
             for k, v in original.items():
@@ -182,6 +203,10 @@ def process(ctx: Context, req: Request, dispatch: Dispatch) -> Result:
     entries = body.get("entry") or []
     if not isinstance(entries, list):
         raise Invalid("Bundle.entry must be an array", expression=("Bundle.entry",))
+    # The entries' searches share one time limit, and stop together if the client goes away.
+    if req.cancel is None:
+        req.cancel = Cancellation()
+    req.cancel.deadline = time.monotonic() + ctx.settings.search_timeout_seconds
     if kind == "transaction":
         return _transaction(ctx, req, entries, dispatch)
     if kind == "batch":
@@ -196,7 +221,7 @@ def _batch(ctx: Context, req: Request, entries: list[Any], dispatch: Dispatch) -
     out = []
     for i, entry in enumerate(entries):
         try:
-            entry_req = entry_request(req.base_url, i, entry, req.prefer_return)
+            entry_req = entry_request(req.base_url, i, entry, req.prefer_return, req)
             if entry_req.resource_type is None:
                 raise Invalid("A batch cannot hold another batch or transaction")
             out.append(_entry_response(entry_req, dispatch(ctx, entry_req, None)))
@@ -212,7 +237,7 @@ def _transaction(ctx: Context, req: Request, entries: list[Any], dispatch: Dispa
     requests = []
     for i, entry in enumerate(entries):
         try:
-            requests.append(entry_request(req.base_url, i, entry, req.prefer_return))
+            requests.append(entry_request(req.base_url, i, entry, req.prefer_return, req))
         except HubError as e:
             raise _located(i, e) from None
     full_urls = [e.get("fullUrl") if isinstance(e, dict) else None for e in entries]

@@ -30,6 +30,7 @@ class Limits:
     or_values: int
     chain: int
     has_depth: int
+    sort: int = 8
 
     @classmethod
     def of(cls, settings: Settings) -> Limits:
@@ -38,6 +39,7 @@ class Limits:
             settings.search_max_or_values,
             settings.search_max_chain,
             settings.search_max_has_depth,
+            settings.search_max_sort,
         )
 
     def check_chain(self, name: str, hops: int) -> None:
@@ -64,6 +66,14 @@ class Limits:
                 f"The search has more than {self.or_values} different values, the hub's limit "
                 f"(HUB_SEARCH_MAX_OR_VALUES), with those of '{name}'",
                 expression=(name,),
+            )
+
+    def check_sort(self, count: int) -> None:
+        if count > self.sort:
+            raise TooCostly(
+                f"_sort has more than {self.sort} different keys, the hub's limit "
+                "(HUB_SEARCH_MAX_SORT)",
+                expression=("_sort",),
             )
 
     def check_criteria(self, name: str, count: int) -> None:

@@ -407,7 +407,7 @@ def parse(
         code = name.split(":")[0]
         try:
             if code in RESULT_PARAMETERS or code in ("_cursor", "_type"):
-                _result_parameter(registry, request, name, code, value, max_count)
+                _result_parameter(registry, request, name, code, value, max_count, limits)
                 continue
             if value == "" and not name.startswith("_has"):
                 continue
@@ -442,7 +442,13 @@ def parse_count(value: str, maximum: int) -> int:
 
 
 def _result_parameter(
-    registry: Registry, request: SearchRequest, name: str, code: str, value: str, max_count: int
+    registry: Registry,
+    request: SearchRequest,
+    name: str,
+    code: str,
+    value: str,
+    max_count: int,
+    limits: Limits | None = None,
 ) -> None:
     if code == "_count":
         request.count = parse_count(value, max_count)
@@ -450,6 +456,10 @@ def _result_parameter(
         for key in value.split(","):
             descending = key.startswith("-")
             key_code = key.lstrip("-")
+            if any(k.code == key_code for k in request.sort):
+                continue  # a key already sorted by decides nothing more, whatever its direction
+            if limits is not None:
+                limits.check_sort(len(request.sort) + 1)
             if key_code in ("_id", "_lastUpdated"):
                 request.sort.append(SortKey(key_code, None, descending))
                 continue

@@ -24,6 +24,9 @@ class Cancellation:
         self._lock = threading.Lock()
         self._stops: dict[int, Callable[[], None]] = {}
         self.cancelled = False
+        # When the searches of this request must have ended (time.monotonic()), when several
+        # share one time limit: the entries of a batch or transaction Bundle.
+        self.deadline: float | None = None
 
     def cancel(self) -> None:
         """Stop the statements running for this request, and refuse the next ones.

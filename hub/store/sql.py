@@ -9,6 +9,7 @@ unique (type, id, version) is the second guard: version numbers never repeat.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sqlite3
 import threading
@@ -88,7 +89,18 @@ def version_of(row: Any) -> Version:
 
 def make_engine(url: str, pool_size: int = 20, pool_timeout: float = 5.0) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        memory = url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url
+        # A file's pool is sized and bounded as PostgreSQL's is (an in-memory database keeps
+        # its one connection): SQLAlchemy's default of 5 + 10 for 30 s would leave request
+        # threads beyond 15 waiting longer than the pool timeout says.
+        pool: dict[str, Any] = (
+            {}
+            if memory
+            else {"pool_size": pool_size, "max_overflow": 0, "pool_timeout": pool_timeout}
+        )
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, **pool
+        )
         _configure_sqlite(engine)
         return engine
     # A pool as large as the request thread pool (see hub.api.app), with no overflow:
@@ -211,6 +223,7 @@ _SQLITE_TOO_COMPLEX = (
     "Expression tree is too large",
     "too many SQL variables",
     "too many terms",
+    "too many columns",
 )
 
 
@@ -257,6 +270,13 @@ def _created_meanwhile(pending: Sequence[NewVersion], detail: str) -> Conflict:
     )
     error.resources = tuple(keys)
     return error
+
+
+def lock_id(key: str) -> int:
+    """The advisory lock number of a named lock: a signed 64-bit hash of its name, made here so
+    that the name (a client's If-None-Exist, which may hold anything) never reaches the server."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 class LockWaits:
@@ -390,8 +410,8 @@ class SqlTransaction:
         # SQLite writers already hold the database lock from BEGIN IMMEDIATE.
         if self.dialect != "postgresql":
             return True
-        statement = text("SELECT pg_try_advisory_xact_lock(hashtextextended(:key, 0))")
-        return bool(self._execute(statement, {"key": key}).scalar())
+        statement = text("SELECT pg_try_advisory_xact_lock(:key)")
+        return bool(self._execute(statement, {"key": lock_id(key)}).scalar())
 
     def lock(self, key: str) -> None:
         if self.try_lock(key):
@@ -405,9 +425,7 @@ class SqlTransaction:
                 text("SELECT set_config('lock_timeout', :ms, true)"), {"ms": f"{waits.timeout_ms}"}
             )
             try:
-                self._execute(
-                    text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key}
-                )
+                self._execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_id(key)})
             except OperationalError as e:
                 if isinstance(e.orig, psycopg.errors.LockNotAvailable):
                     raise Busy(
@@ -498,7 +516,16 @@ class SqlTransaction:
         of many statements (one per type of a system search) stops too.
         """
         outer = self._deadline, self._limit, self._cancellation
-        self._deadline, self._limit = time.monotonic() + seconds, seconds
+        limit = seconds
+        started = time.monotonic()
+        deadline = started + seconds
+        if cancellation is not None and cancellation.deadline is not None:
+            # Searches sharing one time limit (a Bundle's entries) get what is left of it.
+            deadline = min(deadline, cancellation.deadline)
+            if deadline <= started:
+                raise _too_slow(limit)
+            seconds = deadline - started
+        self._deadline, self._limit = deadline, limit
         self._cancellation = cancellation
         try:
             with ExitStack() as stack:
@@ -528,7 +555,7 @@ class SqlTransaction:
                         raise
                     if cancellation is not None and cancellation.cancelled:
                         raise _client_gone() from None
-                    raise _too_slow(seconds) from None
+                    raise _too_slow(limit) from None
         finally:
             self._deadline, self._limit, self._cancellation = outer
         if self.dialect == "postgresql" and self.writing:
