@@ -109,7 +109,8 @@ class Settings(BaseSettings):
         ge=1,
         description="Database connections per process (PostgreSQL, or a SQLite file); also "
         "the number of request threads. `hub serve` opens up to workers x (this + "
-        "HUB_DB_READ_CONNECTIONS) connections and refuses to start when the server's max_connections cannot hold them.",
+        "HUB_DB_READ_CONNECTIONS) connections and refuses to start when the server's "
+        "max_connections cannot hold them.",
     )
     db_read_connections: int = Field(
         default=2,
