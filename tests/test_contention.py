@@ -35,6 +35,7 @@ from hub.api import create_app
 from hub.cli import main
 from hub.interactions.context import Context, Request
 from hub.interactions.routes import dispatch
+from hub.interactions.writes import create_lock_name
 from hub.search.stored import RegistryHolder
 from hub.settings import Settings, get_settings
 from hub.store import SqlRepository
@@ -59,7 +60,7 @@ def criteria(uid: str) -> str:
 
 
 def lock_key(uid: str) -> str:
-    return f"create:Patient?{criteria(uid)}"
+    return create_lock_name("Patient", criteria(uid))
 
 
 # --- one connection at a time ----------------------------------------------------------------
@@ -231,6 +232,26 @@ def test_a_lock_wait_ends_in_503_with_retry_after(
         _join(threads)
         for r in out:
             _busy(r)
+
+
+def test_criteria_spelled_differently_share_one_lock(
+    small_hub: Callable[..., TestClient], postgres_url: str, uid: str
+) -> None:
+    """`urn:mrn|x` encoded, or with its parameters in another order, is the same condition."""
+    assert lock_key(uid) == create_lock_name("Patient", f"identifier=urn%3Amrn%7C{uid}")
+    assert create_lock_name("Patient", f"_id=1&{criteria(uid)}") == create_lock_name(
+        "Patient", f"{criteria(uid)}&_id=1"
+    )
+    with (
+        small_hub(db_lock_timeout_seconds=0.5) as client,
+        Held(postgres_url, lock_key(uid)),
+    ):
+        r = client.post(
+            "/fhir/Patient",
+            json=patient(uid),
+            headers={"If-None-Exist": f"identifier=urn%3Amrn%7C{uid}"},
+        )
+        _busy(r)  # it waited for the create holding the lock, instead of creating beside it
 
 
 def _bundle(uid: str) -> dict[str, Any]:

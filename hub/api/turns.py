@@ -17,6 +17,7 @@ import asyncio
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hub.errors import Busy
+from hub.interactions.writes import create_lock_name
 from hub.settings import Settings
 
 from .errors import error_response
@@ -40,7 +41,8 @@ class ConditionalCreateTurns:
         if not path.startswith(self.prefix) or "/" in path[len(self.prefix) :]:
             return None
         criteria = header(scope, b"if-none-exist")
-        return f"{path}?{criteria}" if criteria else None
+        resource_type = path[len(self.prefix) :]
+        return create_lock_name(resource_type, criteria) if criteria else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         key = self._key(scope)

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
@@ -178,12 +178,19 @@ def matches(
     return page.matches
 
 
+def create_lock_name(resource_type: str, if_none_exist: str) -> str:
+    """The name that conditional creates with the same criteria share, however spelled:
+    decoded and in order (`identifier=a%7Cb&_id=1` and `_id=1&identifier=a|b` are one)."""
+    criteria = sorted(parse_qsl(if_none_exist, keep_blank_values=True))
+    return f"create:{resource_type}?{urlencode(criteria)}"
+
+
 def create_match(
     ctx: Context, tx: Transaction, resource_type: str, if_none_exist: str, base_url: str = ""
 ) -> Version | None:
     """The resource an If-None-Exist matches; when none does, the unit holds the lock that
     keeps two creates with the same criteria from both creating until it ends."""
-    key = f"create:{resource_type}?{if_none_exist}"
+    key = create_lock_name(resource_type, if_none_exist)
     criteria = parse_qsl(if_none_exist)
     if not tx.try_lock(key):
         # Another request with these criteria is at work, most likely creating the match:
