@@ -69,11 +69,17 @@ def _equality_key(key: str, limit: int) -> str:
     return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def _storable_text(text: str) -> str:
+    """Descriptive text (an origin, an error quoting the input) with what a store cannot keep
+    written as escapes (`\\u0000`)."""
+    return _UNSTORABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def _label(text: str | None, limit: int) -> str | None:
-    """Descriptive text (an origin) as stored: unstorable characters replaced, cut to fit."""
+    """An origin as stored: storable, cut to fit."""
     if text is None:
         return None
-    text = _UNSTORABLE.sub("\ufffd", text)
+    text = _storable_text(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -399,9 +405,9 @@ class MessageStore:
     def set_status(self, message_id: int, status: str, error: str | None = None) -> None:
         """End an open message (failed, dead); one another worker finished stays as it is."""
         if error is not None:
-            # An error may quote the input (a cell holding NUL): as an escape, which any store
-            # keeps; PostgreSQL would refuse the text itself, and the message would stay open.
-            error = _UNSTORABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", error)
+            # An error may quote the input (a cell holding NUL), which PostgreSQL would refuse,
+            # and the message would stay open.
+            error = _storable_text(error)
         with self.engine.connect().execution_options(hub_write=True) as conn, conn.begin():
             conn.execute(
                 update(messages)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import IO, Any
@@ -51,11 +51,22 @@ class Summary:
     dead: int = 0
     open: int = 0
     resources: int = 0
-    errors: list[str] = field(default_factory=list)  # why each rejected or dead message is
     # Each message that did not end done, once: (status, where it came from and why).
     not_done: list[tuple[str, str]] = field(default_factory=list)
     message_ids: list[int] = field(default_factory=list)
     duplicate_ids: set[int] = field(default_factory=set)  # received before: written nothing now
+
+    def count(self, by_status: Mapping[str, int]) -> None:
+        """Set the counts by outcome from the messages' statuses."""
+        self.done = by_status.get(DONE, 0)
+        self.rejected = by_status.get(FAILED, 0)
+        self.dead = by_status.get(DEAD, 0)
+        self.open = sum(by_status.get(s, 0) for s in OPEN)
+
+    @property
+    def errors(self) -> list[str]:
+        """Why each rejected or dead message is."""
+        return [why for status, why in self.not_done if status in (FAILED, DEAD)]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -234,10 +245,7 @@ class IngestService:
             for start in range(0, len(ids), 5000):
                 for status, n in self.store.counts(ids[start : start + 5000]).items():
                     counts[status] = counts.get(status, 0) + n
-            summary.done = counts.get(DONE, 0)
-            summary.rejected = counts.get(FAILED, 0)
-            summary.dead = counts.get(DEAD, 0)
-            summary.open = sum(counts.get(s, 0) for s in OPEN)
+            summary.count(counts)
             if progress:
                 progress(summary)
             if summary.open == 0 or (deadline and time.monotonic() > deadline):
@@ -250,7 +258,6 @@ class IngestService:
         """Resources written, and the outcome of each message (a unit repeated in the input is
         one message; one sent before has the outcome of its first delivery)."""
         summary.resources = 0
-        summary.errors = []
         summary.not_done = []
         ids = list(dict.fromkeys(summary.message_ids))
         counts: Counter[str] = Counter()
@@ -269,12 +276,7 @@ class IngestService:
                 else:
                     why = f"{where}: {error}" if error else f"{where}: still {status}"
                 summary.not_done.append((status, why))
-                if status in (FAILED, DEAD):
-                    summary.errors.append(why)
-        summary.done = counts[DONE]
-        summary.rejected = counts[FAILED]
-        summary.dead = counts[DEAD]
-        summary.open = sum(counts[s] for s in OPEN)
+        summary.count(counts)
 
     def retry(self, ids: list[int]) -> list[int]:
         reopened = self.store.reopen(ids, statuses=(FAILED, DEAD))
