@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -205,3 +205,23 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+class InvalidSettings(ValueError):
+    """A HUB_* value that does not validate; the message names each variable."""
+
+
+def load_settings() -> Settings:
+    """The settings as the environment and `.env` give them now, validated now.
+
+    Read afresh, not the cached ones, so that a command's options, which it sets as
+    HUB_* variables, take effect. Raises `InvalidSettings` naming every bad variable.
+    """
+    get_settings.cache_clear()
+    try:
+        return get_settings()
+    except ValidationError as e:
+        lines = [
+            f"  HUB_{'_'.join(map(str, err['loc'])).upper()}: {err['msg']}" for err in e.errors()
+        ]
+        raise InvalidSettings("invalid settings:\n" + "\n".join(lines)) from None

@@ -12,14 +12,11 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from hub import __version__
-from hub.ingest.service import IngestService
+from hub.assembly import build_context, ingest_service
 from hub.interactions.context import Context
 from hub.interactions.routes import dispatch
-from hub.search.stored import RegistryHolder
 from hub.settings import Settings, get_settings
-from hub.store import Repository, SqlRepository
 from hub.store.cancel import Cancellation
-from hub.store.reader import reader_for
 
 from . import errors
 from . import ingest as ingest_routes
@@ -31,24 +28,12 @@ from .turns import ConditionalCreateTurns
 FHIR_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
 
-def build_context(settings: Settings, repo: Repository | None = None) -> Context:
-    if repo is None:
-        repo = SqlRepository.from_url(
-            settings.database_url,
-            settings.db_pool_size,
-            pool_timeout=settings.db_pool_timeout_seconds,
-            lock_timeout=settings.db_lock_timeout_seconds,
-        )
-    holder = RegistryHolder(repo, refresh_seconds=settings.registry_refresh_seconds)
-    reader = reader_for(settings.database_url, settings.db_read_connections)
-    return Context(repo=repo, registries=holder, settings=settings, reader=reader)
-
-
 def create_app(settings: Settings | None = None, context: Context | None = None) -> FastAPI:
+    """The API over `context`, or over parts assembled from `settings` (`hub.assembly`),
+    which the app then closes when it stops."""
     settings = settings or get_settings()
     ctx = context or build_context(settings)
-
-    ingest_service = IngestService(ctx, settings)
+    feeds = ingest_service(settings, ctx)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -57,16 +42,18 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
         if ctx.reader is not None:
             await ctx.reader.open()
-        if ingest_service.mode == "threads":
+        if feeds.mode == "threads":
             # Embedded mode: this process works the message store, sweeper included.
-            ingest_service.start_sweeper()
-            ingest_service.dispatcher.submit(ingest_service.store.stale(timedelta(0)))
+            feeds.start_sweeper()
+            stale = await run_in_threadpool(feeds.store.stale, timedelta(0))
+            feeds.dispatcher.submit(stale)
         yield
-        ingest_service.close()
+        # Waits for the ingest threads' batches in hand: in a thread, off the event loop.
+        await run_in_threadpool(feeds.close)
         if ctx.reader is not None:
             await ctx.reader.close()
         if context is None:
-            ctx.repo.close()
+            await run_in_threadpool(ctx.repo.close)
 
     app = FastAPI(
         title="fhir-hub",
@@ -75,7 +62,7 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
         lifespan=lifespan,
     )
     app.state.context = ctx
-    app.state.ingest = ingest_service
+    app.state.ingest = feeds
     errors.install(app)
     app.add_middleware(ReadsById, ctx=ctx, settings=settings)
     app.add_middleware(ConditionalCreateTurns, settings=settings)
@@ -128,6 +115,13 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     async def reindex_job(request: Request, job_id: str) -> Response:
         return await handle(request, operation="$reindex", resource_id=job_id)
 
+    # Any other operation: the routing table answers it (an unknown one 404).
+    @router.api_route(
+        "/${name}", methods=["GET", "HEAD", "POST"], summary="A system-level operation"
+    )
+    async def system_operation(request: Request, name: str) -> Response:
+        return await handle(request, operation=f"${name}")
+
     @router.api_route(
         "/{resource_type}",
         methods=FHIR_METHODS,
@@ -135,6 +129,15 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     )
     async def type_level(request: Request, resource_type: str) -> Response:
         return await handle(request, resource_type=resource_type)
+
+    # Before /{resource_type}/{resource_id}, which would take "$name" for an id.
+    @router.api_route(
+        "/{resource_type}/${name}",
+        methods=["GET", "HEAD", "POST"],
+        summary="A type-level operation",
+    )
+    async def type_operation(request: Request, resource_type: str, name: str) -> Response:
+        return await handle(request, resource_type=resource_type, operation=f"${name}")
 
     @router.api_route("/{resource_type}/_search", methods=["POST"], summary="Search by form post")
     async def type_search(request: Request, resource_type: str) -> Response:

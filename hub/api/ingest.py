@@ -2,6 +2,11 @@
 
 `POST /ingest/{adapter}` takes the same input as `hub ingest`; `/messages`
 lists, shows, retries and replays stored messages.
+
+Every call of the service waits for the database, so none runs on the event loop:
+the ingest route reads its body there and then hands the work to a request thread;
+the others are plain `def` routes, which FastAPI runs in the same request threads
+(as many as pooled connections, see `hub.api.app`).
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ def router(max_body: int) -> APIRouter:
         return {**summary.to_json(), "messages": summary.message_ids[:1000]}
 
     @api.get("/messages", summary="List stored messages, newest first")
-    async def list_messages(
+    def list_messages(
         request: Request,
         status: str | None = Query(None, description=f"one of {', '.join(STATUSES)}"),
         source: str | None = None,
@@ -74,7 +79,7 @@ def router(max_body: int) -> APIRouter:
         return out
 
     @api.get("/messages/{message_id}", summary="One message: raw content, error, produced")
-    async def show(request: Request, message_id: int) -> dict[str, Any]:
+    def show(request: Request, message_id: int) -> dict[str, Any]:
         service = _service(request)
         message = service.store.get(message_id)
         if message is None:
@@ -90,15 +95,15 @@ def router(max_body: int) -> APIRouter:
         }
 
     @api.post("/messages/{message_id}/retry", summary="Retry a failed or dead message")
-    async def retry(request: Request, message_id: int) -> dict[str, Any]:
+    def retry(request: Request, message_id: int) -> dict[str, Any]:
         return {"reopened": _service(request).retry([message_id])}
 
     @api.post("/messages/{message_id}/replay", summary="Run a message again (current mappings)")
-    async def replay(request: Request, message_id: int) -> dict[str, Any]:
+    def replay(request: Request, message_id: int) -> dict[str, Any]:
         return {"reopened": _service(request).replay([message_id])}
 
     @api.post("/messages/replay", summary="Replay every message of a source in a time window")
-    async def replay_many(
+    def replay_many(
         request: Request,
         source: str | None = None,
         since: datetime | None = Query(None, description="received at or after"),

@@ -221,18 +221,19 @@ class CeleryDispatcher:
         self.batch = batch
 
     def submit(self, message_ids: Sequence[int]) -> None:
-        from hub.ingest.tasks import process_message, process_messages
+        # Sent by name: the tasks are the workers' entry point, above this module.
+        from hub.ingest.celery_app import PROCESS_MESSAGE, PROCESS_MESSAGES, app
 
         for chunk in chunks(message_ids, self.batch):
             if len(chunk) == 1:
-                process_message.delay(chunk[0])
+                app.send_task(PROCESS_MESSAGE, (chunk[0],))
             else:
-                process_messages.delay(chunk)
+                app.send_task(PROCESS_MESSAGES, (chunk,))
 
     def backlog(self) -> int:
         from kombu.exceptions import ChannelError
 
-        from hub.ingest.tasks import MESSAGE_QUEUE, app
+        from hub.ingest.celery_app import MESSAGE_QUEUE, app
 
         try:
             with app.connection_for_read() as conn:

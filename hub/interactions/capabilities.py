@@ -1,26 +1,39 @@
 """capabilities: https://hl7.org/fhir/R4/http.html#capabilities
 
 The CapabilityStatement is generated from what the code supports: the
-resource types the validator knows, the interactions `dispatch` routes, and
-the search parameters in the registry. Nothing in it is written by hand.
+resource types the validator knows, the interactions and operations of the
+routing table that serves requests (`hub.interactions.routes.ROUTES`, passed
+in), and the search parameters in the registry. Nothing in it is written by hand.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from hub import __version__
 from hub.fhir import R4_RESOURCE_TYPES
 from hub.interactions.context import Context, Request, Result
-from hub.interactions.routes import OPERATIONS, SYSTEM_INTERACTIONS, TYPE_INTERACTIONS
+from hub.interactions.route import COMPARTMENT, Route
 from hub.interactions.writes import instant, now
 from hub.search.registry import COMMON, SPECIAL
-from hub.store.repository import Transaction
 
 _SPEC = "http://hl7.org/fhir/SearchParameter"
+_COMPARTMENTS = "http://hl7.org/fhir/CompartmentDefinition"
 
 
-def _resource(ctx: Context, resource_type: str) -> dict[str, Any]:
+def _codes(routes: Iterable[Route]) -> list[dict[str, str]]:
+    """The interaction codes of `routes`, each once, in table order."""
+    codes = dict.fromkeys(r.code for r in routes if r.code is not None)
+    return [{"code": code} for code in codes]
+
+
+def _operations(routes: Iterable[Route]) -> list[dict[str, str]]:
+    named = {r.name: r.definition for r in routes if r.name is not None and r.definition}
+    return [{"name": name, "definition": url} for name, url in named.items()]
+
+
+def _resource(ctx: Context, resource_type: str, routes: Sequence[Route]) -> dict[str, Any]:
     params = [
         {"name": code, "definition": f"{_SPEC}/Resource-{code.lstrip('_')}", "type": kind}
         for code, kind in SPECIAL.items()
@@ -37,14 +50,18 @@ def _resource(ctx: Context, resource_type: str) -> dict[str, Any]:
     statement: dict[str, Any] = {
         "type": resource_type,
         "profile": f"http://hl7.org/fhir/StructureDefinition/{resource_type}",
-        "interaction": [{"code": code} for code in TYPE_INTERACTIONS],
+        "interaction": _codes(routes),
         "versioning": "versioned-update",
         "readHistory": True,
         "updateCreate": True,
         "conditionalCreate": True,
         "conditionalRead": "not-supported",
-        "conditionalUpdate": True,
-        "conditionalDelete": "single",
+        "conditionalUpdate": any(r.needs_criteria and "PUT" in r.methods for r in routes),
+        "conditionalDelete": (
+            "single"
+            if any(r.needs_criteria and "DELETE" in r.methods for r in routes)
+            else "not-supported"
+        ),
         "searchInclude": ["*", *(f"{resource_type}:{code}" for code in references)],
         "searchRevInclude": sorted(
             f"{source}:{p.code}"
@@ -55,14 +72,33 @@ def _resource(ctx: Context, resource_type: str) -> dict[str, Any]:
         ),
         "searchParam": params,
     }
-    if resource_type == "Patient":
-        statement["operation"] = [
-            {"name": name, "definition": url} for name, url in OPERATIONS.items()
-        ]
+    operations = _operations(routes)
+    if operations:
+        statement["operation"] = operations
     return statement
 
 
-def capabilities(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
+def capabilities(ctx: Context, req: Request, routes: Sequence[Route]) -> Result:
+    """The statement of what `routes` serve, made now from the registry as it stands."""
+    system = [r for r in routes if r.level == "system"]
+    served = [r for r in routes if r.level != "system"]
+    rest: dict[str, Any] = {
+        "mode": "server",
+        "resource": [
+            _resource(ctx, t, [r for r in served if r.applies_to(t)])
+            for t in sorted(R4_RESOURCE_TYPES)
+        ],
+        "interaction": _codes(system),
+    }
+    operations = _operations(system)
+    if operations:
+        rest["operation"] = operations
+    if any(r.operation == COMPARTMENT for r in served):
+        rest["compartment"] = [
+            # The definitions' ids: patient, encounter, relatedPerson, practitioner, device.
+            f"{_COMPARTMENTS}/{name[0].lower()}{name[1:]}"
+            for name in sorted(ctx.registry.compartments)
+        ]
     statement = {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -74,12 +110,6 @@ def capabilities(ctx: Context, req: Request, tx: Transaction | None = None) -> R
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
         "patchFormat": ["application/json-patch+json"],
-        "rest": [
-            {
-                "mode": "server",
-                "resource": [_resource(ctx, t) for t in sorted(R4_RESOURCE_TYPES)],
-                "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
-            }
-        ],
+        "rest": [rest],
     }
     return Result(200, body=statement)

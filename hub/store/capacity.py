@@ -20,6 +20,10 @@ class TooFewConnections(Exception):
     """The hub's connections cannot fit in the server's, even with no other client."""
 
 
+class Unreachable(Exception):
+    """The server could not be asked (not up yet, refused us): its limits are unknown."""
+
+
 @dataclass(frozen=True)
 class Capacity:
     """The connection slots of a PostgreSQL server, and how many are taken now."""
@@ -43,14 +47,18 @@ def needed(workers: int, pool_size: int, read_connections: int) -> int:
 
 
 def server_capacity(database_url: str) -> Capacity:
-    with psycopg.connect(conninfo(database_url), connect_timeout=5, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT current_setting('max_connections')::int,"
-            " current_setting('superuser_reserved_connections')::int"
-            " + coalesce(current_setting('reserved_connections', true)::int, 0),"
-            " (SELECT count(*) FROM pg_stat_activity"
-            "   WHERE backend_type = 'client backend' AND pid <> pg_backend_pid())::int"
-        ).fetchone()
+    """The server's connection slots; raises `Unreachable` when it cannot be asked."""
+    try:
+        with psycopg.connect(conninfo(database_url), connect_timeout=5, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT current_setting('max_connections')::int,"
+                " current_setting('superuser_reserved_connections')::int"
+                " + coalesce(current_setting('reserved_connections', true)::int, 0),"
+                " (SELECT count(*) FROM pg_stat_activity"
+                "   WHERE backend_type = 'client backend' AND pid <> pg_backend_pid())::int"
+            ).fetchone()
+    except psycopg.Error as e:
+        raise Unreachable(str(e)) from e
     assert row is not None
     return Capacity(int(row[0]), int(row[1]), int(row[2]))
 

@@ -6,22 +6,23 @@ import sys
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from hub.cli import environment
 from hub.ingest.messages import STATUSES
 
+if TYPE_CHECKING:
+    from hub.assembly import DispatchMode
 
-def _service(dispatcher: str | None = None) -> Any:
-    from hub.api.app import build_context
-    from hub.cli import _settings
+
+def _service(dispatcher: DispatchMode | None = None) -> Any:
+    from hub.assembly import ingest_service
     from hub.ingest.adapters import UnknownAdapter
-    from hub.ingest.service import IngestService
 
-    settings = _settings()
     try:
-        return IngestService(build_context(settings), settings, dispatcher=dispatcher)
+        return ingest_service(environment.settings(), dispatcher=dispatcher)
     except UnknownAdapter as e:
         raise click.ClickException(str(e)) from None
 
@@ -154,9 +155,7 @@ def ingest(
 
 
 def _broker() -> str | None:
-    from hub.cli import _settings
-
-    return _settings().broker_url
+    return environment.settings().broker_url
 
 
 @click.command(help="Start a Celery worker that processes feed messages (needs HUB_BROKER_URL).")
@@ -165,7 +164,7 @@ def _broker() -> str | None:
 def worker(concurrency: int, loglevel: str) -> None:
     if not _broker():
         raise click.ClickException("HUB_BROKER_URL is not set; `hub serve` processes feeds itself")
-    from hub.ingest.tasks import MESSAGE_QUEUE, SWEEP_QUEUE, app
+    from hub.ingest.celery_app import MESSAGE_QUEUE, SWEEP_QUEUE, app
 
     app.worker_main(
         [
@@ -184,7 +183,7 @@ def worker(concurrency: int, loglevel: str) -> None:
 def beat(loglevel: str) -> None:
     if not _broker():
         raise click.ClickException("HUB_BROKER_URL is not set; `hub serve` sweeps by itself")
-    from hub.ingest.tasks import app
+    from hub.ingest.celery_app import app
 
     # The schedule is kept in memory: its only state is when the sweep last ran, and a
     # restarted beat sweeping at once is harmless. Nothing is left on disk.
@@ -259,12 +258,11 @@ def adapters() -> None:
 
 def _registry() -> tuple[Any, Any]:
     """Settings and adapter registry, without the store: these commands need no database."""
-    from hub.cli import _settings
     from hub.ingest.adapters import AdapterRegistry, UnknownAdapter
 
-    settings = _settings()
+    current = environment.settings()
     try:
-        return settings, AdapterRegistry.discover(settings.adapters)
+        return current, AdapterRegistry.discover(current.adapters)
     except UnknownAdapter as e:
         raise click.ClickException(str(e)) from None
 

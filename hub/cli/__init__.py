@@ -9,24 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-from pydantic import ValidationError
 
-from hub.settings import Settings, get_settings
+from hub.cli.environment import settings as _settings
+from hub.settings import Settings
 
 if TYPE_CHECKING:
     from hub.interactions.context import Context
-
-
-def _settings() -> Settings:
-    """Settings validated now, so a bad HUB_* value stops the command with its name."""
-    get_settings.cache_clear()
-    try:
-        return get_settings()
-    except ValidationError as e:
-        lines = [
-            f"  HUB_{'_'.join(map(str, err['loc'])).upper()}: {err['msg']}" for err in e.errors()
-        ]
-        raise click.ClickException("invalid settings:\n" + "\n".join(lines)) from None
 
 
 @click.group(
@@ -105,13 +93,11 @@ def serve(
 def _check_connections(settings: Settings) -> None:
     """Refuse to serve when the server can never hold the hub's connections; warn when
     it cannot now. A server that cannot be reached yet is not checked."""
-    import psycopg
-
-    from hub.store.capacity import TooFewConnections, judge, server_capacity
+    from hub.store.capacity import TooFewConnections, Unreachable, judge, server_capacity
 
     try:
         capacity = server_capacity(settings.database_url)
-    except psycopg.Error as e:
+    except Unreachable as e:
         click.echo(f"warning: connection limits not checked: {e}".rstrip(), err=True)
         return
     try:
@@ -155,13 +141,9 @@ def current(database_url: str | None) -> None:
 
 def _context(database_url: str | None) -> Context:
     """A context for a command: its registries look at the store only when told to."""
-    from hub.interactions.context import Context
-    from hub.search.stored import RegistryHolder
-    from hub.store import SqlRepository
+    from hub.assembly import command_context
 
-    settings = _settings()
-    repo = SqlRepository.from_url(database_url or settings.database_url, pool_size=2)
-    return Context(repo=repo, registries=RegistryHolder(repo), settings=settings)
+    return command_context(_settings(), database_url)
 
 
 @main.group(help="Search parameter definitions: SearchParameter resources in the store.")
@@ -266,7 +248,7 @@ def reindex(types: tuple[str, ...], batch: int, database_url: str | None) -> Non
 
 
 def _register_feed_commands() -> None:
-    from hub.ingest.cli import COMMANDS
+    from hub.cli.feeds import COMMANDS
 
     for command in COMMANDS:
         main.add_command(command)

@@ -1,8 +1,11 @@
-"""The Celery app and its thin tasks: ids in, the pipeline does the work.
+"""The Celery workers' tasks: ids in, the pipeline does the work.
 
 Tasks are idempotent and acknowledged late (a worker killed mid-task leaves
 the task to be delivered again); retries only on transient errors, with
 backoff. The beat schedule runs the sweeper, which re-sends messages left open.
+The app, its queues and the task names are in `hub.ingest.celery_app`; this
+module is an entry point, like the API and the command line: it gets the hub's
+parts from `hub.assembly`.
 """
 
 from __future__ import annotations
@@ -12,41 +15,18 @@ from datetime import timedelta
 from functools import cache
 from typing import Any
 
-from celery import Celery
-
-from hub.settings import get_settings
-
-settings = get_settings()
-MESSAGE_QUEUE = "celery"  # Celery's default queue: process_message tasks
-SWEEP_QUEUE = "hub.sweep"  # the sweep, which must not wait behind a backlog of messages
-app = Celery("hub", broker=settings.broker_url or "redis://127.0.0.1:6379/0")
-app.conf.update(
-    task_default_queue=MESSAGE_QUEUE,
-    task_routes={"hub.ingest.tasks.sweep_task": {"queue": SWEEP_QUEUE}},
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
-    task_serializer="json",
-    accept_content=["json"],
-    broker_connection_retry_on_startup=True,
-    broker_transport_options={"visibility_timeout": 3600},
-    task_ignore_result=True,
-    beat_schedule={
-        "sweep": {"task": "hub.ingest.tasks.sweep_task", "schedule": settings.ingest_sweep_seconds},
-    },
-)
+from hub.ingest.celery_app import PROCESS_MESSAGE, PROCESS_MESSAGES, SWEEP, app, settings
 
 
 @cache
 def service() -> Any:
     """The worker's ingestion service, built once per worker process."""
-    from hub.api.app import build_context
-    from hub.ingest.service import IngestService
+    from hub.assembly import ingest_service
 
-    return IngestService(build_context(settings), settings, dispatcher="celery")
+    return ingest_service(settings, dispatcher="celery")
 
 
-@app.task(bind=True, name="hub.ingest.tasks.process_message", max_retries=None)
+@app.task(bind=True, name=PROCESS_MESSAGE, max_retries=None)
 def process_message(self: Any, message_id: int) -> str:
     from hub.ingest.dispatch import backoff, follow
     from hub.ingest.pipeline import Outcome
@@ -67,7 +47,7 @@ def process_message(self: Any, message_id: int) -> str:
     return str(outcome)
 
 
-@app.task(bind=True, name="hub.ingest.tasks.process_messages", max_retries=None)
+@app.task(bind=True, name=PROCESS_MESSAGES, max_retries=None)
 def process_messages(self: Any, message_ids: list[int]) -> dict[str, int]:
     """Several messages in one transaction (see `Pipeline.process_many`)."""
     from hub.ingest.dispatch import backoff, process_batch
@@ -82,7 +62,7 @@ def process_messages(self: Any, message_ids: list[int]) -> dict[str, int]:
     return dict(Counter(str(o) for o in outcomes.values()))
 
 
-@app.task(name="hub.ingest.tasks.sweep_task")
+@app.task(name=SWEEP)
 def sweep_task() -> int:
     from hub.ingest.dispatch import sweep
 

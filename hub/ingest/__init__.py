@@ -1,0 +1,1 @@
+"""Feeds: the message store, adapters and mappings, the pipeline and its dispatchers."""
