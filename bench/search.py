@@ -1290,7 +1290,7 @@ def explain(url: str, shapes: Sequence[Shape], pools: Pools, seed: int) -> None:
     """EXPLAIN (ANALYZE, BUFFERS) of the hub's statements for each shape, and the hand SQL."""
     from sqlalchemy import event
 
-    from hub.api.app import build_context
+    from hub.assembly import build_context
     from hub.interactions.context import Request
     from hub.interactions.search import search
     from hub.settings import Settings

@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -20,7 +21,7 @@ import pytest
 import uvicorn
 
 from hub.api import create_app
-from hub.interactions import search
+from hub.interactions import routes, search
 from hub.interactions.context import Context
 from hub.settings import Settings
 
@@ -61,7 +62,12 @@ def _broken_search(*_: Any) -> Any:
 def test_the_connection_outlives_error_answers(
     server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(search, "search", _broken_search)
+    # The routing table holds the interactions: the type-level search is broken there.
+    broken = tuple(
+        replace(r, handler=_broken_search) if r.handler is search.search else r
+        for r in routes.ROUTES
+    )
+    monkeypatch.setattr(routes, "ROUTES", broken)
     with httpx.Client(base_url=server, limits=httpx.Limits(max_connections=1)) as client:
         first = client.get("/fhir/metadata")
         assert first.status_code == 200

@@ -111,14 +111,13 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     async def reindex(request: Request) -> Response:
         return await handle(request, operation="$reindex")
 
-    @router.api_route("/$reindex/{job_id}", methods=["GET", "HEAD"], summary="A reindex job")
+    @router.api_route("/$reindex/{job_id}", methods=FHIR_METHODS, summary="A reindex job")
     async def reindex_job(request: Request, job_id: str) -> Response:
         return await handle(request, operation="$reindex", resource_id=job_id)
 
     # Any other operation: the routing table answers it (an unknown one 404).
-    @router.api_route(
-        "/${name}", methods=["GET", "HEAD", "POST"], summary="A system-level operation"
-    )
+    # Every method, so that the table answers 405 for a method an operation does not take.
+    @router.api_route("/${name}", methods=FHIR_METHODS, summary="A system-level operation")
     async def system_operation(request: Request, name: str) -> Response:
         return await handle(request, operation=f"${name}")
 
@@ -133,7 +132,7 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     # Before /{resource_type}/{resource_id}, which would take "$name" for an id.
     @router.api_route(
         "/{resource_type}/${name}",
-        methods=["GET", "HEAD", "POST"],
+        methods=FHIR_METHODS,
         summary="A type-level operation",
     )
     async def type_operation(request: Request, resource_type: str, name: str) -> Response:
@@ -165,7 +164,7 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
 
     @router.api_route(
         "/{resource_type}/{resource_id}/{operation}",
-        methods=["GET", "HEAD", "POST"],
+        methods=FHIR_METHODS,
         summary="Compartment search (Patient/1/Observation) or an operation ($everything)",
     )
     async def instance_operation(
