@@ -4,7 +4,7 @@ The API (`hub serve`), the command line and the Celery workers all run the same
 parts: a repository on the configured database, the search registries over it,
 the context interactions take, and the ingestion service (message store, adapter
 registry, mappings, pipeline and a dispatcher). Each entry point asks this module
-for them and owns nothing but its own lifetime: it closes what it was given.
+for them, and closes them when it ends.
 
 Everything here is built on demand from a `Settings` value (`hub.settings`:
 `get_settings()` for a server, `load_settings()` for a command); nothing is kept in

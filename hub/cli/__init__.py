@@ -255,7 +255,3 @@ def _register_feed_commands() -> None:
 
 
 _register_feed_commands()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
