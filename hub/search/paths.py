@@ -167,11 +167,14 @@ def _walker(path: str, as_type: str | None, context: str | None = None) -> Walk 
 
 @dataclass(frozen=True)
 class Walk:
+    """A compiled path: its values, and the same values with their R4 types."""
+
     evaluate: Evaluate
     typed: EvaluateTyped
 
 
 def _walk_keys(resource: dict[str, Any], root: str, plan: list[tuple[str, ...]]) -> list[Any]:
+    """The values under `plan`'s keys, step by step (`root`: the resource type it is for)."""
     if root and root not in ("Resource", "DomainResource") and resource.get("resourceType") != root:
         return []
     values: list[Any] = [resource]
