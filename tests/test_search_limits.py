@@ -26,10 +26,10 @@ from hub.api import build_context, create_app
 from hub.interactions.context import Context
 from hub.search.limits import Limits
 from hub.search.parse import parse
-from hub.search.query import QueryBuilder
 from hub.settings import Settings
 from hub.store import SqlRepository
 from hub.store.schema import resources
+from hub.store.search.query import QueryBuilder
 
 FHIR = {"Content-Type": "application/fhir+json"}
 DEFAULTS = Settings()

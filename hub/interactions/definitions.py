@@ -22,6 +22,7 @@ from hub.interactions.context import Context
 from hub.interactions.writes import save
 from hub.search import stored
 from hub.search.registry import Unsupported, from_resources
+from hub.store.search import states
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ def load_definitions(ctx: Context, definitions: Sequence[Mapping[str, Any]]) -> 
             reasons = "; ".join(dict.fromkeys(u.reason for u in mine)) or "not indexed"
             report.unsupported.append(_refusal(resource, reasons))
     with ctx.unit(None) as tx:
-        urls = stored.stored_urls(tx)
+        urls = states.stored_urls(tx)
         by_url: dict[str, str] = {}
         for rid, url in sorted(urls.items()):
             if url:

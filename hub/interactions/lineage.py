@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
-
 from hub.errors import Invalid, NotFound
 from hub.interactions.context import Context, Request, Result
+from hub.store.lineage import lineage_of as read_lineage
 from hub.store.repository import Transaction
-from hub.store.schema import lineage
 
 
 def lineage_of(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
@@ -37,20 +35,15 @@ def lineage_of(ctx: Context, req: Request, tx: Transaction | None = None) -> Res
                 f"{req.resource_type}/{req.resource_id}/_history/{version} is not known",
                 expression=("version",),
             )
-        stmt = select(
-            lineage.c.version_id, lineage.c.element, lineage.c.source_field, lineage.c.message_id
-        ).where(lineage.c.res_type == req.resource_type, lineage.c.res_id == req.resource_id)
-        if version is not None:
-            stmt = stmt.where(lineage.c.version_id == version)
-        rows = t.rows(stmt.order_by(lineage.c.version_id, lineage.c.element))
+        rows = read_lineage(t, req.resource_type, req.resource_id, version)
     parameters: list[dict[str, Any]] = [
         {
             "name": "element",
             "part": [
-                {"name": "version", "valueInteger": row[0]},
-                {"name": "path", "valueString": row[1]},
-                {"name": "source", "valueString": row[2]},
-                {"name": "message", "valueString": str(row[3])},
+                {"name": "version", "valueInteger": row.version_id},
+                {"name": "path", "valueString": row.element},
+                {"name": "source", "valueString": row.source_field},
+                {"name": "message", "valueString": str(row.message_id)},
             ],
         }
         for row in rows

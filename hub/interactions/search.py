@@ -7,22 +7,20 @@ and `Patient/123/$everything`: one engine, different scopes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, and_, or_, select
 
 from hub.errors import Invalid, NotFound, operation_outcome
 from hub.fhir import R4_RESOURCE_TYPES, is_resource_type
 from hub.interactions.bundles import bundle, full_url, link
 from hub.interactions.context import Context, Request, Result
-from hub.search.engine import Page, SearchEngine
 from hub.search.limits import Limits
 from hub.search.parse import Include, SearchRequest, encode_cursor, parse
 from hub.search.shape import shape
 from hub.store.repository import Transaction, Version
-from hub.store.schema import resources, search_reference
+from hub.store.search.engine import Compartment, Page, SearchEngine
 
 
 def _page_size(ctx: Context, request: SearchRequest) -> int:
@@ -85,12 +83,16 @@ def _run(
     tx: Transaction | None,
     request: SearchRequest,
     url: str,
-    extra: Mapping[str, Sequence[ColumnElement[bool]]] | None = None,
+    compartment: Compartment | None = None,
 ) -> Result:
     engine = SearchEngine(ctx.registry, req.base_url)
     with ctx.reading(tx) as t, t.limited(ctx.settings.search_timeout_seconds, req.cancel):
         page = engine.run(
-            t, request, _page_size(ctx, request), extra, total_up_to=ctx.settings.search_total_limit
+            t,
+            request,
+            _page_size(ctx, request),
+            compartment,
+            total_up_to=ctx.settings.search_total_limit,
         )
     return Result(200, body=_bundle(req, request, page, url))
 
@@ -113,29 +115,6 @@ def system_search(ctx: Context, req: Request, tx: Transaction | None = None) -> 
     return _run(ctx, req, tx, request, req.base_url)
 
 
-def _in_compartment(
-    ctx: Context, compartment: str, owner: str, resource_type: str
-) -> ColumnElement[bool] | None:
-    """The condition putting a `resource_type` resource in compartment `compartment/owner`."""
-    r = search_reference
-    codes = ctx.registry.compartment(compartment, resource_type)
-    alternatives: list[ColumnElement[bool]] = []
-    if codes:
-        alternatives.append(
-            resources.c.res_id.in_(
-                select(r.c.res_id).where(
-                    r.c.res_type == resource_type,
-                    r.c.param.in_(codes),
-                    r.c.target_type == compartment,
-                    r.c.target_id == owner,
-                )
-            )
-        )
-    if resource_type == compartment:
-        alternatives.append(resources.c.res_id == owner)
-    return or_(*alternatives) if alternatives else None
-
-
 def compartment_search(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
     """GET [compartment type]/[id]/[type]?… (or `*` for every type of the compartment)."""
     assert req.resource_type is not None and req.resource_id is not None
@@ -150,13 +129,9 @@ def compartment_search(ctx: Context, req: Request, tx: Transaction | None = None
         if target not in types:
             raise NotFound(f"{target} resources are not in the {compartment} compartment")
         types = [str(target)]
-    extra: dict[str, Sequence[ColumnElement[bool]]] = {}
-    for t in types:
-        clause = _in_compartment(ctx, compartment, owner, t)
-        if clause is not None:
-            extra[t] = [clause]
     request = _request(ctx, req, types)
-    return _run(ctx, req, tx, request, f"{req.base_url}/{compartment}/{owner}/{target}", extra)
+    url = f"{req.base_url}/{compartment}/{owner}/{target}"
+    return _run(ctx, req, tx, request, url, Compartment(compartment, owner))
 
 
 def everything(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
@@ -176,13 +151,7 @@ def everything(ctx: Context, req: Request, tx: Transaction | None = None) -> Res
             )
     members = ctx.registry.compartments["Patient"]
     types = sorted({"Patient", *(t for t in members if ctx.registry.compartment("Patient", t))})
-    extra: dict[str, Sequence[ColumnElement[bool]]] = {}
-    for t in types:
-        clause = _in_compartment(ctx, "Patient", req.resource_id, t)
-        if clause is not None:
-            extra[t] = [and_(clause)]
     request = _request(ctx, req, types)
     request.includes.append(Include("*", None, None, False))
-    return _run(
-        ctx, req, tx, request, f"{req.base_url}/Patient/{req.resource_id}/$everything", extra
-    )
+    url = f"{req.base_url}/Patient/{req.resource_id}/$everything"
+    return _run(ctx, req, tx, request, url, Compartment("Patient", req.resource_id))

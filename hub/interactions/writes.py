@@ -21,11 +21,11 @@ from hub.errors import Conflict, Invalid, MultipleMatches, PreconditionFailed
 from hub.fhir.jsonbytes import dumps
 from hub.interactions.context import Context, Result, parse_etag
 from hub.search import stored
-from hub.search.engine import SearchEngine
 from hub.search.extract import extract
 from hub.search.limits import Limits
 from hub.search.parse import parse
 from hub.store.repository import NewVersion, Transaction, Version
+from hub.store.search.engine import SearchEngine
 
 
 def now() -> datetime:

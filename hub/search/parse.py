@@ -10,11 +10,8 @@ OperationOutcome), because a silently ignored filter — a typo such as
 from __future__ import annotations
 
 import base64
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -24,76 +21,16 @@ from hub.fhir import is_resource_type
 from hub.fhir.content import control_character, escaped
 from hub.search.limits import Limits, distinct, identity
 from hub.search.registry import RESULT_PARAMETERS, SPECIAL, Registry, SearchParam
-from hub.search.values import date_range, decimal_range
+from hub.search.types import TYPES
+from hub.search.values import split_unescaped
 
-PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
-_ESCAPED = re.compile(r"\\([\\,|$])")
-_MODIFIERS = {
-    "string": {"exact", "contains", "missing"},
-    "token": {"not", "text", "missing", "of-type"},
-    "date": {"missing"},
-    "number": {"missing"},
-    "quantity": {"missing"},
-    "reference": {"missing"},  # and a resource type, checked apart
-    "uri": {"below", "above", "missing"},
-    "composite": set(),
-}
 SUMMARY_MODES = ("true", "false", "text", "data", "count")
 TOTAL_MODES = ("none", "estimate", "accurate")
-
-
-def unescape(value: str) -> str:
-    return _ESCAPED.sub(r"\1", value)
-
-
-def split_unescaped(value: str, separator: str, maxsplit: int = -1) -> list[str]:
-    """`value` cut at each `separator` not escaped by a backslash (`\\\\,` is `\\`, then a cut).
-
-    The pieces keep their escapes: each is unescaped once, after its own parsing.
-    """
-    pieces: list[str] = []
-    start = i = 0
-    while i < len(value):
-        if value[i] == "\\":
-            i += 2
-            continue
-        if value[i] == separator and len(pieces) != maxsplit:
-            pieces.append(value[start:i])
-            start = i + 1
-        i += 1
-    pieces.append(value[start:])
-    return pieces
 
 
 def split_or(value: str) -> list[str]:
     """The OR-ed values of a parameter, still escaped."""
     return split_unescaped(value, ",")
-
-
-def parse_token(value: str) -> tuple[str | None, str | None]:
-    """`code`, `system|code`, `|code` (no system: '') and `system|` (any code)."""
-    parts = split_unescaped(value, "|", maxsplit=1)
-    if len(parts) == 1:
-        return None, unescape(parts[0])
-    return unescape(parts[0]), (unescape(parts[1]) or None)
-
-
-@dataclass(frozen=True)
-class DateValue:
-    prefix: str
-    low: datetime
-    high: datetime
-
-
-@dataclass(frozen=True)
-class NumberValue:
-    prefix: str
-    value: Decimal
-    low: Decimal
-    high: Decimal
-    system: str | None = None
-    code: str | None = None  # quantity: code, or unit when no system was given
-    by_unit: bool = False
 
 
 @dataclass(frozen=True)
@@ -148,63 +85,11 @@ class SearchRequest:
     ignored: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _prefixed(raw: str) -> tuple[str, str]:
-    if raw[:2] in PREFIXES and len(raw) > 2 and not raw[2].isalpha():
-        return raw[:2], raw[2:]
-    return "eq", raw
-
-
-def parse_value(param: SearchParam | None, kind: str, raw: str, name: str) -> Any:
-    """One value of a parameter, checked; a malformed one is a 400 naming the parameter."""
-    if kind == "token":
-        system, code = parse_token(raw)
-        if system is None and not code:
-            raise Invalid(f"Search parameter '{name}' has an empty value", expression=(name,))
-        return system, code
-    if kind == "date":
-        prefix, text = _prefixed(raw)
-        found = date_range(text)
-        if found is None:
-            raise Invalid(
-                f"Search parameter '{name}': '{raw}' is not a date, dateTime or "
-                "instant (with an optional prefix such as ge)",
-                expression=(name,),
-            )
-        return DateValue(prefix, *found)
-    if kind in ("number", "quantity"):
-        prefix, text = _prefixed(raw)
-        pieces = [unescape(p) for p in split_unescaped(text, "|")]
-        if (kind == "number" and len(pieces) > 1) or len(pieces) not in (1, 3):
-            raise Invalid(
-                f"Search parameter '{name}': '{raw}' is not a "
-                f"{'number' if kind == 'number' else 'quantity (value|system|code)'}",
-                expression=(name,),
-            )
-        number = decimal_range(pieces[0])
-        if number is None:
-            raise Invalid(
-                f"Search parameter '{name}': '{pieces[0]}' is not a number", expression=(name,)
-            )
-        if len(pieces) == 3:
-            system, code = pieces[1] or None, pieces[2] or None
-            return NumberValue(prefix, *number, system=system, code=code, by_unit=system is None)
-        return NumberValue(prefix, *number)
-    if kind == "composite":
-        assert param is not None and len(param.components) == 2
-        halves = split_unescaped(raw, "$", maxsplit=1)
-        if len(halves) != 2:
-            raise Invalid(
-                f"Search parameter '{name}': a composite value is 'a$b', not '{raw}'",
-                expression=(name,),
-            )
-        first, second = param.components
-        return (
-            parse_value(None, first.type, halves[0], name),
-            parse_value(None, second.type, halves[1], name),
-        )
-    if not raw:
-        raise Invalid(f"Search parameter '{name}' has an empty value", expression=(name,))
-    return unescape(raw)
+def parse_value(
+    param: SearchParam | None, kind: str, modifier: str | None, raw: str, name: str
+) -> Any:
+    """One value of a parameter, checked by its type; a malformed one is a 400 naming it."""
+    return TYPES[kind].parse(param, modifier, raw, name)
 
 
 def _strict_error(strict: bool, request: SearchRequest, error: Unsupported | Invalid) -> None:
@@ -299,7 +184,7 @@ def _criterion(
             raise Unsupported(
                 f"The modifier ':{modifier}' of '{name}' is not supported", expression=(name,)
             )
-        ids = distinct([unescape(v) for v in raw])
+        ids = distinct([parse_value(None, "special", None, v, name) for v in raw])
         return Criterion(current, None, code, None, ids, tuple(chain))
     found = [p for t in current if (p := registry.get(t, code)) is not None]
     if not found:
@@ -309,7 +194,7 @@ def _criterion(
         )
     param = found[0]
     if modifier:
-        allowed = _MODIFIERS[param.type]
+        allowed = TYPES[param.type].MODIFIERS
         is_type = param.type == "reference" and modifier in param.target_types()
         if modifier not in allowed and not is_type:
             raise Unsupported(
@@ -320,24 +205,10 @@ def _criterion(
         if value not in ("true", "false"):
             raise Invalid(f"'{name}' takes true or false", expression=(name,))
         return Criterion(current, param, code, modifier, (value == "true",), tuple(chain))
-    kind = param.type
-    if modifier == "text":
-        kind = "string"
-    values = distinct([parse_value(param, kind, v, name) for v in raw])
-    if param.type == "reference" and modifier and modifier != "missing":
-        values = distinct([v if "/" in v else f"{modifier}/{v}" for v in values])
-        return Criterion(current, param, code, None, values, tuple(chain))
-    if modifier == "of-type":
-        values = distinct([_of_type(v, name) for v in values])
+    values = distinct([parse_value(param, param.type, modifier, v, name) for v in raw])
+    if param.type == "reference" and modifier:
+        modifier = ""  # a target type, which the values name now (`Patient/123`)
     return Criterion(current, param, code, modifier or None, values, tuple(chain))
-
-
-def _of_type(value: tuple[str | None, str | None], name: str) -> tuple[str | None, str]:
-    system, rest = value
-    pieces = (rest or "").split("|")
-    if system is None or len(pieces) != 2:
-        raise Invalid(f"'{name}' takes system|code|value", expression=(name,))
-    return system, f"{pieces[0]}|{pieces[1]}"
 
 
 def _include(registry: Registry, raw: str, name: str, reverse: bool) -> Include:
@@ -468,7 +339,7 @@ def _result_parameter(
                 raise Unsupported(
                     f"_sort: unknown search parameter '{key_code}'", expression=("_sort",)
                 )
-            if any(p is not None and p.type == "composite" for p in params):
+            if any(p is not None and TYPES[p.type].sort_column(False) is None for p in params):
                 raise Unsupported(
                     f"_sort: cannot sort by the composite '{key_code}'", expression=("_sort",)
                 )

@@ -13,6 +13,12 @@ that string (`Patient.telecom.where(system='phone')`).
 `X.where(resolve() is Patient)` cannot be evaluated without the referenced
 resource; it is read as "X, keeping references to Patient", which is what it
 means for an index.
+
+A walked path also knows the R4 type of each value it finds (`Part.typed`):
+the declared type of the element (`Patient.birthDate` is a date,
+`Observation.code` a CodeableConcept), or for a choice element the type its
+JSON key names (`valueQuantity`, `effectivePeriod`). Index extraction chooses
+how to index a value by that type (`hub.search.types`).
 """
 
 from __future__ import annotations
@@ -42,6 +48,28 @@ _WHERE_EQUALS = re.compile(
 )
 
 Evaluate = Callable[[dict[str, Any]], list[Any]]
+# Values with their R4 type name ('dateTime', 'CodeableConcept'); None where it is not known.
+Typed = list[tuple[Any, str | None]]
+EvaluateTyped = Callable[[dict[str, Any]], Typed]
+
+# Primitive type names as R4 spells them: a choice key names them capitalised (`valueString`).
+_PRIMITIVES = {t for t in _TYPES.values() if t[:1].islower()}
+
+
+def _type_name(name: str | None) -> str | None:
+    """The R4 type name of a model type or a choice suffix ('String' -> 'string')."""
+    if name is None:
+        return None
+    if name == "System.String":  # ids and extension urls: plain strings in JSON
+        return "string"
+    lowered = name[0].lower() + name[1:]
+    return lowered if lowered in _PRIMITIVES else name
+
+
+def _untyped(evaluate: Evaluate) -> EvaluateTyped:
+    # fhirpathpy answers plain JSON values without the R4 type of the element they came from
+    # (functions, `extension('url').value`, `resolve()`): extraction falls back to their shape.
+    return lambda resource: [(v, None) for v in evaluate(resource)]
 
 
 @dataclass(frozen=True)
@@ -50,6 +78,13 @@ class Part:
 
     evaluate: Evaluate
     target: str | None = None
+    # The same values with their R4 types; without one, every type is unknown.
+    typed_evaluate: EvaluateTyped | None = None
+
+    def typed(self, resource: dict[str, Any]) -> Typed:
+        if self.typed_evaluate is None:
+            return [(v, None) for v in self.evaluate(resource)]
+        return self.typed_evaluate(resource)
 
 
 def split_union(expression: str) -> list[str]:
@@ -72,7 +107,7 @@ def _capital(name: str) -> str:
     return name[0].upper() + name[1:]
 
 
-def _walker(path: str, as_type: str | None, context: str | None = None) -> Evaluate | None:
+def _walker(path: str, as_type: str | None, context: str | None = None) -> Walk | None:
     """A walk along `path`; with `context`, `path` is relative to an element at that path."""
     steps = path.split(".")
     if context is None:
@@ -82,6 +117,7 @@ def _walker(path: str, as_type: str | None, context: str | None = None) -> Evalu
         root, names = "", steps
         type_path = _context_type(context)
     plan: list[tuple[str, ...]] = []  # per step: the JSON keys that hold it
+    last_types: tuple[str | None, ...] = (_type_name(_TYPES.get(root)) if root else None,)
     for i, name in enumerate(names):
         here = f"{type_path}.{name}"
         here = _ELSEWHERE.get(here, here)
@@ -92,39 +128,70 @@ def _walker(path: str, as_type: str | None, context: str | None = None) -> Evalu
             if not wanted or not last:
                 return None
             plan.append(tuple(name + _capital(c) for c in wanted))
+            last_types = tuple(_type_name(c) for c in wanted)
         else:
             if as_type is not None and last:
                 declared = _TYPES.get(here)
                 if declared is None or declared.lower() != as_type.lower():
                     return None
             plan.append((name,))
+            last_types = (_type_name(_TYPES.get(here)),)
         element_type = _TYPES.get(here)
         type_path = element_type if element_type and element_type[0].isupper() else here
 
     def evaluate(resource: dict[str, Any]) -> list[Any]:
-        if (
-            root
-            and root not in ("Resource", "DomainResource")
-            and (resource.get("resourceType") != root)
-        ):
-            return []
-        values: list[Any] = [resource]
-        for keys in plan:
-            found: list[Any] = []
-            for value in values:
-                if isinstance(value, dict):
-                    for key in keys:
-                        item = value.get(key)
-                        if isinstance(item, list):
-                            found.extend(item)
-                        elif item is not None:
-                            found.append(item)
-            values = found
-            if not values:
-                break
-        return values
+        return _walk_keys(resource, root, plan)
 
-    return evaluate
+    if not plan or len(plan[-1]) == 1:
+        # One key at the end: every value has the element's declared type.
+        declared = last_types[0]
+        return Walk(evaluate, lambda resource: [(v, declared) for v in evaluate(resource)])
+    # A choice element: the JSON key of each value names its type.
+    head, last_keys = plan[:-1], tuple(zip(plan[-1], last_types, strict=True))
+
+    def typed(resource: dict[str, Any]) -> Typed:
+        parents = _walk_keys(resource, root, head)
+        found: Typed = []
+        for value in parents:
+            if isinstance(value, dict):
+                for key, kind in last_keys:
+                    item = value.get(key)
+                    if isinstance(item, list):
+                        found.extend((i, kind) for i in item)
+                    elif item is not None:
+                        found.append((item, kind))
+        return found
+
+    return Walk(evaluate, typed)
+
+
+@dataclass(frozen=True)
+class Walk:
+    """A compiled path: its values, and the same values with their R4 types."""
+
+    evaluate: Evaluate
+    typed: EvaluateTyped
+
+
+def _walk_keys(resource: dict[str, Any], root: str, plan: list[tuple[str, ...]]) -> list[Any]:
+    """The values under `plan`'s keys, step by step (`root`: the resource type it is for)."""
+    if root and root not in ("Resource", "DomainResource") and resource.get("resourceType") != root:
+        return []
+    values: list[Any] = [resource]
+    for keys in plan:
+        found: list[Any] = []
+        for value in values:
+            if isinstance(value, dict):
+                for key in keys:
+                    item = value.get(key)
+                    if isinstance(item, list):
+                        found.extend(item)
+                    elif item is not None:
+                        found.append(item)
+        values = found
+        if not values:
+            break
+    return values
 
 
 def _context_type(path: str) -> str:
@@ -149,7 +216,7 @@ def compile_relative(context: str, expression: str) -> list[Part]:
         walker = _walker(m["path"], m["type"], context) if m else None
         if walker is None:
             raise ValueError(f"component expression '{p}' is not a path")
-        parts.append(Part(walker))
+        parts.append(Part(walker.evaluate, typed_evaluate=walker.typed))
     return parts
 
 
@@ -174,23 +241,32 @@ def compile_part(expression: str) -> Part:
     if m and expression.count("(") == expression.count(")"):
         walker = _walker(m["path"], m["type"])
         if walker is not None:
-            return Part(walker, target)
+            return Part(walker.evaluate, target, walker.typed)
     m = _WHERE_EQUALS.match(expression)
     walker = _walker(m["path"], None) if m else None
     if m and walker is not None and not _CHOICES.get(f"{_context_type(m['path'])}.{m['field']}"):
-        return Part(_keeping(walker, m["field"], m["value"]), target)
+        kept = _keeping(walker, m["field"], m["value"])
+        return Part(kept.evaluate, target, kept.typed)
     return Part(_fhirpath(expression), target)
 
 
-def _keeping(walk: Evaluate, field: str, value: str) -> Evaluate:
+def _keeping(walk: Walk, field: str, value: str) -> Walk:
     # FHIRPath `=` compares collections: a repeating field equals a string only when it holds
     # that one string; a missing one is empty, and empty is not equal (not true).
     def equal(held: Any) -> bool:
         return held == [value] if isinstance(held, list) else held == value
 
-    return lambda resource: [
-        e for e in walk(resource) if isinstance(e, dict) and equal(e.get(field))
-    ]
+    def evaluate(resource: dict[str, Any]) -> list[Any]:
+        return [e for e in walk.evaluate(resource) if isinstance(e, dict) and equal(e.get(field))]
+
+    def typed(resource: dict[str, Any]) -> Typed:
+        return [
+            (e, kind)
+            for e, kind in walk.typed(resource)
+            if isinstance(e, dict) and equal(e.get(field))
+        ]
+
+    return Walk(evaluate, typed)
 
 
 def compile_expression(expression: str) -> list[Part]:

@@ -18,12 +18,12 @@ from typing import Any
 
 from hub.fhir import R4_RESOURCE_TYPES, holds_one
 from hub.search.paths import Part, compile_expression, compile_relative, plain_path, split_union
+from hub.search.types import TYPES, special
 
-SUPPORTED_TYPES = frozenset(
-    {"string", "token", "date", "number", "quantity", "reference", "uri", "composite"}
-)
+# The types a definition may have: `special` ones are the hub's own, not definable.
+SUPPORTED_TYPES = frozenset(TYPES) - {"special"}
 # Parameters the store answers from its own columns, valid on every type.
-SPECIAL = {"_id": "token"}
+SPECIAL = special.PARAMETERS
 # Result parameters: they shape the answer, they are not filters.
 RESULT_PARAMETERS = frozenset(
     {

@@ -27,7 +27,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import func, insert, select, update
 
 from hub.errors import Invalid
 from hub.fhir import R4_RESOURCE_TYPES
@@ -35,7 +34,7 @@ from hub.search.extract import extract
 from hub.search.registry import SearchParam
 from hub.search.stored import Pending, Registries, build, mark_indexed, read_version, utc
 from hub.store.repository import IndexRows, Repository
-from hub.store.schema import reindex_jobs, resources
+from hub.store.search.jobs import count_live, insert_job, lock_batch, read_job, update_job
 
 Progress = Callable[[int, int], None]  # (done, total)
 
@@ -73,25 +72,23 @@ def start(repo: Repository, types: Iterable[str] = ()) -> str:
     wanted = check_types(types)
     job_id = uuid.uuid4().hex
     with repo.transaction() as tx:
-        tx.execute(
-            insert(reindex_jobs).values(
-                id=job_id,
-                status=QUEUED,
-                resource_types=" ".join(wanted),
-                total=0,
-                done=0,
-                started=_now(),
-            )
+        insert_job(
+            tx,
+            id=job_id,
+            status=QUEUED,
+            resource_types=" ".join(wanted),
+            total=0,
+            done=0,
+            started=_now(),
         )
     return job_id
 
 
 def status(repo: Repository, job_id: str) -> Job | None:
     with repo.snapshot() as tx:
-        found = tx.rows(select(reindex_jobs).where(reindex_jobs.c.id == job_id))
-    if not found:
+        row = read_job(tx, job_id)
+    if row is None:
         return None
-    row = found[0]
     return Job(
         id=row.id,
         status=row.status,
@@ -140,7 +137,7 @@ def run(
 
 def _update(repo: Repository, job_id: str, **values: Any) -> None:
     with repo.transaction() as tx:
-        tx.execute(update(reindex_jobs).where(reindex_jobs.c.id == job_id).values(**values))
+        update_job(tx, job_id, **values)
 
 
 class _Run:
@@ -175,22 +172,14 @@ class _Run:
             types = sorted(set().union(*(p.types for p in covered)))
         started = _now()
         with self.repo.transaction() as tx:
-            self.total = int(
-                tx.rows(
-                    select(func.count())
-                    .select_from(resources)
-                    .where(resources.c.res_type.in_(types), resources.c.deleted.is_(False))
-                )[0][0]
-            )
-            tx.execute(
-                update(reindex_jobs)
-                .where(reindex_jobs.c.id == self.job_id)
-                .values(
-                    status=RUNNING,
-                    resource_types=" ".join(types),
-                    total=self.total,
-                    started=started,
-                )
+            self.total = count_live(tx, types)
+            update_job(
+                tx,
+                self.job_id,
+                status=RUNNING,
+                resource_types=" ".join(types),
+                total=self.total,
+                started=started,
             )
         self._report()
         for resource_type in types:
@@ -206,10 +195,13 @@ class _Run:
                 self._pass(resource_type, since=started - _CLOCK_MARGIN)
         with self.repo.transaction() as tx:
             mark_indexed(tx, covered)
-            tx.execute(
-                update(reindex_jobs)
-                .where(reindex_jobs.c.id == self.job_id)
-                .values(status=COMPLETED, done=self.done, total=self.total, finished=_now())
+            update_job(
+                tx,
+                self.job_id,
+                status=COMPLETED,
+                done=self.done,
+                total=self.total,
+                finished=_now(),
             )
 
     def _report(self) -> None:
@@ -224,35 +216,19 @@ class _Run:
                 version = read_version(tx)
                 if version != self.registries.version:  # a parameter changed meanwhile
                     self.registries = build(self.repo, self.shipped)
-                stmt = (
-                    select(resources.c.res_id, resources.c.content)
-                    .where(
-                        resources.c.res_type == resource_type,
-                        resources.c.deleted.is_(False),
-                        resources.c.res_id > last,
-                    )
-                    .order_by(resources.c.res_id)
-                    .limit(self.batch)
-                )
-                if since is not None:
-                    stmt = stmt.where(resources.c.last_updated >= since)
                 # Locked: a writer of one of these waits, then indexes with what we know.
-                rows = tx.lock_row(stmt)
+                rows = lock_batch(tx, resource_type, last, self.batch, since)
                 if not rows:
                     return
                 index: dict[str, IndexRows] = {
-                    row.res_id: extract(self.registries.write, orjson.loads(row.content))
-                    for row in rows
+                    res_id: extract(self.registries.write, orjson.loads(content))
+                    for res_id, content in rows
                 }
                 tx.replace_index(resource_type, index)
                 if since is None:
                     self.done += len(rows)
                     self.total = max(self.total, self.done)
-                    tx.execute(
-                        update(reindex_jobs)
-                        .where(reindex_jobs.c.id == self.job_id)
-                        .values(done=self.done, total=self.total)
-                    )
-            last = rows[-1].res_id
+                    update_job(tx, self.job_id, done=self.done, total=self.total)
+            last = rows[-1][0]
             if since is None:
                 self._report()

@@ -23,8 +23,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, insert, select, update
-from sqlalchemy.exc import SQLAlchemyError
 
 from hub.errors import Busy
 from hub.fhir import R4_RESOURCE_TYPES
@@ -37,13 +35,23 @@ from hub.search.registry import (
     shipped_params,
 )
 from hub.store.repository import Repository, Transaction
-from hub.store.schema import resources, search_param_state, search_registry
+from hub.store.search.states import RESOURCE_TYPE as RESOURCE_TYPE
+from hub.store.search.states import (
+    StoredParameter,
+    StoreError,
+    bump,
+    delete_state,
+    insert_state,
+    read_version,
+    state_of,
+    stored_parameters,
+    update_state,
+)
 
 log = logging.getLogger(__name__)
 
 PENDING = "pending"
 INDEXED = "indexed"
-RESOURCE_TYPE = "SearchParameter"
 # The elements that decide a parameter's index rows: a change to any other needs no reindex.
 _DEFINING = ("code", "base", "type", "expression", "target", "component")
 
@@ -95,41 +103,12 @@ class Registries:
     pending: tuple[Pending, ...] = ()
 
 
-def read_version(tx: Transaction) -> int:
-    found = tx.rows(select(search_registry.c.version).where(search_registry.c.id == 1))
-    return int(found[0][0]) if found else 0
-
-
-def bump(tx: Transaction) -> None:
-    """Tell every process that the stored parameters or their states changed."""
-    changed = tx.execute(
-        update(search_registry)
-        .where(search_registry.c.id == 1)
-        .values(version=search_registry.c.version + 1)
-    )
-    if not changed:
-        tx.execute(insert(search_registry).values(id=1, version=1))
-
-
 def build(repo: Repository, shipped: Sequence[SearchParam]) -> Registries:
     """The registries from the shipped parameters and the SearchParameters in the store."""
-    state = search_param_state
     with repo.snapshot() as tx:
         version = read_version(tx)
-        rows = tx.rows(
-            select(
-                resources.c.res_id,
-                resources.c.version_id,
-                resources.c.last_updated,
-                resources.c.content,
-                state.c.state,
-                state.c.definition_hash,
-            )
-            .select_from(resources.outerjoin(state, state.c.resource_id == resources.c.res_id))
-            .where(resources.c.res_type == RESOURCE_TYPE, resources.c.deleted.is_(False))
-            .order_by(resources.c.last_updated, resources.c.res_id)
-        )
-    latest: dict[str, tuple[Any, dict[str, Any]]] = {}  # by url: the last written wins
+        rows = stored_parameters(tx)
+    latest: dict[str, tuple[StoredParameter, dict[str, Any]]] = {}  # by url: the last written wins
     for row in rows:
         doc = orjson.loads(row.content)
         if usable(doc):
@@ -151,23 +130,13 @@ def build(repo: Repository, shipped: Sequence[SearchParam]) -> Registries:
         elif url in by_url:
             types = resource_types(b for p in by_url[url] for b in p.base)
             pending.append(
-                Pending(row.res_id, url, row.version_id, digest, types, utc(row.last_updated))
+                Pending(row.resource_id, url, row.version_id, digest, types, utc(row.last_updated))
             )
     write = assemble([*shipped, *added], refused)
     if not pending:
         return Registries(write, write, version)
     search = assemble([*shipped, *(p for p in added if p.url in searchable)], refused)
     return Registries(search, write, version, tuple(pending))
-
-
-def stored_urls(tx: Transaction) -> dict[str, str | None]:
-    """The stored SearchParameters: id -> url."""
-    rows = tx.rows(
-        select(resources.c.res_id, resources.c.content).where(
-            resources.c.res_type == RESOURCE_TYPE, resources.c.deleted.is_(False)
-        )
-    )
-    return {row.res_id: orjson.loads(row.content).get("url") for row in rows}
 
 
 def _same_as_shipped(params: Iterable[SearchParam], shipped: Registry) -> bool:
@@ -193,21 +162,12 @@ def track(
     take it. A new or changed definition is pending, unless the shipped definitions index
     exactly the same values already."""
     resource_id = str(resource["id"])
-    found = tx.rows(
-        select(
-            search_param_state.c.state,
-            search_param_state.c.definition_hash,
-            search_param_state.c.url,
-        ).where(search_param_state.c.resource_id == resource_id)
-    )
-    row = found[0] if found else None
+    row = state_of(tx, resource_id)
     # Whether the registry takes it does not depend on the other parameters.
     params = from_resources([resource])[0] if usable(resource) else []
     if not params:
         if row is not None:
-            tx.execute(
-                delete(search_param_state).where(search_param_state.c.resource_id == resource_id)
-            )
+            delete_state(tx, resource_id)
             bump(tx)
         return None
     digest = definition_hash(resource)
@@ -222,14 +182,10 @@ def track(
         "updated": datetime.now(UTC),
     }
     if row is None:
-        tx.execute(insert(search_param_state).values(resource_id=resource_id, **values))
+        insert_state(tx, resource_id, values)
         bump(tx)
     else:
-        tx.execute(
-            update(search_param_state)
-            .where(search_param_state.c.resource_id == resource_id)
-            .values(**values)
-        )
+        update_state(tx, resource_id, values)
         if (row.state, row.definition_hash, row.url) != (state, digest, url):
             bump(tx)
     return state
@@ -237,7 +193,7 @@ def track(
 
 def untrack(tx: Transaction, resource_id: str) -> None:
     """A SearchParameter was deleted: its parameters leave the registries."""
-    tx.execute(delete(search_param_state).where(search_param_state.c.resource_id == resource_id))
+    delete_state(tx, resource_id)
     bump(tx)
 
 
@@ -248,25 +204,25 @@ def mark_indexed(tx: Transaction, done: Iterable[Pending]) -> int:
     read it stays as it is: the job did not index its current definition.
     """
     marked = 0
-    state = search_param_state
     for p in done:
-        found = tx.rows(select(state.c.definition_hash).where(state.c.resource_id == p.resource_id))
+        found = state_of(tx, p.resource_id)
         values = {"state": INDEXED, "updated": datetime.now(UTC)}
-        if found:
-            if found[0][0] == p.definition_hash:
-                tx.execute(update(state).where(state.c.resource_id == p.resource_id).values(values))
+        if found is not None:
+            if found.definition_hash == p.definition_hash:
+                update_state(tx, p.resource_id, values)
                 marked += 1
             continue
         current = tx.current(RESOURCE_TYPE, p.resource_id)
         if current is not None and not current.deleted and current.version_id == p.version_id:
-            tx.execute(
-                insert(state).values(
-                    resource_id=p.resource_id,
-                    url=p.url,
-                    version_id=p.version_id,
-                    definition_hash=p.definition_hash,
+            insert_state(
+                tx,
+                p.resource_id,
+                {
+                    "url": p.url,
+                    "version_id": p.version_id,
+                    "definition_hash": p.definition_hash,
                     **values,
-                )
+                },
             )
             marked += 1
     bump(tx)
@@ -303,7 +259,7 @@ class RegistryHolder:
     def _build(self) -> Registries:
         try:
             return build(self.repo, self.params)
-        except SQLAlchemyError as e:
+        except StoreError as e:
             # An unmigrated store: serve the shipped parameters and look again later.
             log.warning("stored search parameters could not be read: %s", e)
             return Registries(self.shipped, self.shipped, -1)
@@ -342,7 +298,7 @@ class RegistryHolder:
         try:
             with self.repo.snapshot() as tx:
                 version = read_version(tx)
-        except (SQLAlchemyError, Busy) as e:
+        except (StoreError, Busy) as e:
             log.warning("the search registry version could not be read: %s", e)
             return
         if version != self._current.version:

@@ -16,6 +16,8 @@ from decimal import Decimal, InvalidOperation
 LOWEST = datetime(1, 1, 2, tzinfo=UTC)
 HIGHEST = datetime(9999, 12, 30, tzinfo=UTC)
 
+_ESCAPED = re.compile(r"\\([\\,|$])")
+
 _DATE = re.compile(
     r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
     r"(?:T(?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?P<f>\.\d+)?)?"
@@ -86,3 +88,26 @@ def decimal_range(text: str) -> tuple[Decimal, Decimal, Decimal] | None:
     assert isinstance(exponent, int)
     half = Decimal(5) * Decimal(10) ** (exponent - 1)
     return value, value - half, value + half
+
+
+def unescape(value: str) -> str:
+    return _ESCAPED.sub(r"\1", value)
+
+
+def split_unescaped(value: str, separator: str, maxsplit: int = -1) -> list[str]:
+    """`value` cut at each `separator` not escaped by a backslash (`\\\\,` is `\\`, then a cut).
+
+    The pieces keep their escapes: each is unescaped once, after its own parsing.
+    """
+    pieces: list[str] = []
+    start = i = 0
+    while i < len(value):
+        if value[i] == "\\":
+            i += 2
+            continue
+        if value[i] == separator and len(pieces) != maxsplit:
+            pieces.append(value[start:i])
+            start = i + 1
+        i += 1
+    pieces.append(value[start:])
+    return pieces

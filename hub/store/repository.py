@@ -72,7 +72,7 @@ class Transaction(Protocol):
         """
 
     def rows(self, statement: Executable) -> Sequence[Any]:
-        """Run a query built by `hub.search` (a SELECT over the store's tables)."""
+        """Run a query built under `hub.store` (a SELECT over the store's tables)."""
 
     def execute(
         self, statement: Executable, rows: Sequence[Mapping[str, Any]] | None = None

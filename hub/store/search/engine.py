@@ -12,15 +12,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, text
+from sqlalchemy import ColumnElement, or_, select, text
 
 from hub.search.parse import Include, SearchRequest
-from hub.search.query import QueryBuilder, cursor_value, from_cursor, keyset, order
 from hub.search.registry import Registry
 from hub.store.repository import Transaction, Version
 from hub.store.schema import resources, search_reference
+from hub.store.search.query import QueryBuilder, cursor_value, from_cursor, keyset, order
 
 MAX_INCLUDE_ROUNDS = 4
+
+
+@dataclass(frozen=True)
+class Compartment:
+    """The scope of a compartment search: `Patient/123/...` is Compartment('Patient', '123')."""
+
+    name: str
+    owner: str
 
 
 @dataclass
@@ -37,24 +45,59 @@ class SearchEngine:
         self.registry = registry
         self.builder = QueryBuilder(base_url, registry)
 
+    def in_compartment(
+        self, compartment: Compartment, resource_type: str
+    ) -> ColumnElement[bool] | None:
+        """The condition putting a `resource_type` resource in `compartment`."""
+        r = search_reference
+        codes = self.registry.compartment(compartment.name, resource_type)
+        alternatives: list[ColumnElement[bool]] = []
+        if codes:
+            alternatives.append(
+                resources.c.res_id.in_(
+                    select(r.c.res_id).where(
+                        r.c.res_type == resource_type,
+                        r.c.param.in_(codes),
+                        r.c.target_type == compartment.name,
+                        r.c.target_id == compartment.owner,
+                    )
+                )
+            )
+        if resource_type == compartment.name:
+            alternatives.append(resources.c.res_id == compartment.owner)
+        return or_(*alternatives) if alternatives else None
+
+    def _scoped(
+        self, types: Sequence[str], compartment: Compartment | None
+    ) -> Mapping[str, Sequence[ColumnElement[bool]]]:
+        """The conditions each type adds to the criteria (its compartment's)."""
+        if compartment is None:
+            return {}
+        extra: dict[str, Sequence[ColumnElement[bool]]] = {}
+        for t in types:
+            clause = self.in_compartment(compartment, t)
+            if clause is not None:
+                extra[t] = [clause]
+        return extra
+
     def run(
         self,
         tx: Transaction,
         request: SearchRequest,
         count: int,
-        extra: Mapping[str, Sequence[ColumnElement[bool]]] | None = None,
+        compartment: Compartment | None = None,
         total_default: str = "accurate",
         total_up_to: int | None = None,
     ) -> Page:
-        """One page of `request`; `extra` adds conditions per type (compartments).
+        """One page of `request`, within `compartment` when one is given.
 
         Unless the request asks for a total (`_total`, `_summary=count`, `_count=0`), the
         first page's total is the page's size when it holds every match, else counted up to
         `total_up_to` matches and left out beyond: counting every match of a broad search
         costs more than finding its first page.
         """
-        extra = extra or {}
         types = list(request.resource_types)
+        extra = self._scoped(types, compartment)
         page = Page()
         total_mode = request.total or total_default
         asked = request.total is not None or request.summary == "count" or count == 0

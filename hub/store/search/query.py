@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
-    Boolean,
     ColumnElement,
     Select,
     and_,
@@ -22,168 +21,19 @@ from sqlalchemy import (
     exists,
     false,
     func,
-    literal,
     or_,
     select,
-    true,
 )
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.visitors import InternalTraversal
 
-from hub.search.extract import MAX_STRING
-from hub.search.parse import Criterion, DateValue, NumberValue, SearchRequest, SortKey
+from hub.search.parse import Criterion, SearchRequest, SortKey
 from hub.search.registry import Registry, SearchParam
-from hub.search.values import normalise
-from hub.store.schema import (
-    resources,
-    search_composite,
-    search_date,
-    search_number,
-    search_quantity,
-    search_reference,
-    search_string,
-    search_token,
-    search_uri,
-)
-
-_TABLES = {
-    "string": search_string,
-    "token": search_token,
-    "date": search_date,
-    "number": search_number,
-    "quantity": search_quantity,
-    "reference": search_reference,
-    "uri": search_uri,
-    "composite": search_composite,
-}
-
-
-class _Parenthesised(ColumnElement[bool]):
-    """A condition in parentheses of its own, which SQLAlchemy does not flatten into the OR
-    around it (see `any_of`)."""
-
-    inherit_cache = True
-    type = Boolean()
-    _traverse_internals = [  # noqa: RUF012  (SQLAlchemy's cache key and bind parameters)
-        ("element", InternalTraversal.dp_clauseelement),
-    ]
-
-    def __init__(self, element: ColumnElement[bool]) -> None:
-        self.element = element
-
-
-@compiles(_Parenthesised)
-def _parenthesised(element: _Parenthesised, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"({compiler.process(element.element, **kw)})"
-
-
-_SPAN = 64
-
-
-def any_of(conditions: Sequence[ColumnElement[bool]]) -> ColumnElement[bool]:
-    """The OR of `conditions`, a long list as an OR of parenthesised ORs of up to 64.
-
-    SQLite parses `a OR b OR c ...` into a tree as deep as the list is long and refuses one
-    deeper than 1000 (an OR of some 450 values, fewer inside a chain). Groups keep it shallow,
-    and few: each level of parentheses also takes room on SQLite's parser stack, which nested
-    subqueries (chains, `_has`) fill. PostgreSQL flattens nested ORs: its plan is the same.
-    """
-    if len(conditions) <= _SPAN:
-        return or_(*conditions)
-    return any_of(
-        [_Parenthesised(or_(*conditions[i : i + _SPAN])) for i in range(0, len(conditions), _SPAN)]
-    )
-
-
-def _like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-def _starts(column: Any, text: str) -> ColumnElement[bool]:
-    return column.like(_like_escape(text[:MAX_STRING]) + "%", escape="\\")
-
-
-def _token_match(
-    system_col: Any, code_col: Any, value: tuple[str | None, str | None]
-) -> ColumnElement[bool]:
-    system, code = value
-    conds = []
-    if code is not None:
-        conds.append(code_col == code[:MAX_STRING])  # as indexed
-    if system == "":
-        conds.append(system_col.is_(None))
-    elif system is not None:
-        conds.append(system_col == system[:MAX_STRING])
-    return and_(*conds) if conds else true()
-
-
-def _date_match(low: Any, high: Any, v: DateValue) -> ColumnElement[bool]:
-    contained = and_(low >= v.low, high <= v.high)
-    if v.prefix == "eq":
-        return contained
-    if v.prefix == "ne":
-        return or_(low < v.low, high > v.high)
-    if v.prefix == "gt":
-        return high > v.high
-    if v.prefix == "lt":
-        return low < v.low
-    # ge and le add a bound both of their alternatives imply (low <= high): one an index on
-    # `high` (`low`) can range over, which the OR alone is not.
-    if v.prefix == "ge":
-        return and_(high >= v.low, or_(high > v.high, contained))
-    if v.prefix == "le":
-        return and_(low <= v.high, or_(low < v.low, contained))
-    if v.prefix == "sa":
-        return low >= v.high
-    if v.prefix == "eb":
-        return high <= v.low
-    # ap: overlap with the value widened by a tenth of its distance from now (at least a day).
-    gap = max(abs(datetime.now(UTC) - v.low) / 10, timedelta(days=1))
-    return and_(low < v.high + gap, high > v.low - gap)
-
-
-def _number_match(column: Any, v: NumberValue) -> ColumnElement[bool]:
-    value, low, high = float(v.value), float(v.low), float(v.high)
-    if v.prefix == "eq":
-        return and_(column >= low, column < high)
-    if v.prefix == "ne":
-        return or_(column < low, column >= high)
-    if v.prefix in ("gt", "sa"):
-        return column > value
-    if v.prefix in ("lt", "eb"):
-        return column < value
-    if v.prefix == "ge":
-        return column >= value
-    if v.prefix == "le":
-        return column <= value
-    spread = abs(value) * 0.1
-    return and_(column >= value - spread, column <= value + spread)
-
-
-def _quantity_match(table: Any, v: NumberValue, prefix: str = "") -> ColumnElement[bool]:
-    value_col = table.c[f"{prefix}value"]
-    conds = [_number_match(value_col, v)]
-    system_col, code_col = table.c[f"{prefix}system"], table.c[f"{prefix}code"]
-    if v.by_unit and v.code:
-        unit = table.c.unit if not prefix else code_col
-        conds.append(or_(code_col == v.code, unit == v.code))
-    else:
-        if v.system:
-            conds.append(system_col == v.system)
-        if v.code:
-            conds.append(code_col == v.code)
-    return and_(*conds)
-
-
-# Sort parameter types whose index rows are told apart by these columns (rows are unique per
-# resource and parameter): the first is the sort value, the others break its ties.
-_ROW_ORDER: dict[str, dict[bool, tuple[str, ...]]] = {
-    "date": {True: ("high", "low"), False: ("low", "high")},  # by descending?
-    "string": {True: ("value", "exact"), False: ("value", "exact")},
-    "number": {True: ("value",), False: ("value",)},
-    "uri": {True: ("value",), False: ("value",)},
-}
+from hub.search.types import TYPES as SEARCH_TYPES
+from hub.store.schema import resources, search_composite, search_reference, search_token
+from hub.store.search.sql import any_of
+from hub.store.search.types import TYPES
+from hub.store.search.types import date as date_conditions
+from hub.store.search.types import special as special_conditions
+from hub.store.search.types import token as token_conditions
 
 
 @dataclass(frozen=True)
@@ -215,7 +65,7 @@ class Segment:
 def _one_row_each(param: SearchParam) -> bool:
     """Whether a resource has at most one index row for `param`: one value, and a type
     indexed with one row per value (a string's HumanName has a row per part)."""
-    return param.single and param.type in ("date", "number", "uri")
+    return param.single and SEARCH_TYPES[param.type].ONE_ROW_PER_VALUE
 
 
 def _plain(c: Criterion) -> bool:
@@ -276,87 +126,14 @@ class QueryBuilder:
         self, param: SearchParam, modifier: str | None, value: Any
     ) -> tuple[Any, ColumnElement[bool]]:
         """(index table, the row condition) for one value."""
-        if modifier == "text":
-            t = search_string
-            return t, and_(t.c.param == f"{param.code}:text", _starts(t.c.value, normalise(value)))
-        if modifier == "of-type":
-            t = search_token
-            return t, and_(
-                t.c.param == f"{param.code}:of-type", _token_match(t.c.system, t.c.code, value)
-            )
-        kind = param.type
-        t = _TABLES[kind]
-        if kind == "string":
-            if modifier == "exact":
-                cond = t.c.exact == value[:MAX_STRING]
-            elif modifier == "contains":
-                cond = t.c.value.like("%" + _like_escape(normalise(value)) + "%", escape="\\")
-            else:
-                cond = _starts(t.c.value, normalise(value))
-        elif kind == "token":
-            cond = _token_match(t.c.system, t.c.code, value)
-        elif kind == "date":
-            cond = _date_match(t.c.low, t.c.high, value)
-        elif kind == "number":
-            cond = _number_match(t.c.value, value)
-        elif kind == "quantity":
-            cond = _quantity_match(t, value)
-        elif kind == "reference":
-            cond = self._reference_match(param, value)
-        elif kind == "uri":
-            if modifier == "below":
-                # LIKE narrows by index; substr keeps it case-sensitive (SQLite's LIKE is not).
-                prefix = func.substr(t.c.value, 1, len(value)) == value
-                cond = and_(_starts(t.c.value, value), prefix)
-            elif modifier == "above":
-                # The stored uri is a prefix of the value: compared, never used as a LIKE pattern.
-                cond = func.substr(literal(value), 1, func.length(t.c.value)) == t.c.value
-            else:
-                cond = t.c.value == value
-        else:  # composite
-            cond = self._composite_match(param, value)
-        return t, and_(t.c.param == param.code, cond)
-
-    def _reference_match(self, param: SearchParam, value: str) -> ColumnElement[bool]:
-        t = search_reference
-        if value.startswith(self.base_url + "/"):
-            value = value[len(self.base_url) + 1 :]
-        pieces = value.split("/")
-        if "://" not in value and len(pieces) == 2 and pieces[0][:1].isupper():
-            return and_(t.c.target_type == pieces[0], t.c.target_id == pieces[1])
-        if "://" in value or "|" in value:
-            return t.c.url == value
-        targets = param.target_types()
-        cond = t.c.target_id == value
-        return and_(cond, t.c.target_type.in_(targets)) if len(targets) < 100 else cond
-
-    def _composite_match(self, param: SearchParam, value: tuple[Any, Any]) -> ColumnElement[bool]:
-        t = search_composite
-        first, second = value
-        kind = param.components[1].type
-        conds = [_token_match(t.c.c1_system, t.c.c1_code, first)]
-        if kind == "quantity":
-            conds.append(_quantity_match(t, second, prefix="c2_"))
-        elif kind == "number":
-            conds.append(_number_match(t.c.c2_value, second))
-        elif kind == "date":
-            conds.append(_date_match(t.c.c2_low, t.c.c2_high, second))
-        elif kind == "string":
-            conds.append(_starts(t.c.c2_text, normalise(second)))
-        elif kind == "reference":
-            conds.append(t.c.c2_code == second)
-        else:
-            conds.append(_token_match(t.c.c2_system, t.c.c2_code, second))
-        return and_(*conds)
+        return TYPES[param.type].clause(param, modifier, value, self.base_url)
 
     def _ids(self, resource_type: str, c: Criterion) -> Select[Any]:
         """ids of `resource_type` resources matching the final parameter of `c`."""
         if c.param is None:  # _id
-            return select(resources.c.res_id).where(
-                resources.c.res_type == resource_type, resources.c.res_id.in_(c.values)
-            )
+            return special_conditions.ids(resource_type, c.values)
         if c.modifier == "missing":
-            t = _TABLES[c.param.type]
+            t = TYPES[c.param.type].TABLE
             having = select(t.c.res_id).where(
                 t.c.res_type == resource_type, t.c.param == c.param.code
             )
@@ -371,7 +148,7 @@ class QueryBuilder:
             positive = select(t.c.res_id).where(
                 t.c.res_type == resource_type,
                 t.c.param == c.param.code,
-                any_of([_token_match(t.c.system, t.c.code, v) for v in c.values]),
+                any_of([token_conditions.match(t.c.system, t.c.code, v) for v in c.values]),
             )
             return select(resources.c.res_id).where(
                 resources.c.res_type == resource_type,
@@ -391,10 +168,17 @@ class QueryBuilder:
         if isinstance(group, Paired):
             t = search_composite
             conds = [
-                any_of([_token_match(t.c.c1_system, t.c.c1_code, v) for v in group.token.values])
+                any_of(
+                    [
+                        token_conditions.match(t.c.c1_system, t.c.c1_code, v)
+                        for v in group.token.values
+                    ]
+                )
             ]
             for c in group.dates:
-                conds.append(any_of([_date_match(t.c.c2_low, t.c.c2_high, v) for v in c.values]))
+                conds.append(
+                    any_of([date_conditions.match(t.c.c2_low, t.c.c2_high, v) for v in c.values])
+                )
             return select(t.c.res_id).where(
                 t.c.res_type == resource_type, t.c.param == group.composite.code, *conds
             )
@@ -582,16 +366,10 @@ class QueryBuilder:
                 out.append((resources.c.last_updated, key.descending))
                 continue
             assert key.param is not None
-            t = _TABLES[key.param.type]
-            column = {
-                "string": t.c.get("value"),
-                "token": t.c.get("code"),
-                "number": t.c.get("value"),
-                "quantity": t.c.get("value"),
-                "uri": t.c.get("value"),
-                "reference": t.c.get("target_id"),
-                "date": t.c.get("high") if key.descending else t.c.get("low"),
-            }[key.param.type]
+            t = TYPES[key.param.type].TABLE
+            name = SEARCH_TYPES[key.param.type].sort_column(key.descending)
+            assert name is not None  # the parser refuses to sort by the others
+            column = t.c[name]
             aggregate = func.max(column) if key.descending else func.min(column)
             value = (
                 select(aggregate)
@@ -625,10 +403,15 @@ class QueryBuilder:
         """
         first = keys[0] if keys else None
         param = self._sort_param(resource_type, first)
-        if first is None or param is None or param.type not in _ROW_ORDER:
+        in_order = (
+            SEARCH_TYPES[param.type].row_order(first.descending)
+            if first is not None and param is not None
+            else None
+        )
+        if first is None or param is None or in_order is None:
             return [Segment(None, self.sort_keys(resource_type, keys))]
         code, rest = param.code, self.sort_keys(resource_type, keys[1:])
-        table = _TABLES[param.type]
+        table = TYPES[param.type].TABLE
         anyone = table.alias()
         has_value = exists().where(
             anyone.c.res_type == resource_type,
@@ -645,7 +428,7 @@ class QueryBuilder:
                 row.c.res_type == resource_type,
                 row.c.res_id == resources.c.res_id,
                 row.c.param == composite.code,
-                _token_match(row.c.c1_system, row.c.c1_code, token.values[0]),
+                token_conditions.match(row.c.c1_system, row.c.c1_code, token.values[0]),
                 row.c[columns[0]].is_not(None),  # as the partial index says
             ]
             return [
@@ -653,7 +436,7 @@ class QueryBuilder:
                 Segment(1, rest, [~has_value]),
             ]
         row, other = table.alias(), table.alias()
-        columns = _ROW_ORDER[param.type][first.descending]
+        columns = in_order
         valued = [
             row.c.res_type == resource_type,
             row.c.res_id == resources.c.res_id,
