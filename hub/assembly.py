@@ -17,7 +17,7 @@ from typing import Literal
 
 from hub.ingest.service import IngestService
 from hub.interactions.context import Context
-from hub.search.stored import RegistryHolder
+from hub.parameters.stored import RegistryHolder
 from hub.settings import Settings
 from hub.store import Repository, SqlRepository
 from hub.store.reader import reader_for

@@ -36,7 +36,7 @@ from hub.cli import main
 from hub.interactions.context import Context, Request
 from hub.interactions.routes import dispatch
 from hub.interactions.writes import create_lock_name
-from hub.search.stored import RegistryHolder
+from hub.parameters.stored import RegistryHolder
 from hub.settings import Settings, get_settings
 from hub.store import SqlRepository
 from hub.store.capacity import Capacity, TooFewConnections, judge

@@ -2,7 +2,7 @@
 
 A SearchParameter stored through REST or `hub definitions load` is pending:
 writes index it at once, searches refuse it (400) until a reindex job (the
-`hub reindex` command, `POST /fhir/$reindex`, or `hub.search.reindex`) has
+`hub reindex` command, `POST /fhir/$reindex`, or `hub.parameters.reindex`) has
 extracted it from the resources stored before. Runs on SQLite and PostgreSQL.
 """
 
@@ -25,9 +25,9 @@ from hub.api import create_app
 from hub.cli import main
 from hub.interactions.context import Context
 from hub.interactions.definitions import load_definitions
-from hub.search import reindex as jobs
+from hub.parameters import reindex as jobs
+from hub.parameters.stored import INDEXED, PENDING, RegistryHolder
 from hub.search.registry import bundle_resources
-from hub.search.stored import INDEXED, PENDING, RegistryHolder
 from hub.settings import Settings, get_settings
 from hub.store import SqlRepository
 from hub.store.schema import reindex_jobs, search_param_state, search_string

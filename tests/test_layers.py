@@ -1,8 +1,9 @@
 """The import contracts of pyproject.toml ([tool.importlinter]) hold, and they bite.
 
 The layers, top to bottom: the entry points (API, command line, Celery tasks),
-`hub.assembly`, `hub.ingest`, `hub.interactions`, `hub.search`, `hub.store`, then
-`hub.fhir` and `hub.settings`, then `hub.errors`. SQL drivers and the schema are
+`hub.assembly`, `hub.ingest`, `hub.interactions`, `hub.parameters`, `hub.store`,
+`hub.search` (parsing and index extraction, no I/O), then `hub.fhir` and `hub.settings`,
+then `hub.errors`. SQL drivers and the schema are
 imported under `hub.store` only, and no two sibling packages or modules import each
 other. docs/api.md#how-the-hub-is-put-together explains them.
 """
@@ -49,8 +50,9 @@ def test_the_contracts_name_every_layer_in_order() -> None:
         "hub.assembly",
         "hub.ingest",
         "hub.interactions",
-        "hub.search",
+        "hub.parameters",
         "hub.store",
+        "hub.search",
         "hub.fhir | hub.settings",
         "hub.errors",
     ]

@@ -31,8 +31,8 @@ from fastapi.testclient import TestClient
 
 from hub.api import create_app
 from hub.interactions.context import Context
+from hub.parameters.stored import RegistryHolder
 from hub.search.registry import from_resources, shipped_params
-from hub.search.stored import RegistryHolder
 from hub.settings import Settings
 
 BASE = "http://hub.test/fhir"

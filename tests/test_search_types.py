@@ -18,10 +18,10 @@ from fastapi.testclient import TestClient
 
 from hub.api import create_app
 from hub.interactions.context import Context
+from hub.parameters.stored import RegistryHolder
 from hub.search import types as search_types
 from hub.search.extract import extract
 from hub.search.registry import assemble, from_resources, shipped_params
-from hub.search.stored import RegistryHolder
 from hub.search.types import date, token
 from hub.settings import Settings
 from hub.store.search import types as store_types

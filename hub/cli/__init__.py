@@ -211,7 +211,7 @@ def load_definitions(file: Path, report_file: Path | None, database_url: str | N
 @click.option("--database-url", help="SQLAlchemy URL of the store [HUB_DATABASE_URL].")
 def reindex(types: tuple[str, ...], batch: int, database_url: str | None) -> None:
     from hub.errors import HubError
-    from hub.search.reindex import reindex as run
+    from hub.parameters.reindex import reindex as run
 
     ctx = _context(database_url)
     tty = sys.stderr.isatty()

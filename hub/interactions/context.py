@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from hub.parameters.stored import RegistryHolder
 from hub.search.registry import Registry
-from hub.search.stored import RegistryHolder
 from hub.settings import Settings
 from hub.store.cancel import Cancellation
 from hub.store.reader import AsyncReader

@@ -20,7 +20,7 @@ from hub.errors import HubError
 from hub.fhir import ID_PATTERN, validate
 from hub.interactions.context import Context
 from hub.interactions.writes import save
-from hub.search import stored
+from hub.parameters import stored
 from hub.search.registry import Unsupported, from_resources
 from hub.store.search import states
 

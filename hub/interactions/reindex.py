@@ -4,7 +4,7 @@
 body with `type` parameters) starts a job in a background thread and answers
 202 Accepted with `Content-Location: [base]/$reindex/{job}`; `GET` on that
 address answers a Parameters resource with the job's status, total, done,
-started and finished. The job itself is `hub.search.reindex`.
+started and finished. The job itself is `hub.parameters.reindex`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from hub.errors import Invalid, NotFound, information
 from hub.interactions.context import Context, Request, Result
-from hub.search import reindex as jobs
+from hub.parameters import reindex as jobs
 from hub.store.repository import Transaction
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ import orjson
 from hub.errors import Conflict, Invalid, MultipleMatches, PreconditionFailed
 from hub.fhir.jsonbytes import dumps
 from hub.interactions.context import Context, Result, parse_etag
-from hub.search import stored
+from hub.parameters import stored
 from hub.search.extract import extract
 from hub.search.limits import Limits
 from hub.search.parse import parse

@@ -15,8 +15,7 @@ from typing import Any
 
 from hub.search.registry import Registry
 from hub.search.types import TYPES
-from hub.search.types.base import Rows
-from hub.store.repository import IndexRows
+from hub.search.types.base import IndexRows, Rows
 
 log = logging.getLogger(__name__)
 

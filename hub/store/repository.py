@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Executable, Table
 
+from hub.search.types.base import IndexRows
 from hub.store.cancel import Cancellation
 
 
@@ -30,10 +31,6 @@ class Version:
     content_hash: str | None = None
     method: str = "PUT"
     seq: int | None = None
-
-
-# Search index rows of one resource version, by index table name.
-IndexRows = dict[str, list[dict[str, Any]]]
 
 
 @dataclass(frozen=True, slots=True)

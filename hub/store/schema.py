@@ -201,7 +201,7 @@ INDEX_TABLES: dict[str, Table] = {
     )
 }
 
-# -- search parameters stored as data (hub.search.stored, hub.search.reindex) -----------------
+# -- search parameters stored as data (hub.parameters.stored, hub.parameters.reindex) --
 
 # One row per stored SearchParameter the registry can take: `pending` until a reindex job
 # has extracted it from every resource of its bases, then `indexed`.

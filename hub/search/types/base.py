@@ -14,10 +14,12 @@ from hub.errors import Invalid
 
 if TYPE_CHECKING:
     from hub.search.registry import SearchParam
-    from hub.store.repository import IndexRows
 
 # Index columns hold MAX_STRING characters (PostgreSQL refuses more): longer ones are cut.
 MAX_STRING = 500
+# Search index rows of one resource version, by index table name.
+IndexRows = dict[str, list[dict[str, Any]]]
+
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 
 

@@ -1,5 +1,5 @@
 """Reindex jobs in SQL: their rows in `reindex_jobs`, and the batches of resources they
-re-extract (`hub.search.reindex` runs them)."""
+re-extract (`hub.parameters.reindex` runs them)."""
 
 from __future__ import annotations
 

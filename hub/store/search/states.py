@@ -1,6 +1,6 @@
 """The states of stored SearchParameters and the registry version, in SQL.
 
-`hub.search.stored` decides what the states are; this module reads and writes
+`hub.parameters.stored` decides what the states are; this module reads and writes
 them: `search_param_state` (one row per stored parameter the registry takes)
 and `search_registry` (one row whose version changes with them).
 """

@@ -1,6 +1,6 @@
 """Reindex jobs: put the values of newly stored search parameters into the index.
 
-A SearchParameter written to the store is `pending` (see `hub.search.stored`):
+A SearchParameter written to the store is `pending` (see `hub.parameters.stored`):
 writes index it from then on, but the resources stored before know nothing
 of it, so searches refuse it. A job re-extracts the index rows of every
 current resource of the affected types (those of the pending parameters, or
@@ -30,9 +30,9 @@ import orjson
 
 from hub.errors import Invalid
 from hub.fhir import R4_RESOURCE_TYPES
+from hub.parameters.stored import Pending, Registries, build, mark_indexed, read_version, utc
 from hub.search.extract import extract
 from hub.search.registry import SearchParam
-from hub.search.stored import Pending, Registries, build, mark_indexed, read_version, utc
 from hub.store.repository import IndexRows, Repository
 from hub.store.search.jobs import count_live, insert_job, lock_batch, read_job, update_job
 

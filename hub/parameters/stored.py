@@ -3,7 +3,7 @@
 SearchParameter resources live in the store like any other resource. Each
 stored one the registry can take has a row in `search_param_state`: `pending`
 from the moment its definition is written until a reindex job
-(`hub.search.reindex`) has extracted it from every resource of its bases,
+(`hub.parameters.reindex`) has extracted it from every resource of its bases,
 then `indexed`. Writes index with every stored parameter, pending ones too,
 so that nothing written during a reindex is missed; searches accept only the
 indexed ones. Every change to that picture bumps `search_registry.version`,
