@@ -104,4 +104,3 @@ def test_each_valid_example_is_accepted_and_read_back_as_sent(client: TestClient
     assert not failures, "\n".join(failures)
     if SOURCE != SAMPLE:
         assert refused == set(KNOWN_INVALID)
-

@@ -76,9 +76,7 @@ def _refused(path: str, code: Any, binding: Binding) -> Issue:
 def _concept(path: str, concept: dict[str, Any], binding: Binding) -> Issue | None:
     """A CodeableConcept bound `required` needs a coding from the value set."""
     codings = concept.get("coding")
-    pairs = [
-        (c.get("system"), c.get("code")) for c in codings or () if isinstance(c, dict)
-    ]
+    pairs = [(c.get("system"), c.get("code")) for c in codings or () if isinstance(c, dict)]
     if any(pair in binding.codings for pair in pairs):
         return None
     if not pairs:

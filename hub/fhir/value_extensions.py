@@ -20,10 +20,27 @@ from typing import Any
 # primitive types: the elements the R4B model lacks.
 PRIMITIVE_VALUES = frozenset(
     "_value" + t
-    for t in (
-        "Base64Binary Boolean Canonical Code Date DateTime Decimal Id Instant Integer "
-        "Markdown Oid PositiveInt String Time UnsignedInt Uri Url Uuid"
-    ).split()
+    for t in [
+        "Base64Binary",
+        "Boolean",
+        "Canonical",
+        "Code",
+        "Date",
+        "DateTime",
+        "Decimal",
+        "Id",
+        "Instant",
+        "Integer",
+        "Markdown",
+        "Oid",
+        "PositiveInt",
+        "String",
+        "Time",
+        "UnsignedInt",
+        "Uri",
+        "Url",
+        "Uuid",
+    ]
 )
 _EXTENSIONS = ("extension", "modifierExtension")
 
