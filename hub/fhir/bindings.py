@@ -103,6 +103,19 @@ def _bound(path: str, value: Any, binding: Binding, issues: list[Issue]) -> None
                 _bound(f"{path}[{i}]", item, binding, issues)
 
 
+# Where a node is: the resource type at the top, else (where its parent is, its name, its
+# index in an array or None). Spelled out only for an issue, as most resources have none.
+Where = str | tuple[Any, str, int | None]
+
+
+def _spelled(where: Where) -> str:
+    steps = []
+    while not isinstance(where, str):
+        where, key, index = where
+        steps.append(f".{key}" if index is None else f".{key}[{index}]")
+    return where + "".join(reversed(steps))
+
+
 def check(resource_type: str, resource: dict[str, Any]) -> None:
     """Raise `Invalid`, with an issue per element, when a code is outside its required value
     set. Values of the wrong JSON type are left to the model validation."""
@@ -110,42 +123,46 @@ def check(resource_type: str, resource: dict[str, Any]) -> None:
     table = types.get(resource_type)
     if table is None:
         return
-    element = types["Element"]
+    primitive_extensions = (types["Element"], None)  # a primitive's `_name`: id, extensions
     issues: list[Issue] = []
-    stack: list[tuple[dict[str, Any], Table, str]] = [(resource, table, resource_type)]
+    stack: list[tuple[dict[str, Any], Table, Where]] = [(resource, table, resource_type)]
     while stack:
-        node, table, path = stack.pop()
+        node, table, where = stack.pop()
         for key, value in node.items():
             entry = table.get(key)
             if entry is None:
                 if not key.startswith("_"):
                     continue
-                entry = (element, None)  # a primitive's id and extensions
+                entry = primitive_extensions
             child, binding = entry
-            if binding is not None:
-                _bound(f"{path}.{key}", value, binding, issues)
+            if binding is not None and not (type(value) is str and value in binding.codes):
+                _bound(f"{_spelled(where)}.{key}", value, binding, issues)
             if child is None:
                 continue
-            if isinstance(value, dict):
-                _push(stack, value, child, f"{path}.{key}", types)
-            elif isinstance(value, list):
+            if type(value) is dict:
+                if type(child) is str:  # RESOURCE: the resource's own type decides
+                    _push_resource(stack, value, (where, key, None), types)
+                else:
+                    stack.append((value, child, (where, key, None)))
+            elif type(value) is list:
                 for i, item in enumerate(value):
-                    if isinstance(item, dict):
-                        _push(stack, item, child, f"{path}.{key}[{i}]", types)
+                    if type(item) is not dict:
+                        continue
+                    if type(child) is str:
+                        _push_resource(stack, item, (where, key, i), types)
+                    else:
+                        stack.append((item, child, (where, key, i)))
     if issues:
         issues.sort(key=lambda issue: issue.expression)
         raise Invalid(issues[0].diagnostics, issues=issues)
 
 
-def _push(
-    stack: list[tuple[dict[str, Any], Table, str]],
-    value: dict[str, Any],
-    child: Any,
-    path: str,
+def _push_resource(
+    stack: list[tuple[dict[str, Any], Table, Where]],
+    resource: dict[str, Any],
+    where: Where,
     types: dict[str, Table],
 ) -> None:
-    if isinstance(child, str):  # RESOURCE
-        child = types.get(str(value.get("resourceType")))
-        if child is None:
-            return
-    stack.append((value, child, path))
+    table = types.get(str(resource.get("resourceType")))
+    if table is not None:
+        stack.append((resource, table, where))
