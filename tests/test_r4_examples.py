@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from fastapi.testclient import TestClient
+
+from hub.settings import Settings
 
 SAMPLE = Path(__file__).parent / "data" / "r4-examples.tar.xz"
 SOURCE = Path(os.environ.get("HUB_R4_EXAMPLES", SAMPLE))
@@ -71,6 +74,16 @@ def without_version(resource: dict[str, Any]) -> dict[str, Any]:
     if meta:
         out["meta"] = meta
     return out
+
+
+@pytest.fixture()
+def settings(database_url: str) -> Settings:
+    """The hub's settings but for the largest body: the full set holds Bundles of 35 MB."""
+    return Settings(
+        database_url=database_url,
+        public_base_url="http://hub.test/fhir",
+        max_body_bytes=64 * 1024 * 1024,
+    )
 
 
 def test_the_sample_covers_every_resource_type_with_examples() -> None:

@@ -5,11 +5,10 @@ Source: the npm package `hl7.fhir.r4.examples` (CC0), the examples of the specif
     npm pack hl7.fhir.r4.examples@4.0.1
     .venv/bin/python tools/r4_examples.py hl7.fhir.r4.examples-4.0.1.tgz
 
-The sample keeps every resource type: up to `--per-type` examples of each (the smallest
-first are not preferred: files are taken in name order, as published), skipping files larger
-than `--max-bytes` unless a type has no smaller one, and fewer of the conformance resources
-(StructureDefinition, ValueSet, CodeSystem, SearchParameter...) that make up most of the
-package. tests/test_r4_examples.py reads the sample, or the whole package when
+The sample keeps every resource type: up to `--per-type` examples of each, in name order,
+skipping files larger than `--max-bytes` unless a type has no smaller one, and fewer of the
+conformance resources (StructureDefinition, ValueSet, CodeSystem, SearchParameter...) that
+make up most of the package. tests/test_r4_examples.py reads the sample, or the whole package when
 HUB_R4_EXAMPLES names it.
 """
 

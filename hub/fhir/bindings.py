@@ -140,7 +140,7 @@ def check(resource_type: str, resource: dict[str, Any]) -> None:
             if child is None:
                 continue
             if type(value) is dict:
-                if type(child) is str:  # RESOURCE: the resource's own type decides
+                if isinstance(child, str):  # RESOURCE: the resource's own type decides
                     _push_resource(stack, value, (where, key, None), types)
                 else:
                     stack.append((value, child, (where, key, None)))
@@ -148,7 +148,7 @@ def check(resource_type: str, resource: dict[str, Any]) -> None:
                 for i, item in enumerate(value):
                     if type(item) is not dict:
                         continue
-                    if type(child) is str:
+                    if isinstance(child, str):
                         _push_resource(stack, item, (where, key, i), types)
                     else:
                         stack.append((item, child, (where, key, i)))
