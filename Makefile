@@ -26,8 +26,8 @@ test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check hub adapters tests bench
-	$(BIN)/ruff format --check hub adapters tests bench
+	$(BIN)/ruff check hub adapters tests bench tools
+	$(BIN)/ruff format --check hub adapters tests bench tools
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy

@@ -45,14 +45,15 @@ def _too_deep(path: str, max_depth: int) -> Invalid:
     return Invalid(message, issues=[Issue("too-costly", message, expression=(path,))])
 
 
-def check(resource_type: str, resource: dict[str, Any], max_depth: int) -> int:
+def check(resource_type: str, resource: dict[str, Any], max_depth: int) -> tuple[int, bool]:
     """Raise `Invalid` for an element deeper than `max_depth` path steps (`Patient.name[0]
     .family` is 2) or for a string or element name holding a control character; return the
-    depth of the deepest element."""
-    deepest, clean = _scan(resource, max_depth)
+    depth of the deepest element, and whether an element name may begin with `_value` (a
+    primitive extension of a value[x], see `value_extensions`)."""
+    deepest, clean, value_extension = _scan(resource, max_depth)
     if not clean:
         _locate(resource_type, resource, max_depth)
-    return deepest
+    return deepest, value_extension
 
 
 def nesting(value: Any, limit: int) -> int:
@@ -61,10 +62,10 @@ def nesting(value: Any, limit: int) -> int:
     return _scan(value, limit)[0]
 
 
-def _scan(resource: Any, max_depth: int) -> tuple[int, bool]:
-    """(deepest element, whether the resource passes): the walk every write makes, so it
-    builds no paths and searches all strings at once; `_locate` walks again to name what
-    failed."""
+def _scan(resource: Any, max_depth: int) -> tuple[int, bool, bool]:
+    """(deepest element, whether the resource passes, whether a name may begin with
+    `_value`): the walk every write makes, so it builds no paths and searches all strings at
+    once; `_locate` walks again to name what failed."""
     deepest = 0
     strings: list[str] = []
     # (a container, the depth of the element holding it): a dict's keys are one deeper.
@@ -76,7 +77,7 @@ def _scan(resource: Any, max_depth: int) -> tuple[int, bool]:
                 continue
             depth = held + 1
             if depth > max_depth:
-                return depth, False
+                return depth, False, False
             deepest = max(deepest, depth)
             strings.extend(value)
             items: Any = value.values()
@@ -88,7 +89,9 @@ def _scan(resource: Any, max_depth: int) -> tuple[int, bool]:
                 strings.append(item)
             elif isinstance(item, dict | list):
                 stack.append((item, depth))
-    return deepest, _CONTROL.search(" ".join(strings)) is None
+    text = " ".join(strings)
+    # Names and strings alike: a string holding " _value" only costs a closer look.
+    return deepest, _CONTROL.search(text) is None, text.startswith("_value") or " _value" in text
 
 
 def _locate(resource_type: str, resource: dict[str, Any], max_depth: int) -> None:

@@ -1,10 +1,13 @@
 """Validation of FHIR R4 content: the only module that imports `fhir.resources`.
 
 The R4B models validate R4 (4.0.1) content for every resource type the hub
-stores. Eighteen R4 types were withdrawn or remodelled in R4B (the
-MedicinalProduct* family, EffectEvidenceSynthesis, RiskEvidenceSynthesis and
-five Substance* types); for those only the elements every resource shares
-(`id`, `meta`, `implicitRules`, `language`, `text`) are checked here.
+stores. Eighteen R4 types were withdrawn in R4B (the MedicinalProduct* family,
+EffectEvidenceSynthesis, RiskEvidenceSynthesis and five Substance* types), and two
+were remodelled (Evidence and EvidenceVariable, whose R4B models refuse R4 elements
+such as `Evidence.exposureBackground`); for those twenty only the elements every
+resource shares (`id`, `meta`, `implicitRules`, `language`, `text`) are checked by a
+model. Required bindings are checked for every type, from the R4 definitions
+(`hub.fhir.bindings`).
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import BaseModel, ValidationError
 
 from hub.errors import Invalid, Issue
+from hub.fhir.bindings import check as check_bindings
 from hub.fhir.content import check as check_content
 from hub.fhir.deep import call_at_depth
 from hub.fhir.types import R4_RESOURCE_TYPES
+from hub.fhir.value_extensions import split as split_value_extensions
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}\Z")  # \Z: no newline after
 
@@ -30,8 +35,14 @@ DEFAULT_MAX_DEPTH = 200
 _SHARED_ELEMENTS = {"meta": "Meta", "text": "Narrative"}
 
 
+# R4 types whose R4B models describe other content.
+_REMODELLED = frozenset({"Evidence", "EvidenceVariable"})
+
+
 @cache
 def _model(resource_type: str) -> type[BaseModel] | None:
+    if resource_type in _REMODELLED:
+        return None
     try:
         return get_fhir_model_class(resource_type)
     except ValueError:
@@ -134,18 +145,23 @@ def validate(
         raise Invalid(
             f"{resource_type}.id: '{rid}' is not a valid id", expression=(f"{resource_type}.id",)
         )
-    depth = check_content(resource_type, resource, max_depth)
+    depth, value_extension = check_content(resource_type, resource, max_depth)
     try:
-        call_at_depth(depth, lambda: _validate_model(resource_type, resource))
+        call_at_depth(depth, lambda: _validate_model(resource_type, resource, value_extension))
     except RecursionError:
         # Not expected within the measured budget (hub/fhir/deep.py); a 400, should a model
         # recurse more per step than measured, rather than a 500.
         message = f"{resource_type}: nests too deeply to be validated"
         raise Invalid(message, issues=[Issue("too-costly", message)]) from None
+    check_bindings(resource_type, resource)
     return resource_type
 
 
-def _validate_model(resource_type: str, resource: dict[str, Any]) -> None:
+def _validate_model(resource_type: str, resource: dict[str, Any], value_extension: bool) -> None:
+    if value_extension:
+        resource, removed = split_value_extensions(resource_type, resource)
+        for path, value in removed:
+            _validate_element("FHIRPrimitiveExtension", value, path)
     model = _model(resource_type)
     if model is not None:
         try:
@@ -156,13 +172,18 @@ def _validate_model(resource_type: str, resource: dict[str, Any]) -> None:
         return
     for element, element_type in _SHARED_ELEMENTS.items():
         if element in resource:
-            element_model = _model(element_type)
-            assert element_model is not None
-            try:
-                element_model.model_validate(resource[element])
-            except ValidationError as e:
-                issues = _issues(resource_type, e, (element,))
-                raise Invalid(issues[0].diagnostics, issues=issues) from None
+            _validate_element(element_type, resource[element], f"{resource_type}.{element}")
+
+
+def _validate_element(element_type: str, value: Any, path: str) -> None:
+    """Validate one element on its own; `path` names it in the issues."""
+    element_model = _model(element_type)
+    assert element_model is not None
+    try:
+        element_model.model_validate(value)
+    except ValidationError as e:
+        issues = _issues(path, e)
+        raise Invalid(issues[0].diagnostics, issues=issues) from None
 
 
 def _flagged(resource_type: str, flag: str) -> frozenset[str]:
