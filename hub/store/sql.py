@@ -187,6 +187,13 @@ def _reference_rows(new: NewVersion) -> list[dict[str, Any]]:
     ]
 
 
+def _ids_by_type(keys: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    by_type: dict[str, list[str]] = {}
+    for resource_type, resource_id in dict.fromkeys(keys):
+        by_type.setdefault(resource_type, []).append(resource_id)
+    return by_type
+
+
 def _current_row(new: NewVersion) -> dict[str, Any]:
     return {**_row_values(new), "res_type": new.resource_type, "res_id": new.resource_id}
 
@@ -616,28 +623,24 @@ class SqlTransaction:
         return [v for k in keys if (v := found.get(k)) is not None and not v.deleted]
 
     def live(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
-        by_type: dict[str, list[str]] = {}
-        for resource_type, resource_id in dict.fromkeys(keys):
-            by_type.setdefault(resource_type, []).append(resource_id)
-        found: set[tuple[str, str]] = set()
-        for resource_type, ids in by_type.items():
-            # The partial index of live resources answers this alone (ix_resources_live).
-            rows = self._execute(
-                select(resources.c.res_id).where(
-                    resources.c.res_type == resource_type,
-                    resources.c.res_id.in_(ids),
-                    resources.c.deleted.is_(False),
-                )
+        by_type = _ids_by_type(keys)
+        if not by_type:
+            return set()
+        r = resources.c
+        # One statement for every type: the partial index of live resources answers it alone
+        # (ix_resources_live), one probe per id.
+        rows = self._execute(
+            select(r.res_type, r.res_id).where(
+                r.deleted.is_(False),
+                or_(*(and_(r.res_type == t, r.res_id.in_(ids)) for t, ids in by_type.items())),
             )
-            found.update((resource_type, row[0]) for row in rows)
-        return found
+        )
+        return {(row[0], row[1]) for row in rows}
 
     def referrers(
         self, targets: Sequence[tuple[str, str]], limit: int
     ) -> list[tuple[str, str, str, str]]:
-        by_type: dict[str, list[str]] = {}
-        for target_type, target_id in dict.fromkeys(targets):
-            by_type.setdefault(target_type, []).append(target_id)
+        by_type = _ids_by_type(targets)
         if not by_type:
             return []
         t = outbound_reference.c
