@@ -283,6 +283,17 @@ def test_deleting_a_referenced_resource_is_409_naming_the_referrer(ctx: Context,
     assert ctx.repo.read("Patient", uid) is not None
 
 
+def test_a_version_reference_does_not_hold_its_target(ctx: Context, uid: str) -> None:
+    """The version it names stays readable in history (a feed's Provenance names versions)."""
+    run(ctx, Update("Patient", uid, patient(uid)))
+    target = ref(f"Patient/{uid}/_history/1")
+    body = {"resourceType": "Provenance", "target": [target], "recorded": "2024-01-01T00:00:00Z"}
+    body["agent"] = [{"who": {"display": "feed"}}]
+    run(ctx, Create("Provenance", body))
+    [deleted] = run(ctx, Delete("Patient", uid))
+    assert deleted.headers["ETag"] == 'W/"2"'
+
+
 def test_deleting_referrer_and_target_together_succeeds(ctx: Context, uid: str) -> None:
     run(
         ctx,

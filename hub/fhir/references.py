@@ -92,5 +92,14 @@ def local_references(resource: dict[str, Any], base_url: str = "") -> list[Found
 
 
 def targets(resource: dict[str, Any], base_url: str = "") -> list[tuple[str, str]]:
-    """The distinct local resources `resource` references, in order of appearance."""
-    return list(dict.fromkeys(t for _, _, t in local_references(resource, base_url)))
+    """The distinct local resources `resource` holds against deletion, in order.
+
+    A version reference (`Patient/1/_history/2`) holds none: the version it names stays
+    readable in history after a delete (a feed's Provenance names versions of its targets).
+    """
+    return held(local_references(resource, base_url))
+
+
+def held(found: list[Found]) -> list[tuple[str, str]]:
+    """`targets` of references found already."""
+    return list(dict.fromkeys(t for _, reference, t in found if "/_history/" not in reference))

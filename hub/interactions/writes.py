@@ -20,7 +20,7 @@ import orjson
 
 from hub.errors import Conflict, Invalid, PreconditionFailed
 from hub.fhir.jsonbytes import dumps
-from hub.fhir.references import Found, local_references
+from hub.fhir.references import Found, held, local_references
 from hub.interactions.context import Context, Result, parse_etag
 from hub.search import stored
 from hub.search.extract import extract
@@ -106,8 +106,9 @@ def save(
     A fresh id cannot exist yet, so its current version is not looked up (a
     collision would still fail the insert on the primary key). `resource` is not
     changed: what is stored is a copy. The local references of what is stored are
-    recorded with it (`base_url` makes `[base]/Type/id` local) and added to `found`:
-    none when the content is unchanged, as nothing is written.
+    added to `found` (`base_url` makes `[base]/Type/id` local), and the resources they
+    hold against deletion recorded with it: none when the content is unchanged, as
+    nothing is written.
     """
     current = None if fresh else tx.current(resource_type, resource_id)
     check_precondition(current, if_match)
@@ -132,7 +133,7 @@ def save(
         content,
         digest,
         extract(ctx.index_registry, stamped),
-        tuple(dict.fromkeys(target for _, _, target in references)),
+        tuple(held(references)),
     )
     _write(tx, new, current, if_match)
     created = current is None or current.deleted
