@@ -93,8 +93,9 @@ def unresolved(ctx: Context, tx: Transaction, plan: Plan) -> list[MissingReferen
     deleted by it). One query for all. Patches are not looked into (their result depends on
     the stored version), nor conditional deletes (their target is known only by searching).
 
-    The executor refuses exactly these (when HUB_REFERENTIAL_INTEGRITY is on): a feed asks
-    first, to let a message whose targets have not arrived yet wait instead of failing.
+    The executor refuses these when HUB_REFERENTIAL_INTEGRITY is on (this answers whatever
+    the setting says): a feed asks first, to let a message whose targets have not arrived
+    yet wait instead of failing.
     """
     state: dict[Key, bool] = {}  # what the plan leaves live (True) or deleted (False)
     written: dict[Key, tuple[int, list[Found]]] = {}
