@@ -25,12 +25,14 @@ from sqlalchemy import (
     Engine,
     Executable,
     Table,
+    and_,
     bindparam,
     create_engine,
     delete,
     event,
     func,
     insert,
+    or_,
     select,
     text,
     update,
@@ -43,7 +45,13 @@ from sqlalchemy.sql.elements import ColumnElement
 from hub.errors import Busy, Conflict, Timeout, TooCostly
 from hub.store.cancel import Cancellation
 from hub.store.repository import IndexRows, NewVersion, Version
-from hub.store.schema import INDEX_TABLES, lineage, resource_history, resources
+from hub.store.schema import (
+    INDEX_TABLES,
+    lineage,
+    outbound_reference,
+    resource_history,
+    resources,
+)
 
 _CURRENT_COLUMNS = (
     resources.c.res_type,
@@ -167,6 +175,29 @@ def _as_version(new: NewVersion) -> Version:
     )
 
 
+def _reference_rows(new: NewVersion) -> list[dict[str, Any]]:
+    return [
+        {
+            "res_type": new.resource_type,
+            "res_id": new.resource_id,
+            "target_type": target_type,
+            "target_id": target_id,
+        }
+        for target_type, target_id in new.references
+    ]
+
+
+# Pairs of (type, id) asked of SQLite in one query: 2 variables each, within its oldest limit.
+_SQLITE_PAIRS = 400
+
+
+def _ids_by_type(keys: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    by_type: dict[str, list[str]] = {}
+    for resource_type, resource_id in dict.fromkeys(keys):
+        by_type.setdefault(resource_type, []).append(resource_id)
+    return by_type
+
+
 def _current_row(new: NewVersion) -> dict[str, Any]:
     return {**_row_values(new), "res_type": new.resource_type, "res_id": new.resource_id}
 
@@ -175,7 +206,10 @@ def _history_row(new: NewVersion) -> dict[str, Any]:
     return {**_current_row(new), "method": new.method}
 
 
-_TABLES = {t.name: t for t in (resources, resource_history, *INDEX_TABLES.values(), lineage)}
+_TABLES = {
+    t.name: t
+    for t in (resources, resource_history, *INDEX_TABLES.values(), outbound_reference, lineage)
+}
 # Every column but the generated history `seq`: what a new row of each table carries.
 _COLUMNS = {
     name: tuple(c.name for c in table.columns if c.name != "seq") for name, table in _TABLES.items()
@@ -185,16 +219,19 @@ COPY_FROM = 200
 
 
 def insert_rows(
-    driver: psycopg.Connection[Any], rows: Mapping[str, tuple[Sequence[str], Sequence[Any]]]
-) -> None:
+    driver: psycopg.Connection[Any],
+    rows: Mapping[str, tuple[Sequence[str], Sequence[Any]]],
+    then: tuple[str, Sequence[Any]] | None = None,
+) -> list[Any]:
     """Insert rows of several tables (name -> (columns, value tuples)) straight through psycopg.
 
     A table of many rows (a batch of feed messages) goes by COPY, a round trip but a fraction
     of executemany's time a row; the others in one pipeline, one round trip for all (libpq
     before 14 has no pipeline mode: then one a table). No SQLAlchemy statement is built: that
-    was a third of a create's time.
+    was a third of a create's time. `then`: a query (SQL, parameters) sent in the same
+    pipeline, after the inserts; its rows are returned.
     """
-    with driver.cursor() as cursor:
+    with driver.cursor() as cursor, driver.cursor() as asked:
         for name, (columns, values) in rows.items():
             if len(values) >= COPY_FROM:
                 with cursor.copy(f"COPY {name} ({', '.join(columns)}) FROM STDIN") as copy:
@@ -208,6 +245,9 @@ def insert_rows(
                     cursor.executemany(
                         f"INSERT INTO {name} ({', '.join(columns)}) VALUES ({marks})", values
                     )
+            if then is not None:
+                asked.execute(then[0], then[1])
+        return asked.fetchall() if then is not None else []
 
 
 def _stopped(error: DBAPIError) -> bool:
@@ -327,35 +367,40 @@ class SqlTransaction:
             self.flush()
         return self.conn.execute(statement, params)
 
-    def flush(self) -> None:
-        """Insert the new resources written so far: their rows, history and index rows."""
+    def flush(self, then: tuple[str, Sequence[Any]] | None = None) -> list[Any]:
+        """Insert the new resources written so far: their rows, history and index rows.
+
+        `then` (PostgreSQL): a query run right after, in the same round trip; its rows."""
         pending, self._pending = self._pending, []
         added, self._added = self._added, {}
         if not pending and not added:
-            return
+            return []
         rows: dict[str, list[dict[str, Any]]] = {
             "resources": [_current_row(n) for n in pending],
             "resource_history": [_history_row(n) for n in pending],
         }
         for name in INDEX_TABLES:
             rows[name] = [row for n in pending for row in n.index.get(name, ())]
+        rows[outbound_reference.name] = [r for n in pending for r in _reference_rows(n)]
         rows.update(added)
         try:
             if self.dialect == "postgresql":
                 driver = self.conn.connection.dbapi_connection
                 assert isinstance(driver, psycopg.Connection)
-                insert_rows(
+                return insert_rows(
                     driver,
                     {
                         name: (cols, [tuple(r.get(c) for c in cols) for r in table_rows])
                         for name, table_rows in rows.items()
                         for cols in [_COLUMNS[name]]
                     },
+                    then,
                 )
-            else:
-                for name, table_rows in rows.items():
-                    if table_rows:
-                        self.conn.execute(insert(_TABLES[name]), table_rows)
+            assert then is None, "a query after the inserts is for PostgreSQL"
+            for name, table_rows in rows.items():
+                if table_rows:
+                    self.conn.execute(insert(_TABLES[name]), table_rows)
+            return []
         except IntegrityError as e:
             raise _created_meanwhile(pending, str(e.orig)) from None
         except psycopg.IntegrityError as e:
@@ -485,7 +530,7 @@ class SqlTransaction:
 
     def _replace_index(self, new: NewVersion) -> None:
         if new.version_id > 1:
-            for table in INDEX_TABLES.values():
+            for table in (*INDEX_TABLES.values(), outbound_reference):
                 self._execute(
                     delete(table).where(
                         table.c.res_type == new.resource_type, table.c.res_id == new.resource_id
@@ -494,6 +539,8 @@ class SqlTransaction:
         for name, rows in new.index.items():
             if rows:
                 self._execute(insert(INDEX_TABLES[name]), rows)
+        if new.references:
+            self._execute(insert(outbound_reference), _reference_rows(new))
 
     def rows(self, statement: Executable) -> Sequence[Any]:
         return self._execute(statement).all()
@@ -588,6 +635,53 @@ class SqlTransaction:
     def load(self, keys: Sequence[tuple[str, str]]) -> list[Version]:
         found = self._currents(keys)
         return [v for k in keys if (v := found.get(k)) is not None and not v.deleted]
+
+    def live(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        keys = list(dict.fromkeys(keys))
+        if not keys:
+            return set()
+        # Every write with references asks this: written for the driver, as building and
+        # compiling a SQLAlchemy statement took longer than the database's answer. One probe
+        # of the primary key per pair.
+        if self.dialect == "postgresql":
+            sql = (
+                "SELECT res_type, res_id FROM resources WHERE deleted IS false AND "
+                "(res_type, res_id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
+            )
+            params: tuple[Any, ...] = ([k[0] for k in keys], [k[1] for k in keys])
+            if self._pending or self._added:
+                # The new resources go out first, and the question with them: one round trip.
+                rows: Sequence[Any] = self.flush(then=(sql, params))
+                return {(row[0], row[1]) for row in rows}
+            rows = self.conn.exec_driver_sql(sql, params).all()
+            return {(row[0], row[1]) for row in rows}
+        self.flush()
+        found: set[tuple[str, str]] = set()
+        for start in range(0, len(keys), _SQLITE_PAIRS):  # within SQLite's variables per query
+            chunk = keys[start : start + _SQLITE_PAIRS]
+            pairs = ", ".join(["(?, ?)"] * len(chunk))
+            sql = (
+                "SELECT res_type, res_id FROM resources WHERE deleted IS 0 AND "
+                f"(res_type, res_id) IN (VALUES {pairs})"
+            )
+            rows = self.conn.exec_driver_sql(sql, tuple(v for k in chunk for v in k)).all()
+            found.update((row[0], row[1]) for row in rows)
+        return found
+
+    def referrers(
+        self, targets: Sequence[tuple[str, str]], limit: int
+    ) -> list[tuple[str, str, str, str]]:
+        by_type = _ids_by_type(targets)
+        if not by_type:
+            return []
+        t = outbound_reference.c
+        rows = self._execute(
+            select(t.res_type, t.res_id, t.target_type, t.target_id)
+            .where(or_(*(and_(t.target_type == k, t.target_id.in_(v)) for k, v in by_type.items())))
+            .order_by(t.target_type, t.target_id, t.res_type, t.res_id)
+            .limit(limit)
+        )
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     def _history_where(
         self, resource_type: str | None, resource_id: str | None, since: datetime | None
