@@ -23,6 +23,7 @@ from hub.errors import (
     UnsupportedMediaType,
     information,
 )
+from hub.fhir import jsonbytes
 from hub.interactions.context import Request, Result, etag, version_location
 from hub.settings import Settings
 
@@ -121,7 +122,7 @@ def _check_media(method: str, operation: str | None, media: str) -> None:
 
 def _parse_json(raw: bytes) -> Any:
     try:
-        return orjson.loads(raw)
+        return jsonbytes.loads(raw)
     except orjson.JSONDecodeError as e:
         raise Invalid(f"The request body is not valid JSON: {e}") from None
 

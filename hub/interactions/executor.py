@@ -23,7 +23,6 @@ from typing import Any
 
 import jsonpatch
 import jsonpointer
-import orjson
 
 from hub.errors import (
     BusinessRule,
@@ -35,7 +34,7 @@ from hub.errors import (
     MultipleMatches,
     NotFound,
 )
-from hub.fhir import validate
+from hub.fhir import jsonbytes, validate
 from hub.fhir.content import nesting
 from hub.fhir.deep import call_at_depth
 from hub.fhir.references import Found, local_references
@@ -286,7 +285,7 @@ def _patch(run: _Run, index: int, write: Patch) -> Result:
         raise Gone(f"{resource_type}/{target} was deleted")
     check_precondition(current, write.if_match)
     assert current.content is not None
-    patched = _patched(run.ctx, orjson.loads(current.content), list(write.operations))
+    patched = _patched(run.ctx, jsonbytes.loads(current.content), list(write.operations))
     if patched.get("resourceType") != resource_type or patched.get("id") != target:
         raise BusinessRule("A patch may not change the resource's type or id")
     try:

@@ -17,8 +17,6 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import orjson
-
 from hub.errors import (
     Conflict,
     HubError,
@@ -30,7 +28,7 @@ from hub.errors import (
     outcome_of,
     status_of,
 )
-from hub.fhir import ID_PATTERN, is_resource_type
+from hub.fhir import ID_PATTERN, is_resource_type, jsonbytes
 from hub.fhir.content import escaped
 from hub.interactions import create, delete, patch, update
 from hub.interactions.bundles import bundle, full_url, status_line, stored, version_response
@@ -120,7 +118,7 @@ def entry_request(
         and req.body.get("resourceType") == "Binary"
     ):
         try:
-            req.body = orjson.loads(base64.b64decode(req.body.get("data", "")))
+            req.body = jsonbytes.loads(base64.b64decode(req.body.get("data", "")))
         except (ValueError, TypeError):  # binascii.Error and JSONDecodeError are ValueErrors
             raise Invalid(
                 f"{where}.resource: the Binary holds no base64 JSON Patch document",
