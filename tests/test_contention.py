@@ -421,6 +421,15 @@ class Burst:
                         self.others.append(e)
                         return
 
+    def until(self, creates: int, others: int) -> None:
+        """Go on until the burst has had this many answers of each kind (a loaded machine
+        takes longer to get there, never to a different answer), within HANG."""
+        deadline = time.monotonic() + HANG
+        while len(self.creates) < creates or len(self.others) < others:
+            if time.monotonic() > deadline:
+                break  # the assertions then say what was missing
+            time.sleep(0.05)
+
     def end(self) -> None:
         self.stop.set()
         _join(self.threads)  # each client's request in flight ends within its timeout
@@ -431,9 +440,10 @@ def test_a_burst_of_conditional_creates_stores_one_and_stalls_nothing(
 ) -> None:
     _, root = serve()
     burst = Burst(root, uid, clients=24)
-    time.sleep(2)
+    # Unrelated requests answered while two rounds of creates are in: nothing stalled.
+    burst.until(creates=48, others=6)
     burst.end()
-    assert burst.creates and burst.others
+    assert len(burst.creates) >= 48 and len(burst.others) >= 6, (burst.creates, burst.others)
     for answer in burst.creates:
         assert isinstance(answer, tuple), answer
         status, retry_after = answer
