@@ -60,7 +60,9 @@ def test_transaction_entries_keep_their_decimals(client: TestClient) -> None:
         b'{"fullUrl":"urn:uuid:1","resource":' + OBSERVATION + b","
         b'"request":{"method":"POST","url":"Observation"}},'
         b'{"resource":{"resourceType":"Binary","contentType":"application/json-patch+json",'
-        b'"data":"' + patch + b'"},"request":{"method":"PATCH","url":"Observation/'
+        b'"data":"'
+        + patch
+        + b'"},"request":{"method":"PATCH","url":"Observation/'
         + created["id"].encode()
         + b'"}}]}'
     )
