@@ -1,9 +1,14 @@
-"""Processing one stored message: parse, map, validate, write — one transaction.
+"""Processing stored messages: prepare, reconcile, commit — one transaction a batch.
 
-A plain function of a message id, idempotent: a message already done is
-skipped, a redelivered one finds its row locked or done, and the resource
-ids are deterministic, so a replay updates instead of duplicating. Tasks
-(Celery or the embedded thread pool) only call `Pipeline.process`.
+`prepare` parses and maps a message into a plan (`hub.ingest.plan`), with no
+writes; `reconcile` turns a plan and the current state into the plan to write;
+the commit checks the plan's references (a message waiting for a resource that
+has not arrived is left `pending`), keeps the feed's rule that a later message
+wins, and writes. A plain function of message ids, idempotent: a message
+already done is skipped, a redelivered one finds its row locked or done, and
+the resource ids are deterministic, so a replay updates instead of
+duplicating. Tasks (Celery or the embedded thread pool) only call
+`Pipeline.process_many`.
 """
 
 from __future__ import annotations
@@ -12,21 +17,22 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, select, tuple_, update
-from sqlalchemy.exc import DBAPIError
-
 from hub.errors import Busy, Conflict, HubError, Invalid
 from hub.fhir import validate
+from hub.ingest import status
 from hub.ingest.adapters import AdapterRegistry
-from hub.ingest.mapping import Mapped, Mapper, Mapping_
-from hub.ingest.messages import DEAD, DONE, FAILED, OPEN, Message, MessageStore, now
+from hub.ingest.mapping import Mapper, Mapping_
+from hub.ingest.messages import OPEN, Message, MessageStore, now
+from hub.ingest.plan import MessagePlan, MissingReference, Write, awaited, reconcile, references
 from hub.interactions.context import Context
 from hub.interactions.writes import instant, save
+from hub.store import lineage
+from hub.store.errors import DatabaseError as _DatabaseError
 from hub.store.repository import Transaction, Version
-from hub.store.schema import lineage, messages
 
 log = logging.getLogger("hub.ingest")
 MESSAGE_SYSTEM = "urn:fhir-hub:message"
@@ -38,7 +44,17 @@ class Outcome(StrEnum):
     RETRY = "retry"  # a transient error: try again later
     DEAD = "dead"  # transient errors outlasted the attempts
     DEFERRED = "deferred"  # an earlier message about the same subject is still open
+    PENDING = "pending"  # a resource it refers to has not arrived: it goes on when it does
     SKIPPED = "skipped"  # already finished, or unknown
+
+
+class Outcomes(dict[int, Outcome]):
+    """The outcome of each message of a batch; `released`: pending messages the batch wrote
+    what they waited for, now `received` again, to be sent (in id order)."""
+
+    def __init__(self, outcomes: Mapping[int, Outcome], released: Sequence[int] = ()) -> None:
+        super().__init__(outcomes)
+        self.released = list(released)
 
 
 @dataclass(frozen=True)
@@ -55,12 +71,14 @@ class Pipeline:
         adapters: AdapterRegistry,
         mappings: Mapping[str, Mapping_],
         max_attempts: int = 5,
+        reference_wait: float = 3600.0,
     ) -> None:
         self.ctx = ctx
         self.store = store
         self.adapters = adapters
         self.mappings = mappings
         self.max_attempts = max_attempts
+        self.reference_wait = timedelta(seconds=reference_wait)
 
     def mapper(self, message: Message) -> Mapper:
         if message.mapping is None or message.mapping not in self.mappings:
@@ -68,14 +86,39 @@ class Pipeline:
         return Mapper(self.mappings[message.mapping], source=message.source)
 
     def order_key(self, adapter: str, mapping: str | None, raw: bytes, source: str) -> str | None:
-        """The subject a unit is about (e.g. the patient), for in-order application."""
+        """The subject a unit is about (e.g. the patient), for in-order application: the
+        mapping's `key` fields of the parsed unit, as `prepare` finds them. Only the parse is
+        needed, not the mapping, so the receiver keeps it without mapping the unit; a unit
+        that does not parse has none, and fails when it is prepared."""
         if mapping is None or mapping not in self.mappings:
             return None
         try:
-            a = self.adapters.get(adapter)
-            return a.map(a.parse(raw), Mapper(self.mappings[mapping], source)).order_key
+            return Mapper(self.mappings[mapping], source).order_key(
+                self.adapters.get(adapter).parse(raw)
+            )
         except HubError:
             return None
+
+    def prepare(self, message: Message) -> MessagePlan:
+        """Parse, map and validate a message into its plan of writes; nothing is written.
+        `Invalid` (or `LookupError`: an unknown adapter) when the input is wrong."""
+        adapter = self.adapters.get(message.adapter)
+        mapper = self.mapper(message)
+        mapped = adapter.map(adapter.parse(message.raw), mapper)
+        awaits = mapped.awaits or [[] for _ in mapped.resources]  # an adapter's own `Mapped`
+        for resource in mapped.resources:
+            validate(resource, max_depth=self.ctx.settings.max_resource_depth)
+        return MessagePlan(
+            writes=tuple(
+                Write(resource, tuple(lines), tuple(waits))
+                for resource, lines, waits in zip(
+                    mapped.resources, mapped.lineage, awaits, strict=True
+                )
+            ),
+            order_key=mapped.order_key,
+            mapping=mapper.mapping.name,
+            mapping_version=mapper.mapping.version,
+        )
 
     def next_in_order(self, message_id: int) -> int | None:
         """Once `message_id` is finished: the earliest open message from its source about the
@@ -95,10 +138,14 @@ class Pipeline:
         message = self.store.get(message_id)
         return self.store.open_about(message, before=True) if message else []
 
+    def pending(self, message_ids: Sequence[int]) -> set[int]:
+        """Those of these messages that wait for a reference."""
+        return set(self.store.open_ids(message_ids, statuses=(status.PENDING,)))
+
     def process(self, message_id: int) -> Outcome:
         return self.process_many([message_id])[message_id]
 
-    def process_many(self, message_ids: Sequence[int]) -> dict[int, Outcome]:
+    def process_many(self, message_ids: Sequence[int]) -> Outcomes:
         """Process messages in id order, in one database transaction; the outcome of each.
 
         The outcomes are those of processing them one by one: a message about a subject
@@ -120,6 +167,7 @@ class Pipeline:
                 ready.append(m)
         self.store.wait_behind(waiting)
         attempts = self.store.note_attempts([m.id for m in ready])
+        ready = [replace(m, status=status.move(m.status, status.Event.TAKE)) for m in ready]
         prepared: list[_Prepared] = []
         held = _Held()
         for m in ready:
@@ -132,15 +180,12 @@ class Pipeline:
                 # The earlier attempts never finished: a worker died on it, or raised something
                 # unexpected. Sending it again and again would not help.
                 error = f"after {attempts[m.id] - 1} attempts: the processing never finished"
-                self.store.set_status(m.id, DEAD, error)
+                self.store.set_status(m.id, status.Event.GIVE_UP, error)
                 log.error("message %s is dead: %s", m.id, error)
                 outcomes[m.id] = Outcome.DEAD
                 continue
             try:
-                adapter = self.adapters.get(m.adapter)
-                mapped = adapter.map(adapter.parse(m.raw), self.mapper(m))
-                for resource in mapped.resources:
-                    validate(resource, max_depth=self.ctx.settings.max_resource_depth)
+                plan = self.prepare(m)
             except (Invalid, LookupError) as e:
                 outcomes[m.id] = self._fail(m, e)
                 continue
@@ -148,75 +193,114 @@ class Pipeline:
                 log.exception("message %s could not be mapped", m.id)
                 outcomes[m.id] = held.note(m, self._transient(m, attempts[m.id], e))
                 continue
-            prepared.append(_Prepared(m, attempts[m.id], mapped))
+            prepared.append(_Prepared(m, attempts[m.id], plan))
+        released: list[int] = []
         if prepared:
-            outcomes.update(self._commit(prepared, held))
+            committed = self._commit(prepared, held)
+            outcomes.update(committed)
+            released = committed.released
         self.store.wait_behind(held.deferred, taken=True)
-        return outcomes
+        return Outcomes(outcomes, released)
 
-    def _commit(self, batch: list[_Prepared], held: _Held) -> dict[int, Outcome]:
+    def _commit(self, batch: list[_Prepared], held: _Held) -> Outcomes:
         try:
             with self.ctx.unit(None) as tx:
                 return self._apply(tx, batch)
         except Exception as e:
             if len(batch) > 1:
                 log.info("a batch of %s messages failed (%s); one at a time", len(batch), e)
-                done: dict[int, Outcome] = {}
+                done = Outcomes({})
                 for one in batch:
                     if held.holds(one.message):
                         done[one.message.id] = Outcome.DEFERRED
                     else:
-                        done.update(self._commit([one], held))
+                        alone = self._commit([one], held)
+                        done.update(alone)
+                        done.released += alone.released
                 return done
             message = batch[0].message
             if isinstance(e, Invalid):
-                return {message.id: self._fail(message, e)}
-            if not isinstance(e, Busy | Conflict | DBAPIError):
+                return Outcomes({message.id: self._fail(message, e)})
+            if not isinstance(e, Busy | Conflict | _DatabaseError):
                 log.exception("message %s could not be written", message.id)
-            return {message.id: held.note(message, self._transient(message, batch[0].attempts, e))}
+            outcome = self._transient(message, batch[0].attempts, e)
+            return Outcomes({message.id: held.note(message, outcome)})
 
     def _transient(self, message: Message, attempts: int, error: Exception) -> Outcome:
         """RETRY, or DEAD once the attempts are spent (the error is kept)."""
         text = f"{type(error).__name__}: {error}"
         if attempts >= self.max_attempts:
-            self.store.set_status(message.id, DEAD, f"after {attempts} attempts: {text}")
+            self.store.set_status(
+                message.id, status.Event.GIVE_UP, f"after {attempts} attempts: {text}"
+            )
             log.error("message %s is dead after %s attempts: %s", message.id, attempts, text)
             return Outcome.DEAD
         log.warning("message %s attempt %s failed, will retry: %s", message.id, attempts, text)
         return Outcome.RETRY
 
-    def _apply(self, tx: Transaction, batch: list[_Prepared]) -> dict[int, Outcome]:
+    def _apply(self, tx: Transaction, batch: list[_Prepared]) -> Outcomes:
         outcomes: dict[int, Outcome] = {}
-        claimed = self._claim(tx, [p.message.id for p in batch])
+        claimed = self.store.claim(tx, [p.message.id for p in batch])
         keys = [
-            key
-            for p in batch
-            for key in [
-                *((r["resourceType"], r["id"]) for r in p.mapped.resources),
-                ("Provenance", provenance_id(p.message)),
-            ]
+            key for p in batch for key in [*p.plan.keys(), ("Provenance", provenance_id(p.message))]
         ]
-        tx.prefetch(keys)
-        later = self._last_writers(tx, keys, min(p.message.id for p in batch))
+        # The targets a plan waits for are looked up with the rest, in the same query.
+        awaited_targets = [
+            _target(ref)
+            for p in batch
+            for w in p.plan.writes
+            if w.awaits
+            for path, ref in references(w.resource)
+            if path in w.awaits
+        ]
+        tx.prefetch([*keys, *awaited_targets])
+        later = lineage.last_writers(tx, keys, min(p.message.id for p in batch))
+        state = _TxState(tx)
         records = []
         for p in batch:
             if p.message.id not in claimed:
                 outcomes[p.message.id] = Outcome.SKIPPED  # another run finished it
                 continue
             message = replace(p.message, produced=claimed[message_id := p.message.id])
-            written, kept = [], []
-            for resource, lines in zip(p.mapped.resources, p.mapped.lineage, strict=True):
-                if later.get((resource["resourceType"], resource["id"]), 0) > message_id:
-                    # A later message wrote this resource already: this one's data is older.
-                    kept += self._produced_before(tx, message, resource)
-                else:
-                    written.append(Written(self._write(tx, resource), lines))
+            plan = reconcile(p.plan, state)
+            missing = awaited(plan, unresolved(self.ctx, tx, plan))
+            if missing:
+                # Not written with a dangling reference: it waits for its target.
+                self.store.await_reference(
+                    tx,
+                    message_id,
+                    "; ".join(m.reason() for m in missing),
+                    [m.target for m in missing],
+                    now() + self.reference_wait,
+                )
+                log.info("message %s waits: %s", message_id, missing[0].reason())
+                outcomes[message_id] = Outcome.PENDING
+                continue
+            written, kept = self._commit_plan(tx, message, plan, later)
             targets = [w.version for w in written] + kept
-            provenance = self._provenance(tx, message, targets) if targets else None
-            records.append((message, written, [*targets, *filter(None, [provenance])]))
+            provenance = self._provenance(tx, message, plan, targets) if targets else None
+            records.append((message, plan, written, [*targets, *filter(None, [provenance])]))
             outcomes[message_id] = Outcome.DONE
-        self._record(tx, records)
-        return outcomes
+        released = self._record(tx, records)
+        return Outcomes(outcomes, released)
+
+    def _commit_plan(
+        self,
+        tx: Transaction,
+        message: Message,
+        plan: MessagePlan,
+        later: Mapping[tuple[str, str], int],
+    ) -> tuple[list[Written], list[Version]]:
+        """A message's plan as writes: each resource, unless a later message wrote it already
+        (the feed's rule: the later message wins; this one's data is older, and its last
+        version of the resource, if any, is what it produced)."""
+        written, kept = [], []
+        for write in plan.writes:
+            if later.get(write.key, 0) > message.id:
+                kept += self._produced_before(tx, message, write.resource)
+            else:
+                written.append(Written(self._write(tx, write.resource), list(write.lineage)))
+        return written, kept
 
     def _fail(self, message: Message, error: Exception) -> Outcome:
         field = getattr(error, "field", None)
@@ -225,45 +309,16 @@ class Pipeline:
         except LookupError:
             label = "field"
         where = ", ".join(p for p in (message.origin, f"{label} {field}" if field else "") if p)
-        self.store.set_status(message.id, FAILED, f"{where}: {error}" if where else str(error))
+        self.store.set_status(
+            message.id, status.Event.REJECT, f"{where}: {error}" if where else str(error)
+        )
         return Outcome.FAILED
-
-    def _claim(self, tx: Transaction, message_ids: list[int]) -> dict[int, list[str]]:
-        """Lock the messages' rows for this transaction; of those still open, what each
-        produced before (empty unless it is a replay)."""
-        rows = tx.lock_row(
-            select(messages.c.id, messages.c.status, messages.c.produced)
-            .where(messages.c.id.in_(message_ids))
-            .order_by(messages.c.id)
-        )
-        return {int(r[0]): list(json.loads(r[2])) if r[2] else [] for r in rows if r[1] in OPEN}
-
-    def _last_writers(
-        self, tx: Transaction, keys: list[tuple[str, str]], after: int
-    ) -> dict[tuple[str, str], int]:
-        """The last message after `after` that wrote each of these resources (replays)."""
-        rows = tx.rows(
-            select(lineage.c.res_type, lineage.c.res_id, func.max(lineage.c.message_id))
-            .where(
-                lineage.c.message_id > after,
-                tuple_(lineage.c.res_type, lineage.c.res_id).in_(list(dict.fromkeys(keys))),
-            )
-            .group_by(lineage.c.res_type, lineage.c.res_id)
-        )
-        return {(r[0], r[1]): int(r[2]) for r in rows}
 
     def _produced_before(
         self, tx: Transaction, message: Message, resource: dict[str, Any]
     ) -> list[Version]:
         """The last version of a superseded resource this message wrote, if it wrote one."""
-        rows = tx.rows(
-            select(func.max(lineage.c.version_id)).where(
-                lineage.c.res_type == resource["resourceType"],
-                lineage.c.res_id == resource["id"],
-                lineage.c.message_id == message.id,
-            )
-        )
-        version_id = rows[0][0] if rows else None
+        version_id = lineage.written_by(tx, resource["resourceType"], resource["id"], message.id)
         if version_id is None:
             return []
         version = tx.version(resource["resourceType"], resource["id"], int(version_id))
@@ -276,12 +331,17 @@ class Pipeline:
         assert result.version is not None
         return result.version
 
-    def _provenance(self, tx: Transaction, message: Message, targets: list[Version]) -> Version:
+    def _provenance(
+        self, tx: Transaction, message: Message, plan: MessagePlan, targets: list[Version]
+    ) -> Version:
         provenance: dict[str, Any] = {
             "resourceType": "Provenance",
             "id": provenance_id(message),
             "target": [{"reference": _reference(v)} for v in targets],
             "recorded": instant(now()),
+            # The mapping that made the writes is the policy they were made under
+            # (Provenance.policy: "policy or plan the activity was defined by").
+            "policy": [mapping_policy(plan.mapping, plan.mapping_version)],
             "activity": {
                 "coding": [
                     {
@@ -326,56 +386,100 @@ class Pipeline:
         return self._write(tx, provenance)
 
     def _record(
-        self, tx: Transaction, records: list[tuple[Message, list[Written], list[Version]]]
-    ) -> None:
-        """Lineage rows and `done` for the messages processed, a statement each for all."""
-        for message, written, _ in records:
+        self,
+        tx: Transaction,
+        records: list[tuple[Message, MessagePlan, list[Written], list[Version]]],
+    ) -> list[int]:
+        """Lineage rows and `done` for the messages written, a statement each for all; the
+        pending messages that waited for what they wrote are released (`received`)."""
+        for message, _, written, _ in records:
             # A replay records a version's lineage again; older ones stay. A message never
             # done before (nothing produced) has no lineage rows to replace.
             for w in written if message.produced else ():
                 v = w.version
-                tx.execute(
-                    delete(lineage).where(
-                        lineage.c.message_id == message.id,
-                        lineage.c.res_type == v.resource_type,
-                        lineage.c.res_id == v.resource_id,
-                        lineage.c.version_id == v.version_id,
-                    )
-                )
-        rows = [
-            {
-                "res_type": w.version.resource_type,
-                "res_id": w.version.resource_id,
-                "version_id": w.version.version_id,
-                "element": element,
-                "source_field": field,
-                "message_id": message.id,
-            }
-            for message, written, _ in records
-            for w in written
-            for element, field in w.lineage
-        ]
-        if rows:
-            tx.add_rows(lineage, rows)
-        at = now()
-        done = [
-            {
-                "message": message.id,
-                "produced": json.dumps([_reference(v) for v in produced]),
-            }
-            for message, _, produced in records
-        ]
-        if done:
-            tx.execute(
-                update(messages)
-                .where(messages.c.id == bindparam("message"))
-                .values(status=DONE, error=None, produced=bindparam("produced"), updated_at=at),
-                done,
-            )
+                lineage.forget(tx, message.id, v.resource_type, v.resource_id, v.version_id)
+        lineage.record(
+            tx,
+            [
+                {
+                    "res_type": w.version.resource_type,
+                    "res_id": w.version.resource_id,
+                    "version_id": w.version.version_id,
+                    "element": element,
+                    "source_field": field,
+                    "message_id": message.id,
+                    "mapping": plan.mapping,
+                    "mapping_version": plan.mapping_version,
+                }
+                for message, plan, written, _ in records
+                for w in written
+                for element, field in w.lineage
+            ],
+        )
+        self.store.finish(
+            tx,
+            [
+                (message.id, [_reference(v) for v in produced], plan.mapping_version)
+                for message, plan, _, produced in records
+            ],
+            waited=[message.id for message, *_ in records if message.wait_until is not None],
+        )
+        return self.store.release(
+            tx,
+            [
+                (w.version.resource_type, w.version.resource_id)
+                for _, _, written, _ in records
+                for w in written
+            ],
+        )
 
 
 def _reference(v: Version) -> str:
     return f"{v.resource_type}/{v.resource_id}/_history/{v.version_id}"
+
+
+def mapping_policy(name: str, version: str) -> str:
+    """The mapping as Provenance.policy (a uri): its name and version."""
+    return f"urn:fhir-hub:mapping:{name}|{version}"
+
+
+def _target(reference: str) -> tuple[str, str]:
+    resource_type, _, resource_id = reference.partition("/")
+    return (resource_type, resource_id)
+
+
+class _TxState:
+    """The current state as `reconcile` sees it: reads through the write transaction."""
+
+    def __init__(self, tx: Transaction) -> None:
+        self._tx = tx
+
+    def current(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
+        found = self._tx.current(resource_type, resource_id)
+        if found is None or found.deleted or found.content is None:
+            return None
+        content: dict[str, Any] = json.loads(found.content)
+        return content
+
+
+def unresolved(ctx: Context, tx: Transaction, plan: MessagePlan) -> list[MissingReference]:
+    """The references of a plan's writes whose target neither exists nor is written by the
+    plan. (The executor's `unresolved` has this signature; this reads the references the
+    feed waits for only.)"""
+    del ctx
+    own = set(plan.keys())
+    missing = []
+    for index, write in enumerate(plan.writes):
+        for path, reference in references(write.resource):
+            if path not in write.awaits:
+                continue
+            target = _target(reference)
+            if target in own:
+                continue
+            current = tx.current(*target)
+            if current is None or current.deleted:
+                missing.append(MissingReference(index, path, reference))
+    return missing
 
 
 def provenance_id(message: Message) -> str:
@@ -405,8 +509,8 @@ class _Held:
 
 @dataclass(frozen=True)
 class _Prepared:
-    """A message parsed, mapped and validated, ready to be written."""
+    """A message and its plan, ready to be reconciled and written."""
 
     message: Message
     attempts: int
-    mapped: Mapped
+    plan: MessagePlan
