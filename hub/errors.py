@@ -74,6 +74,8 @@ class HubError(Exception):
     expression: tuple[str, ...] = ()
     issues: list[Issue] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)
+    # Which write of a plan failed (set by hub.interactions.executor): a Bundle names its entry.
+    write: int | None = None
 
     category = Category.FAULT
     issue_code = "exception"

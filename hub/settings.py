@@ -131,6 +131,11 @@ class Settings(BaseSettings):
         "criteria (PostgreSQL); then it is answered 503 with Retry-After. At most three "
         "quarters of the pool wait at once; more are answered 503 at once.",
     )
+    referential_integrity: bool = Field(
+        default=True,
+        description="Refuse writes whose literal references (Patient/1) name no live resource "
+        "(400), and deletes of resources others still reference (409).",
+    )
     workers: int = Field(default=1, ge=1, description="uvicorn worker processes for `hub serve`.")
     shutdown_seconds: int = Field(
         default=5,

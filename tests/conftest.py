@@ -35,7 +35,14 @@ ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS = ROOT / "alembic"
 PG_SERVER = os.environ.get("HUB_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-TABLES = (*INDEX_TABLES, "resource_history", "resources", "lineage", "messages")
+TABLES = (
+    *INDEX_TABLES,
+    "outbound_reference",
+    "resource_history",
+    "resources",
+    "lineage",
+    "messages",
+)
 
 
 # What a skip for want of a server says, so that the summary can count them.

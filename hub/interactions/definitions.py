@@ -19,7 +19,8 @@ from typing import Any
 from hub.errors import HubError
 from hub.fhir import ID_PATTERN, validate
 from hub.interactions.context import Context
-from hub.interactions.writes import save
+from hub.interactions.executor import execute
+from hub.interactions.plan import Plan, Update
 from hub.search import stored
 from hub.search.registry import Unsupported, from_resources
 
@@ -144,7 +145,7 @@ def load_definitions(ctx: Context, definitions: Sequence[Mapping[str, Any]]) -> 
         for resource in valid:
             rid = _resource_id(resource, by_url, urls)
             before = tx.current(stored.RESOURCE_TYPE, rid)
-            result = save(ctx, tx, stored.RESOURCE_TYPE, rid, resource, method="PUT")
+            [result] = execute(ctx, tx, Plan.of(Update(stored.RESOURCE_TYPE, rid, resource)))
             if before is None or before.deleted:
                 report.created += 1
             elif result.version is not None and result.version.version_id != before.version_id:

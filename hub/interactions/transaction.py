@@ -24,15 +24,20 @@ from hub.errors import (
     HubError,
     Invalid,
     Issue,
+    MethodNotAllowed,
     NotFound,
     PreconditionFailed,
     outcome_of,
     status_of,
 )
-from hub.fhir import is_resource_type
+from hub.fhir import ID_PATTERN, is_resource_type
+from hub.fhir.content import escaped
+from hub.interactions import create, delete, patch, update
 from hub.interactions.bundles import bundle, full_url, status_line, stored, version_response
 from hub.interactions.context import Context, Request, Result
-from hub.interactions.writes import create_match, matches, new_id, single_match
+from hub.interactions.executor import create_match, execute, match, matches
+from hub.interactions.plan import ConditionalDelete, Delete, Plan, Write
+from hub.interactions.writes import new_id
 from hub.store.cancel import Cancellation
 from hub.store.repository import Transaction
 
@@ -242,21 +247,32 @@ def _transaction(ctx: Context, req: Request, entries: list[Any], dispatch: Dispa
             raise _located(i, e) from None
     full_urls = [e.get("fullUrl") if isinstance(e, dict) else None for e in entries]
     order = sorted(range(len(requests)), key=lambda i: _ORDER[requests[i].method])
+    writing = [i for i in order if requests[i].method in _WRITES and not requests[i].operation]
     results: dict[int, Result] = {}
     targets: dict[str, int] = {}
     with _locating(targets), ctx.unit(None) as tx:
-        # 1. Deletes, then ids for everything about to be written.
-        for i in order:
+        # 1. What the deletes remove (the writes and matches after them do not see it), then
+        # ids for everything about to be written.
+        deletes: dict[int, Delete] = {}
+        for i in writing:
             r = requests[i]
             if r.method == "DELETE":
-                results[i] = _run(ctx, i, r, tx, dispatch, targets)
+                try:
+                    found = _delete_target(ctx, tx, _planned(ctx, r), r.base_url)
+                except HubError as e:
+                    raise _located(i, e) from None
+                if found is None:
+                    results[i] = Result(204)
+                else:
+                    deletes[i] = found
+        removed = frozenset((d.resource_type, d.resource_id) for d in deletes.values())
         aliases: dict[str, str] = {}
-        for i in order:
+        for i in writing:
             r = requests[i]
-            if r.method not in ("POST", "PUT", "PATCH"):
+            if r.method == "DELETE":
                 continue
             try:
-                _assign_id(ctx, tx, r, results, i)
+                _assign_id(ctx, tx, r, results, i, removed)
             except HubError as e:
                 raise _located(i, e) from None
             if r.resource_id is not None:
@@ -288,9 +304,12 @@ def _transaction(ctx: Context, req: Request, entries: list[Any], dispatch: Dispa
                 )
             type_, sep, query = reference.partition("?")
             if sep and is_resource_type(type_):
-                found = matches(
-                    ctx, tx, type_, parse_qsl(query, keep_blank_values=True), req.base_url
-                )
+                criteria = parse_qsl(query, keep_blank_values=True)
+                found = [
+                    v
+                    for v in matches(ctx, tx, type_, criteria, req.base_url, 2 + len(removed))
+                    if (v.resource_type, v.resource_id) not in removed
+                ]
                 if len(found) != 1:
                     raise PreconditionFailed(
                         f"The conditional reference '{reference}' matches {len(found)} resources; "
@@ -299,7 +318,7 @@ def _transaction(ctx: Context, req: Request, entries: list[Any], dispatch: Dispa
                 return f"{type_}/{found[0].resource_id}"
             return None
 
-        for i in order:
+        for i in writing:
             r = requests[i]
             if i in results or r.method not in ("POST", "PUT"):
                 continue
@@ -307,7 +326,23 @@ def _transaction(ctx: Context, req: Request, entries: list[Any], dispatch: Dispa
                 r.body = _rewrite(r.body, str(r.resource_type), resolve)
             except HubError as e:
                 raise _located(i, e) from None
-        # 3. Writes and reads in the spec's order.
+        # 3. One plan of every write, in the spec's order; then the reads.
+        planned: list[int] = []
+        writes: list[Write] = []
+        for i in writing:
+            if i in results:
+                continue
+            try:
+                writes.append(deletes[i] if i in deletes else _planned(ctx, requests[i]))
+            except HubError as e:
+                raise _located(i, e) from None
+            planned.append(i)
+        try:
+            done = execute(ctx, tx, Plan(tuple(writes), req.base_url))
+        except HubError as e:
+            entry = planned[e.write] if e.write is not None else planned[0]
+            raise _located(_entry_of(e, targets, entry), e) from None
+        results.update(zip(planned, done, strict=True))
         for i in order:
             if i not in results:
                 results[i] = _run(ctx, i, requests[i], tx, dispatch, targets)
@@ -315,21 +350,57 @@ def _transaction(ctx: Context, req: Request, entries: list[Any], dispatch: Dispa
     return Result(200, body=bundle("transaction-response", out, []))
 
 
+_WRITES = ("POST", "PUT", "PATCH", "DELETE")
+_PLANNERS: dict[str, Callable[[Context, Request], Write]] = {
+    "POST": create.planned,
+    "PUT": update.planned,
+    "PATCH": patch.planned,
+    "DELETE": delete.planned,
+}
+
+
+def _planned(ctx: Context, r: Request) -> Write:
+    """The write of an entry, checked as the REST API checks a request (`routes.dispatch`)."""
+    if r.resource_id is not None and not ID_PATTERN.match(r.resource_id):
+        raise Invalid(f"'{escaped(r.resource_id)}' is not a valid resource id")
+    if r.resource_id is None and not r.params and r.method != "POST":
+        raise MethodNotAllowed(f"{r.method} on {r.resource_type} needs an id or search criteria")
+    return _PLANNERS[r.method](ctx, r)
+
+
+def _delete_target(ctx: Context, tx: Transaction, write: Write, base_url: str) -> Delete | None:
+    """A delete entry's resource: a conditional one's match (None: nothing to delete)."""
+    if isinstance(write, ConditionalDelete):
+        found = match(ctx, tx, write.resource_type, write.criteria, base_url)
+        if found is None:
+            return None
+        return Delete(write.resource_type, found.resource_id, write.if_match)
+    assert isinstance(write, Delete)
+    return write
+
+
 def _assign_id(
-    ctx: Context, tx: Transaction, r: Request, results: dict[int, Result], i: int
+    ctx: Context,
+    tx: Transaction,
+    r: Request,
+    results: dict[int, Result],
+    i: int,
+    removed: frozenset[tuple[str, str]],
 ) -> None:
     assert r.resource_type is not None
     if r.method == "POST":
         if r.if_none_exist:
-            existing = create_match(ctx, tx, r.resource_type, r.if_none_exist, r.base_url)
+            criteria = tuple(parse_qsl(r.if_none_exist, keep_blank_values=True))
+            existing = create_match(ctx, tx, r.resource_type, criteria, r.base_url, removed)
             if existing is not None:
                 r.resource_id = existing.resource_id
                 results[i] = Result(200, version=existing)
                 return
+        # The transaction holds the conditional create's lock: a plain create follows.
         r.resource_id = new_id()
         r.if_none_exist = None
     elif r.resource_id is None and r.params:
-        found = single_match(ctx, tx, r.resource_type, r.params, r.base_url)
+        found = match(ctx, tx, r.resource_type, r.params, r.base_url, removed)
         if found is not None:
             r.resource_id = found.resource_id
             if r.method == "PUT" and isinstance(r.body, dict) and "id" not in r.body:

@@ -5,37 +5,35 @@ from __future__ import annotations
 from hub.errors import Invalid
 from hub.fhir import validate
 from hub.interactions.context import Context, Request, Result
-from hub.interactions.writes import expected_version, new_id, save, single_match
+from hub.interactions.executor import execute
+from hub.interactions.plan import ConditionalUpdate, Plan, Update, Write
+from hub.interactions.writes import expected_version
 from hub.store.repository import Transaction
 
 
 def update(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
     """PUT [type]/[id] creates or updates; PUT [type]?criteria resolves the id by search."""
+    write = planned(ctx, req)
+    with ctx.unit(tx) as t:
+        return execute(ctx, t, Plan.of(write, base_url=req.base_url))[0]
+
+
+def planned(ctx: Context, req: Request) -> Write:
     assert req.resource_type is not None
     resource = req.body
     validate(resource, expected_type=req.resource_type, max_depth=ctx.settings.max_resource_depth)
-    body_id = resource.get("id")
     if_match = expected_version(req.if_match)
-    with ctx.unit(tx) as t:
-        if req.resource_id is None:
-            match = single_match(ctx, t, req.resource_type, req.params, req.base_url)
-            target = match.resource_id if match is not None else (body_id or new_id())
-            if match is not None and body_id is not None and body_id != target:
-                raise Invalid(
-                    f"The resource's id '{body_id}' differs from the id '{target}' of the "
-                    "resource matching the criteria",
-                    expression=(f"{req.resource_type}.id",),
-                )
-        else:
-            target = req.resource_id
-            if body_id is None:
-                raise Invalid(
-                    "An update must carry the resource's id in the body",
-                    expression=(f"{req.resource_type}.id",),
-                )
-            if body_id != target:
-                raise Invalid(
-                    f"The resource's id '{body_id}' differs from the id '{target}' in the URL",
-                    expression=(f"{req.resource_type}.id",),
-                )
-        return save(ctx, t, req.resource_type, target, resource, method="PUT", if_match=if_match)
+    if req.resource_id is None:
+        return ConditionalUpdate(req.resource_type, tuple(req.params), resource, if_match)
+    body_id = resource.get("id")
+    if body_id is None:
+        raise Invalid(
+            "An update must carry the resource's id in the body",
+            expression=(f"{req.resource_type}.id",),
+        )
+    if body_id != req.resource_id:
+        raise Invalid(
+            f"The resource's id '{body_id}' differs from the id '{req.resource_id}' in the URL",
+            expression=(f"{req.resource_type}.id",),
+        )
+    return Update(req.resource_type, req.resource_id, resource, if_match)

@@ -1,9 +1,10 @@
-"""The write path every interaction shares: stamp, hash, compare, store.
+"""Writing one version: stamp, hash, compare, store.
 
-Create, update, patch, delete and the transaction processor all end here, so
-versioning rules are written once: If-Match is checked against the current
+The primitive under `hub.interactions.executor`, which every write path goes
+through (REST, Bundles, feeds): If-Match is checked against the current
 versionId (412), an update whose content is unchanged creates no version,
-and a lost race surfaces as 409 (412 when the writer named a version).
+and a lost race surfaces as 409 (412 when the writer named a version). The
+rules about whole writes (conditions, references) are the executor's.
 """
 
 from __future__ import annotations
@@ -17,14 +18,12 @@ from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
-from hub.errors import Conflict, Invalid, MultipleMatches, PreconditionFailed
+from hub.errors import Conflict, Invalid, PreconditionFailed
 from hub.fhir.jsonbytes import dumps
+from hub.fhir.references import targets
 from hub.interactions.context import Context, Result, parse_etag
 from hub.search import stored
-from hub.search.engine import SearchEngine
 from hub.search.extract import extract
-from hub.search.limits import Limits
-from hub.search.parse import parse
 from hub.store.repository import NewVersion, Transaction, Version
 
 
@@ -99,11 +98,14 @@ def save(
     method: str,
     if_match: int | None = None,
     fresh: bool = False,
+    references: Sequence[tuple[str, str]] | None = None,
 ) -> Result:
     """Store `resource` as the next version; `fresh`: the id was just made by the server.
 
     A fresh id cannot exist yet, so its current version is not looked up (a
-    collision would still fail the insert on the primary key).
+    collision would still fail the insert on the primary key). `references`: the local
+    resources it references, when the caller has found them already (else found here).
+    `resource` is not changed: what is stored is a copy.
     """
     current = None if fresh else tx.current(resource_type, resource_id)
     check_precondition(current, if_match)
@@ -124,6 +126,7 @@ def save(
         content,
         digest,
         extract(ctx.index_registry, stamped),
+        tuple(references if references is not None else targets(stamped)),
     )
     _write(tx, new, current, if_match)
     created = current is None or current.deleted
@@ -160,58 +163,12 @@ def _write(tx: Transaction, new: NewVersion, current: Version | None, if_match: 
         raise
 
 
-def matches(
-    ctx: Context,
-    tx: Transaction,
-    resource_type: str,
-    params: Sequence[tuple[str, str]],
-    base_url: str = "",
-) -> list[Version]:
-    """Resources matching conditional criteria; at most two, enough to tell one from many."""
-    request = parse(ctx.registry, [resource_type], params, limits=Limits.of(ctx.settings))
-    if not request.criteria:
-        raise Invalid("A conditional request needs at least one search criterion")
-    request.total = "none"
-    request.sort, request.includes, request.revincludes = [], [], []
-    with tx.limited(ctx.settings.search_timeout_seconds):
-        page = SearchEngine(ctx.registry, base_url).run(tx, request, 2, total_default="none")
-    return page.matches
-
-
 def create_lock_name(resource_type: str, if_none_exist: str) -> str:
     """The name that conditional creates with the same criteria share, however spelled:
     decoded and in order (`identifier=a%7Cb&_id=1` and `_id=1&identifier=a|b` are one)."""
-    criteria = sorted(parse_qsl(if_none_exist, keep_blank_values=True))
-    return f"create:{resource_type}?{urlencode(criteria)}"
+    return lock_name(resource_type, parse_qsl(if_none_exist, keep_blank_values=True))
 
 
-def create_match(
-    ctx: Context, tx: Transaction, resource_type: str, if_none_exist: str, base_url: str = ""
-) -> Version | None:
-    """The resource an If-None-Exist matches; when none does, the unit holds the lock that
-    keeps two creates with the same criteria from both creating until it ends."""
-    key = create_lock_name(resource_type, if_none_exist)
-    criteria = parse_qsl(if_none_exist)
-    if not tx.try_lock(key):
-        # Another request with these criteria is at work, most likely creating the match:
-        # once it has committed, the match is found without waiting for the lock.
-        found = single_match(ctx, tx, resource_type, criteria, base_url)
-        if found is not None:
-            return found
-        tx.lock(key)  # bounded: Busy (503) when the wait would be too long
-    return single_match(ctx, tx, resource_type, criteria, base_url)
-
-
-def single_match(
-    ctx: Context,
-    tx: Transaction,
-    resource_type: str,
-    params: Sequence[tuple[str, str]],
-    base_url: str = "",
-) -> Version | None:
-    found = matches(ctx, tx, resource_type, params, base_url)
-    if len(found) > 1:
-        raise MultipleMatches(
-            f"More than one {resource_type} matches the criteria; the request needs exactly one"
-        )
-    return found[0] if found else None
+def lock_name(resource_type: str, criteria: Sequence[tuple[str, str]]) -> str:
+    """`create_lock_name` of criteria already decoded."""
+    return f"create:{resource_type}?{urlencode(sorted(criteria))}"

@@ -46,6 +46,8 @@ class NewVersion:
     content: bytes | None
     content_hash: str | None
     index: IndexRows = field(default_factory=dict)
+    # The local resources (type, id) this version references (`hub.fhir.references`).
+    references: tuple[tuple[str, str], ...] = ()
 
     @property
     def deleted(self) -> bool:
@@ -92,6 +94,16 @@ class Transaction(Protocol):
 
     def load(self, keys: Sequence[tuple[str, str]]) -> list[Version]:
         """The current, live versions of (type, id) pairs, in the order asked."""
+
+    def live(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these (type, id) exist and are not deleted, this transaction's writes
+        included; reads the index only, not the resources."""
+
+    def referrers(
+        self, targets: Sequence[tuple[str, str]], limit: int
+    ) -> list[tuple[str, str, str, str]]:
+        """Up to `limit` current resources that reference one of `targets`, as
+        (type, id, target type, target id)."""
 
     def limited(
         self, seconds: float, cancellation: Cancellation | None = None

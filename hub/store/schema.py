@@ -187,6 +187,20 @@ Index(
     search_reference.c.res_id,
 )
 
+# Every local literal reference of each current resource version (hub.fhir.references), not
+# only those a search parameter covers: a delete finds what still refers to its target here.
+# Replaced with each write, like the search index rows; a deleted resource has none.
+outbound_reference = Table(
+    "outbound_reference",
+    metadata,
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    Column("target_type", String(64), nullable=False),
+    Column("target_id", String(64), nullable=False),
+    Index("ix_outbound_reference_resource", "res_type", "res_id"),
+    Index("ix_outbound_reference_target", "target_type", "target_id", "res_type", "res_id"),
+)
+
 INDEX_TABLES: dict[str, Table] = {
     t.name: t
     for t in (

@@ -25,12 +25,14 @@ from sqlalchemy import (
     Engine,
     Executable,
     Table,
+    and_,
     bindparam,
     create_engine,
     delete,
     event,
     func,
     insert,
+    or_,
     select,
     text,
     update,
@@ -43,7 +45,13 @@ from sqlalchemy.sql.elements import ColumnElement
 from hub.errors import Busy, Conflict, Timeout, TooCostly
 from hub.store.cancel import Cancellation
 from hub.store.repository import IndexRows, NewVersion, Version
-from hub.store.schema import INDEX_TABLES, lineage, resource_history, resources
+from hub.store.schema import (
+    INDEX_TABLES,
+    lineage,
+    outbound_reference,
+    resource_history,
+    resources,
+)
 
 _CURRENT_COLUMNS = (
     resources.c.res_type,
@@ -167,6 +175,18 @@ def _as_version(new: NewVersion) -> Version:
     )
 
 
+def _reference_rows(new: NewVersion) -> list[dict[str, Any]]:
+    return [
+        {
+            "res_type": new.resource_type,
+            "res_id": new.resource_id,
+            "target_type": target_type,
+            "target_id": target_id,
+        }
+        for target_type, target_id in new.references
+    ]
+
+
 def _current_row(new: NewVersion) -> dict[str, Any]:
     return {**_row_values(new), "res_type": new.resource_type, "res_id": new.resource_id}
 
@@ -175,7 +195,10 @@ def _history_row(new: NewVersion) -> dict[str, Any]:
     return {**_current_row(new), "method": new.method}
 
 
-_TABLES = {t.name: t for t in (resources, resource_history, *INDEX_TABLES.values(), lineage)}
+_TABLES = {
+    t.name: t
+    for t in (resources, resource_history, *INDEX_TABLES.values(), outbound_reference, lineage)
+}
 # Every column but the generated history `seq`: what a new row of each table carries.
 _COLUMNS = {
     name: tuple(c.name for c in table.columns if c.name != "seq") for name, table in _TABLES.items()
@@ -339,6 +362,7 @@ class SqlTransaction:
         }
         for name in INDEX_TABLES:
             rows[name] = [row for n in pending for row in n.index.get(name, ())]
+        rows[outbound_reference.name] = [r for n in pending for r in _reference_rows(n)]
         rows.update(added)
         try:
             if self.dialect == "postgresql":
@@ -485,7 +509,7 @@ class SqlTransaction:
 
     def _replace_index(self, new: NewVersion) -> None:
         if new.version_id > 1:
-            for table in INDEX_TABLES.values():
+            for table in (*INDEX_TABLES.values(), outbound_reference):
                 self._execute(
                     delete(table).where(
                         table.c.res_type == new.resource_type, table.c.res_id == new.resource_id
@@ -494,6 +518,8 @@ class SqlTransaction:
         for name, rows in new.index.items():
             if rows:
                 self._execute(insert(INDEX_TABLES[name]), rows)
+        if new.references:
+            self._execute(insert(outbound_reference), _reference_rows(new))
 
     def rows(self, statement: Executable) -> Sequence[Any]:
         return self._execute(statement).all()
@@ -588,6 +614,40 @@ class SqlTransaction:
     def load(self, keys: Sequence[tuple[str, str]]) -> list[Version]:
         found = self._currents(keys)
         return [v for k in keys if (v := found.get(k)) is not None and not v.deleted]
+
+    def live(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        by_type: dict[str, list[str]] = {}
+        for resource_type, resource_id in dict.fromkeys(keys):
+            by_type.setdefault(resource_type, []).append(resource_id)
+        found: set[tuple[str, str]] = set()
+        for resource_type, ids in by_type.items():
+            # The partial index of live resources answers this alone (ix_resources_live).
+            rows = self._execute(
+                select(resources.c.res_id).where(
+                    resources.c.res_type == resource_type,
+                    resources.c.res_id.in_(ids),
+                    resources.c.deleted.is_(False),
+                )
+            )
+            found.update((resource_type, row[0]) for row in rows)
+        return found
+
+    def referrers(
+        self, targets: Sequence[tuple[str, str]], limit: int
+    ) -> list[tuple[str, str, str, str]]:
+        by_type: dict[str, list[str]] = {}
+        for target_type, target_id in dict.fromkeys(targets):
+            by_type.setdefault(target_type, []).append(target_id)
+        if not by_type:
+            return []
+        t = outbound_reference.c
+        rows = self._execute(
+            select(t.res_type, t.res_id, t.target_type, t.target_id)
+            .where(or_(*(and_(t.target_type == k, t.target_id.in_(v)) for k, v in by_type.items())))
+            .order_by(t.target_type, t.target_id, t.res_type, t.res_id)
+            .limit(limit)
+        )
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     def _history_where(
         self, resource_type: str | None, resource_id: str | None, since: datetime | None
