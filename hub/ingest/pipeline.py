@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -28,8 +29,11 @@ from hub.ingest.adapters import AdapterRegistry
 from hub.ingest.mapping import Mapper, Mapping_
 from hub.ingest.messages import OPEN, Message, MessageStore, now
 from hub.ingest.plan import MessagePlan, MissingReference, Write, awaited, reconcile, references
+from hub.interactions import executor
 from hub.interactions.context import Context
-from hub.interactions.writes import instant, save
+from hub.interactions.executor import execute
+from hub.interactions.plan import Plan, Update
+from hub.interactions.writes import instant
 from hub.store import lineage
 from hub.store.errors import DatabaseError as _DatabaseError
 from hub.store.repository import Transaction, Version
@@ -263,7 +267,9 @@ class Pipeline:
                 continue
             message = replace(p.message, produced=claimed[message_id := p.message.id])
             plan = reconcile(p.plan, state)
-            missing = awaited(plan, unresolved(self.ctx, tx, plan))
+            missing = unresolved(self.ctx, tx, plan)
+            if not self.ctx.settings.referential_integrity:
+                missing = awaited(plan, missing)  # the others are written as they are
             if missing:
                 # Not written with a dangling reference: it waits for its target.
                 self.store.await_reference(
@@ -294,12 +300,15 @@ class Pipeline:
         """A message's plan as writes: each resource, unless a later message wrote it already
         (the feed's rule: the later message wins; this one's data is older, and its last
         version of the resource, if any, is what it produced)."""
-        written, kept = [], []
+        kept: list[Version] = []
+        current: list[Write] = []
         for write in plan.writes:
             if later.get(write.key, 0) > message.id:
                 kept += self._produced_before(tx, message, write.resource)
             else:
-                written.append(Written(self._write(tx, write.resource), list(write.lineage)))
+                current.append(write)
+        versions = self._execute(tx, [w.resource for w in current])
+        written = [Written(v, list(w.lineage)) for v, w in zip(versions, current, strict=True)]
         return written, kept
 
     def _fail(self, message: Message, error: Exception) -> Outcome:
@@ -325,11 +334,15 @@ class Pipeline:
         return [version] if version is not None else []
 
     def _write(self, tx: Transaction, resource: dict[str, Any]) -> Version:
-        result = save(
-            self.ctx, tx, resource["resourceType"], resource["id"], resource, method="PUT"
-        )
-        assert result.version is not None
-        return result.version
+        return self._execute(tx, [resource])[0]
+
+    def _execute(self, tx: Transaction, resources: list[dict[str, Any]]) -> list[Version]:
+        """Resources put by their ids, through the executor (which checks their references)."""
+        if not resources:
+            return []
+        plan = Plan.of(*(Update(r["resourceType"], r["id"], r) for r in resources))
+        versions = [result.version for result in execute(self.ctx, tx, plan)]
+        return [v for v in versions if v is not None]
 
     def _provenance(
         self, tx: Transaction, message: Message, plan: MessagePlan, targets: list[Version]
@@ -438,6 +451,9 @@ def _reference(v: Version) -> str:
     return f"{v.resource_type}/{v.resource_id}/_history/{v.version_id}"
 
 
+_INDEX = re.compile(r"\[\d+\]")
+
+
 def mapping_policy(name: str, version: str) -> str:
     """The mapping as Provenance.policy (a uri): its name and version."""
     return f"urn:fhir-hub:mapping:{name}|{version}"
@@ -463,23 +479,19 @@ class _TxState:
 
 
 def unresolved(ctx: Context, tx: Transaction, plan: MessagePlan) -> list[MissingReference]:
-    """The references of a plan's writes whose target neither exists nor is written by the
-    plan. (The executor's `unresolved` has this signature; this reads the references the
-    feed waits for only.)"""
-    del ctx
-    own = set(plan.keys())
-    missing = []
-    for index, write in enumerate(plan.writes):
-        for path, reference in references(write.resource):
-            if path not in write.awaits:
-                continue
-            target = _target(reference)
-            if target in own:
-                continue
-            current = tx.current(*target)
-            if current is None or current.deleted:
-                missing.append(MissingReference(index, path, reference))
-    return missing
+    """The references of a message's plan that name nothing live once it is written (the
+    executor's `unresolved`), with their element paths as the mapping names them."""
+    return [
+        MissingReference(m.write, _INDEX.sub("", m.path), m.reference)
+        for m in executor.unresolved(ctx, tx, _writes(plan))
+    ]
+
+
+def _writes(plan: MessagePlan) -> Plan:
+    """A message's plan as the executor's writes: each resource put by its id."""
+    return Plan.of(
+        *(Update(w.key[0], w.key[1], w.resource) for w in plan.writes),
+    )
 
 
 def provenance_id(message: Message) -> str:

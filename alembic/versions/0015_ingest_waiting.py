@@ -5,16 +5,16 @@ A message whose resources refer to one that has not arrived is `pending` until
 resource finds the messages to send again by an index, not a scan. The
 mapping's version is kept on the message and on each lineage row.
 
-Revision ID: 0014
-Revises: 0013
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-12-03
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0014"
-down_revision = "0013"
+revision = "0015"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
