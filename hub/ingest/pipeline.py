@@ -159,7 +159,8 @@ class Pipeline:
         message at a time, so that one message's trouble holds back no other.
         """
         outcomes = dict.fromkeys(message_ids, Outcome.SKIPPED)
-        found = [m for m in self.store.get_many(sorted(outcomes)) if m.status in OPEN]
+        takeable = status.sources(status.Event.TAKE)
+        found = [m for m in self.store.get_many(sorted(outcomes)) if m.status in takeable]
         blocked = self.store.open_before(found)
         ready, waiting = [], []
         for m in found:

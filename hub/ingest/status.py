@@ -15,8 +15,12 @@ RECEIVED, PROCESSING, DONE, FAILED, DEAD = "received", "processing", "done", "fa
 WAITING = "waiting"  # an earlier message about its subject is open: its worker goes on with it
 PENDING = "pending"  # it refers to a resource that has not arrived: it goes on when it does
 STATUSES = (RECEIVED, WAITING, PENDING, PROCESSING, DONE, FAILED, DEAD)
-# Not finished: a later message about the same subject waits behind these.
-OPEN = (RECEIVED, WAITING, PENDING, PROCESSING)
+# Being worked on: a later message about the same subject waits behind these. A pending
+# message does not hold its subject's line: the feed's rule (a later message wins, through
+# lineage) keeps its older data from overwriting newer when it goes ahead, and a line held
+# by it could wait on itself (a Patient row of the same source and key, behind an
+# Observation row waiting for that Patient).
+OPEN = (RECEIVED, WAITING, PROCESSING)
 # Open and being worked on, or about to be: what `hub ingest --wait` waits for. A pending
 # message may wait an hour for another feed; the command reports it rather than waiting.
 ACTIVE = (RECEIVED, WAITING, PROCESSING)
