@@ -73,9 +73,20 @@ SYSTEM_PATH = "/fhir"  # where transaction Bundles go (POST [base])
 # --- the workload ----------------------------------------------------------------------------
 
 
+# With --references, each Patient names its GP and their organisation (created first): what
+# referential integrity costs a write that holds references.
+REFERENCE_TARGETS = (
+    {"resourceType": "Organization", "id": "bench-org", "name": "Bench Clinic"},
+    {"resourceType": "Practitioner", "id": "bench-gp", "name": [{"family": "Bench"}]},
+)
+references: list[dict[str, str]] = []
+
+
 def patient(n: int) -> dict[str, Any]:
     """A Patient of about 500 bytes, like the ones an EHR feed creates."""
+    extra = {"generalPractitioner": list(references)} if references else {}
     return {
+        **extra,
         "resourceType": "Patient",
         "identifier": [{"system": "urn:oid:1.2.36.146.595.217.0.1", "value": f"MRN{n:08d}"}],
         "active": True,
@@ -248,6 +259,17 @@ def http_post(url: str, body: bytes) -> tuple[int, bytes]:
     )
     with urllib.request.urlopen(request, timeout=120) as response:
         return int(response.status), response.read()
+
+
+def http_put(port: int, path: str, resource: dict[str, Any]) -> None:
+    request = urllib.request.Request(
+        f"http://{HOST}:{port}{path}",
+        data=dumps(resource),
+        method="PUT",
+        headers={"Content-Type": FHIR_JSON},
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        response.read()
 
 
 def uvicorn_options(port: int, workers: int) -> list[str]:
@@ -781,6 +803,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--create-clients", type=int, default=8)
     p.add_argument("--bundle-clients", type=int, default=8)
     p.add_argument("--bundle-size", type=int, default=100)
+    p.add_argument(
+        "--references",
+        action="store_true",
+        help="created Patients carry two references (to resources created first)",
+    )
     p.add_argument("--keep-database", action="store_true", help="leave the bench database")
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
@@ -815,6 +842,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         create_raw_tables(args.database_url)
         hub = start_hub(args.database_url, args.workers, tmp / "hub.log")
         print(f"hub pid {hub.proc.pid} on port {hub.port}", flush=True)
+        if args.references:
+            for target in REFERENCE_TARGETS:
+                http_put(hub.port, f"/fhir/{target['resourceType']}/{target['id']}", target)
+                references.append({"reference": f"{target['resourceType']}/{target['id']}"})
+            print("created Patients reference an Organization and a Practitioner", flush=True)
         figures: list[Figure] = []
         try:
             runs: dict[str, Callable[[], Figure]] = {

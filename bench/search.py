@@ -61,11 +61,12 @@ from common import HOST, ROOT, Server, libpq_url, recreate_database, start_hub
 if str(ROOT) not in sys.path:  # run as a script from anywhere: the hub is importable
     sys.path.insert(0, str(ROOT))
 
+from hub.fhir.references import targets
 from hub.interactions.writes import content_hash, stamp
 from hub.search.extract import extract
 from hub.search.registry import Registry, load_default
 from hub.settings import Settings
-from hub.store.schema import INDEX_TABLES, resource_history, resources
+from hub.store.schema import INDEX_TABLES, outbound_reference, resource_history, resources
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/hub_bench_search"
 DEFAULT_PATIENTS = 100_000
@@ -442,6 +443,7 @@ def _specs() -> dict[str, tuple[str, list[str], list[str]]]:
         _SPECS["resource_history"] = _copy_spec(resource_history, skip=("seq",))
         for name, table in INDEX_TABLES.items():
             _SPECS[name] = _copy_spec(table)
+        _SPECS["outbound_reference"] = _copy_spec(outbound_reference)
     return _SPECS
 
 
@@ -461,6 +463,7 @@ def build_batch(registry: Registry, seed: int, start: int, stop: int) -> Batch:
             batch.rows["resource_history"].append(
                 (kind, rid, 1, at, "POST", False, digest, content)
             )
+            batch.rows["outbound_reference"].extend((kind, rid, *t) for t in targets(stamped))
             for table, rows in extract(registry, stamped).items():
                 columns = specs[table][1]
                 out = batch.rows[table]
@@ -540,7 +543,7 @@ class LoadReport:
 
 def _secondary_indexes(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
     """(name, definition) of the store's indexes that back no constraint."""
-    tables = ["resources", "resource_history", *INDEX_TABLES]
+    tables = ["resources", "resource_history", *INDEX_TABLES, "outbound_reference"]
     rows = conn.execute(
         """
         SELECT i.indexname, i.indexdef FROM pg_indexes i
@@ -595,7 +598,7 @@ def load(url: str, patients: int, seed: int, jobs: int, chunk: int) -> LoadRepor
     index_seconds = time.perf_counter() - started
     started = time.perf_counter()
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
-        for table in ["resources", "resource_history", *INDEX_TABLES]:
+        for table in ["resources", "resource_history", *INDEX_TABLES, "outbound_reference"]:
             conn.execute(f"VACUUM (ANALYZE) {table}")
     analyze_seconds = time.perf_counter() - started
     return LoadReport(

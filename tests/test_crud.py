@@ -866,6 +866,8 @@ def test_minimal_valid_resources_of_several_types_round_trip(
     client: TestClient, resource: dict[str, Any]
 ) -> None:
     kind = resource["resourceType"]
+    # The Condition's subject.
+    client.put("/fhir/Patient/example", json={"resourceType": "Patient", "id": "example"})
     r = client.post(f"/fhir/{kind}", json=resource, headers=FHIR)
     assert r.status_code == 201, r.text
     body = r.json()

@@ -57,8 +57,9 @@ def _has(levels: int) -> str:
 
 
 def _linked_patients(client: TestClient) -> None:
-    """p0 links to p1, p1 to p2, ... p5 (named n0 ... n5): chains and _has to walk."""
-    for i in range(6):
+    """p0 links to p1, p1 to p2, ... p5 (named n0 ... n5): chains and _has to walk.
+    Created from p5 down, so that each link names a Patient that exists."""
+    for i in reversed(range(6)):
         body: dict[str, Any] = {
             "resourceType": "Patient",
             "id": f"p{i}",

@@ -2,9 +2,10 @@
 
 A delete is refused while live resources still reference its target, and the search
 index only holds the references some search parameter covers. `outbound_reference`
-holds all of them (hub.fhir.references), replaced with each write; this migration fills
-it from the resources already stored, reading them in batches (about a minute per
-million resources). References in the absolute form with the server's base URL are
+holds all of them (hub.fhir.references.targets: references to a version excepted, as the
+version stays in history), replaced with each write; this migration fills
+it from the live resources already stored, reading them 1,000 at a time (each one's JSON
+is parsed and walked: the time grows with the store). References in the absolute form with the server's base URL are
 recorded only from writes on: the base URL is not known here.
 
 Revision ID: 0014

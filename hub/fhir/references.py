@@ -19,32 +19,50 @@ _LOCAL = re.compile(r"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-
 
 def references(resource: dict[str, Any]) -> Iterator[tuple[str, str]]:
     """(path of the Reference element, its `reference`) for every reference in `resource`,
-    contained resources included: paths read `Observation.subject`, `Observation.performer[1]`.
+    contained resources included, in document order: paths read `Observation.subject`,
+    `Observation.performer[1]`.
 
     A Bundle (the resource itself or one inside) is not entered: its references resolve
-    against its own entries, not the store. Iterative: a resource may nest deeply.
+    against its own entries, not the store. Iterative: a resource may nest deeply. Every
+    write walks its resource, so a path is spelled out only for an element holding a
+    reference: the others keep just their step and their parent's.
     """
     if resource.get("resourceType") == "Bundle":
         return
-    stack: list[tuple[Any, str]] = [(resource, str(resource.get("resourceType", "")))]
+    root = str(resource.get("resourceType", ""))
+    stack: list[tuple[Any, _Step | None]] = [(resource, None)]
     while stack:
-        value, where = stack.pop()
+        value, step = stack.pop()
         if isinstance(value, dict):
-            if value is not resource and value.get("resourceType") == "Bundle":
+            if step is not None and value.get("resourceType") == "Bundle":
                 continue
-            children = []
-            for key, item in value.items():
-                if key == "reference" and isinstance(item, str):
-                    yield where, item
-                elif isinstance(item, dict | list):
-                    children.append((item, f"{where}.{key}"))
-            stack.extend(reversed(children))  # popped in document order
-        elif isinstance(value, list):
-            stack.extend(
-                (item, f"{where}[{i}]")
-                for i, item in reversed(list(enumerate(value)))
+            reference = value.get("reference")
+            if isinstance(reference, str):
+                yield _spelled(root, step), reference
+            children = [
+                (item, (step, key))
+                for key, item in value.items()
+                if isinstance(item, dict | list) and key != "reference"
+            ]
+        else:
+            children = [
+                (item, (step, index))
+                for index, item in enumerate(value)
                 if isinstance(item, dict | list)
-            )
+            ]
+        stack.extend(reversed(children))  # popped in document order
+
+
+# A step down from the resource: (the parent's step, element name or list index).
+_Step = tuple[Any, str | int]
+
+
+def _spelled(root: str, step: _Step | None) -> str:
+    parts: list[str] = []
+    while step is not None:
+        step, key = step
+        parts.append(f"[{key}]" if isinstance(key, int) else f".{key}")
+    return root + "".join(reversed(parts))
 
 
 def local_target(reference: str, base_url: str = "") -> tuple[str, str] | None:
@@ -59,9 +77,11 @@ def local_target(reference: str, base_url: str = "") -> tuple[str, str] | None:
     return found.group(1), found.group(2)
 
 
-def local_references(
-    resource: dict[str, Any], base_url: str = ""
-) -> list[tuple[str, str, tuple[str, str]]]:
+# (path, reference as written, (type, id) it names) of one local reference.
+Found = tuple[str, str, tuple[str, str]]
+
+
+def local_references(resource: dict[str, Any], base_url: str = "") -> list[Found]:
     """(path, reference, (type, id)) of each reference naming a local resource."""
     out = []
     for where, reference in references(resource):
@@ -72,5 +92,14 @@ def local_references(
 
 
 def targets(resource: dict[str, Any], base_url: str = "") -> list[tuple[str, str]]:
-    """The distinct local resources `resource` references, in order of appearance."""
-    return list(dict.fromkeys(t for _, _, t in local_references(resource, base_url)))
+    """The distinct local resources `resource` holds against deletion, in order.
+
+    A version reference (`Patient/1/_history/2`) holds none: the version it names stays
+    readable in history after a delete (a feed's Provenance names versions of its targets).
+    """
+    return held(local_references(resource, base_url))
+
+
+def held(found: list[Found]) -> list[tuple[str, str]]:
+    """`targets` of references found already."""
+    return list(dict.fromkeys(t for _, reference, t in found if "/_history/" not in reference))

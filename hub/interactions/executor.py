@@ -38,7 +38,7 @@ from hub.errors import (
 from hub.fhir import validate
 from hub.fhir.content import nesting
 from hub.fhir.deep import call_at_depth
-from hub.fhir.references import local_references
+from hub.fhir.references import Found, local_references
 from hub.interactions.context import Context, Result
 from hub.interactions.plan import (
     ConditionalCreate,
@@ -61,7 +61,6 @@ from hub.search.parse import parse
 from hub.store.repository import Transaction, Version
 
 Key = tuple[str, str]  # (type, id)
-Found = list[tuple[str, str, Key]]  # (path, reference, target) of a resource's local references
 
 # Most referring resources a refused delete names.
 REFERRERS_NAMED = 5
@@ -98,8 +97,8 @@ def unresolved(ctx: Context, tx: Transaction, plan: Plan) -> list[MissingReferen
     first, to let a message whose targets have not arrived yet wait instead of failing.
     """
     state: dict[Key, bool] = {}  # what the plan leaves live (True) or deleted (False)
-    written: dict[Key, tuple[int, Found]] = {}
-    pending: list[tuple[int, Found]] = []  # resources whose id is known only once matched
+    written: dict[Key, tuple[int, list[Found]]] = {}
+    pending: list[tuple[int, list[Found]]] = []  # resources whose id is known only once matched
     for index, write in enumerate(plan.writes):
         if isinstance(write, Create | ConditionalCreate | Update | ConditionalUpdate):
             found = local_references(write.resource, plan.base_url)
@@ -191,7 +190,7 @@ class _Run:
     tx: Transaction
     base_url: str
     # What the plan stored, by resource (the last write of each), with its references.
-    stored: dict[Key, tuple[int, Found]] = field(default_factory=dict)
+    stored: dict[Key, tuple[int, list[Found]]] = field(default_factory=dict)
     # What it deleted, with the index of the write that did.
     deleted: dict[Key, int] = field(default_factory=dict)
 
@@ -205,7 +204,7 @@ class _Run:
         if_match: int | None = None,
         fresh: bool = False,
     ) -> Result:
-        found = local_references(resource, self.base_url)
+        found: list[Found] = []
         result = save(
             self.ctx,
             self.tx,
@@ -215,7 +214,8 @@ class _Run:
             method=method_of(write),
             if_match=if_match,
             fresh=fresh,
-            references=list(dict.fromkeys(target for _, _, target in found)),
+            base_url=self.base_url,
+            found=found,
         )
         key = (write.resource_type, resource_id)
         self.stored[key] = (index, found)
@@ -346,7 +346,7 @@ def _known_key(write: Create | ConditionalCreate | Update | ConditionalUpdate) -
 
 
 def _missing(
-    tx: Transaction, checked: Sequence[tuple[int, Found]], state: dict[Key, bool]
+    tx: Transaction, checked: Sequence[tuple[int, list[Found]]], state: dict[Key, bool]
 ) -> list[MissingReference]:
     """The references of `checked` naming nothing live: `state` says what the plan leaves
     live or deleted, the store answers the rest in one query."""

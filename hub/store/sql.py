@@ -187,6 +187,17 @@ def _reference_rows(new: NewVersion) -> list[dict[str, Any]]:
     ]
 
 
+# Pairs of (type, id) asked of SQLite in one query: 2 variables each, within its oldest limit.
+_SQLITE_PAIRS = 400
+
+
+def _ids_by_type(keys: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    by_type: dict[str, list[str]] = {}
+    for resource_type, resource_id in dict.fromkeys(keys):
+        by_type.setdefault(resource_type, []).append(resource_id)
+    return by_type
+
+
 def _current_row(new: NewVersion) -> dict[str, Any]:
     return {**_row_values(new), "res_type": new.resource_type, "res_id": new.resource_id}
 
@@ -208,16 +219,19 @@ COPY_FROM = 200
 
 
 def insert_rows(
-    driver: psycopg.Connection[Any], rows: Mapping[str, tuple[Sequence[str], Sequence[Any]]]
-) -> None:
+    driver: psycopg.Connection[Any],
+    rows: Mapping[str, tuple[Sequence[str], Sequence[Any]]],
+    then: tuple[str, Sequence[Any]] | None = None,
+) -> list[Any]:
     """Insert rows of several tables (name -> (columns, value tuples)) straight through psycopg.
 
     A table of many rows (a batch of feed messages) goes by COPY, a round trip but a fraction
     of executemany's time a row; the others in one pipeline, one round trip for all (libpq
     before 14 has no pipeline mode: then one a table). No SQLAlchemy statement is built: that
-    was a third of a create's time.
+    was a third of a create's time. `then`: a query (SQL, parameters) sent in the same
+    pipeline, after the inserts; its rows are returned.
     """
-    with driver.cursor() as cursor:
+    with driver.cursor() as cursor, driver.cursor() as asked:
         for name, (columns, values) in rows.items():
             if len(values) >= COPY_FROM:
                 with cursor.copy(f"COPY {name} ({', '.join(columns)}) FROM STDIN") as copy:
@@ -231,6 +245,9 @@ def insert_rows(
                     cursor.executemany(
                         f"INSERT INTO {name} ({', '.join(columns)}) VALUES ({marks})", values
                     )
+            if then is not None:
+                asked.execute(then[0], then[1])
+        return asked.fetchall() if then is not None else []
 
 
 def _stopped(error: DBAPIError) -> bool:
@@ -350,12 +367,14 @@ class SqlTransaction:
             self.flush()
         return self.conn.execute(statement, params)
 
-    def flush(self) -> None:
-        """Insert the new resources written so far: their rows, history and index rows."""
+    def flush(self, then: tuple[str, Sequence[Any]] | None = None) -> list[Any]:
+        """Insert the new resources written so far: their rows, history and index rows.
+
+        `then` (PostgreSQL): a query run right after, in the same round trip; its rows."""
         pending, self._pending = self._pending, []
         added, self._added = self._added, {}
         if not pending and not added:
-            return
+            return []
         rows: dict[str, list[dict[str, Any]]] = {
             "resources": [_current_row(n) for n in pending],
             "resource_history": [_history_row(n) for n in pending],
@@ -368,18 +387,20 @@ class SqlTransaction:
             if self.dialect == "postgresql":
                 driver = self.conn.connection.dbapi_connection
                 assert isinstance(driver, psycopg.Connection)
-                insert_rows(
+                return insert_rows(
                     driver,
                     {
                         name: (cols, [tuple(r.get(c) for c in cols) for r in table_rows])
                         for name, table_rows in rows.items()
                         for cols in [_COLUMNS[name]]
                     },
+                    then,
                 )
-            else:
-                for name, table_rows in rows.items():
-                    if table_rows:
-                        self.conn.execute(insert(_TABLES[name]), table_rows)
+            assert then is None, "a query after the inserts is for PostgreSQL"
+            for name, table_rows in rows.items():
+                if table_rows:
+                    self.conn.execute(insert(_TABLES[name]), table_rows)
+            return []
         except IntegrityError as e:
             raise _created_meanwhile(pending, str(e.orig)) from None
         except psycopg.IntegrityError as e:
@@ -616,28 +637,41 @@ class SqlTransaction:
         return [v for k in keys if (v := found.get(k)) is not None and not v.deleted]
 
     def live(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
-        by_type: dict[str, list[str]] = {}
-        for resource_type, resource_id in dict.fromkeys(keys):
-            by_type.setdefault(resource_type, []).append(resource_id)
-        found: set[tuple[str, str]] = set()
-        for resource_type, ids in by_type.items():
-            # The partial index of live resources answers this alone (ix_resources_live).
-            rows = self._execute(
-                select(resources.c.res_id).where(
-                    resources.c.res_type == resource_type,
-                    resources.c.res_id.in_(ids),
-                    resources.c.deleted.is_(False),
-                )
+        keys = list(dict.fromkeys(keys))
+        if not keys:
+            return set()
+        # Every write with references asks this: written for the driver, as building and
+        # compiling a SQLAlchemy statement took longer than the database's answer. One probe
+        # of the primary key per pair.
+        if self.dialect == "postgresql":
+            sql = (
+                "SELECT res_type, res_id FROM resources WHERE deleted IS false AND "
+                "(res_type, res_id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
             )
-            found.update((resource_type, row[0]) for row in rows)
+            params: tuple[Any, ...] = ([k[0] for k in keys], [k[1] for k in keys])
+            if self._pending or self._added:
+                # The new resources go out first, and the question with them: one round trip.
+                rows: Sequence[Any] = self.flush(then=(sql, params))
+                return {(row[0], row[1]) for row in rows}
+            rows = self.conn.exec_driver_sql(sql, params).all()
+            return {(row[0], row[1]) for row in rows}
+        self.flush()
+        found: set[tuple[str, str]] = set()
+        for start in range(0, len(keys), _SQLITE_PAIRS):  # within SQLite's variables per query
+            chunk = keys[start : start + _SQLITE_PAIRS]
+            pairs = ", ".join(["(?, ?)"] * len(chunk))
+            sql = (
+                "SELECT res_type, res_id FROM resources WHERE deleted IS 0 AND "
+                f"(res_type, res_id) IN (VALUES {pairs})"
+            )
+            rows = self.conn.exec_driver_sql(sql, tuple(v for k in chunk for v in k)).all()
+            found.update((row[0], row[1]) for row in rows)
         return found
 
     def referrers(
         self, targets: Sequence[tuple[str, str]], limit: int
     ) -> list[tuple[str, str, str, str]]:
-        by_type: dict[str, list[str]] = {}
-        for target_type, target_id in dict.fromkeys(targets):
-            by_type.setdefault(target_type, []).append(target_id)
+        by_type = _ids_by_type(targets)
         if not by_type:
             return []
         t = outbound_reference.c
