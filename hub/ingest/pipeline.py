@@ -28,7 +28,7 @@ from hub.ingest import status
 from hub.ingest.adapters import AdapterRegistry
 from hub.ingest.mapping import Mapper, Mapping_
 from hub.ingest.messages import OPEN, Message, MessageStore, now
-from hub.ingest.plan import MessagePlan, MissingReference, Write, awaited, reconcile, references
+from hub.ingest.plan import MessagePlan, MissingReference, Write, awaited, reconcile
 from hub.interactions import executor
 from hub.interactions.context import Context
 from hub.interactions.executor import execute
@@ -244,63 +244,99 @@ class Pipeline:
         return Outcome.RETRY
 
     def _apply(self, tx: Transaction, batch: list[_Prepared]) -> Outcomes:
+        """The batch as one plan of writes: one question for its references, one execution
+        for its resources and one for their Provenances, whatever its size."""
         outcomes: dict[int, Outcome] = {}
         claimed = self.store.claim(tx, [p.message.id for p in batch])
         keys = [
             key for p in batch for key in [*p.plan.keys(), ("Provenance", provenance_id(p.message))]
         ]
-        # The targets a plan waits for are looked up with the rest, in the same query.
-        awaited_targets = [
-            _target(ref)
-            for p in batch
-            for w in p.plan.writes
-            if w.awaits
-            for path, ref in references(w.resource)
-            if path in w.awaits
-        ]
-        tx.prefetch([*keys, *awaited_targets])
+        tx.prefetch(keys)
         later = lineage.last_writers(tx, keys, min(p.message.id for p in batch))
         state = _TxState(tx)
-        records = []
+        ready: list[tuple[Message, MessagePlan]] = []
         for p in batch:
             if p.message.id not in claimed:
                 outcomes[p.message.id] = Outcome.SKIPPED  # another run finished it
                 continue
-            message = replace(p.message, produced=claimed[message_id := p.message.id])
-            plan = reconcile(p.plan, state)
-            missing = unresolved(self.ctx, tx, plan)
-            if not self.ctx.settings.referential_integrity:
-                missing = awaited(plan, missing)  # the others are written as they are
-            if missing:
-                # Not written with a dangling reference: it waits for its target.
-                self.store.await_reference(
-                    tx,
-                    message_id,
-                    "; ".join(m.reason() for m in missing),
-                    [m.target for m in missing],
-                    now() + self.reference_wait,
-                )
-                log.info("message %s waits: %s", message_id, missing[0].reason())
-                outcomes[message_id] = Outcome.PENDING
-                continue
-            written, kept = self._commit_plan(tx, message, plan, later)
+            message = replace(p.message, produced=claimed[p.message.id])
+            ready.append((message, reconcile(p.plan, state)))
+        for message in self._await_references(tx, ready):
+            outcomes[message.id] = Outcome.PENDING
+        ready = [(m, plan) for m, plan in ready if m.id not in outcomes]
+        # The feed's rule first: a resource a later message wrote already is not written again.
+        chosen = [(m, plan, *self._current_writes(tx, m, plan, later)) for m, plan in ready]
+        results = self._execute(tx, [w.resource for _, _, current, _ in chosen for w in current])
+        records: list[tuple[Message, MessagePlan, list[Written], list[Version]]] = []
+        provenances: list[tuple[int, dict[str, Any]]] = []
+        for message, plan, current, kept in chosen:
+            versions, results = results[: len(current)], results[len(current) :]
+            written = [
+                Written(v, list(w.lineage))
+                for v, w in zip(versions, current, strict=True)
+                if v is not None
+            ]
             targets = [w.version for w in written] + kept
-            provenance = self._provenance(tx, message, plan, targets) if targets else None
-            records.append((message, plan, written, [*targets, *filter(None, [provenance])]))
-            outcomes[message_id] = Outcome.DONE
+            produced: list[Version] = list(targets)
+            if targets:
+                provenance = self._provenance(tx, message, plan, targets)
+                if isinstance(provenance, Version):
+                    produced.append(provenance)  # a replay that changed nothing
+                else:
+                    provenances.append((len(records), provenance))
+            records.append((message, plan, written, produced))
+            outcomes[message.id] = Outcome.DONE
+        written_provenances = self._execute(tx, [r for _, r in provenances])
+        for (index, _), version in zip(provenances, written_provenances, strict=True):
+            if version is not None:
+                records[index][3].append(version)
         released = self._record(tx, records)
         return Outcomes(outcomes, released)
 
-    def _commit_plan(
+    def _await_references(
+        self, tx: Transaction, ready: list[tuple[Message, MessagePlan]]
+    ) -> list[Message]:
+        """The messages of `ready` that must wait for a resource that has not arrived, left
+        `pending`. One question for the batch's combined plan, in which a resource another
+        message of the batch writes counts as there; asked again without the waiting ones
+        when others referred to what those would have written (rarely more than once)."""
+        waiting: list[Message] = []
+        left = list(ready)
+        while left:
+            found = unresolved(self.ctx, tx, [plan for _, plan in left])
+            if not any(found):
+                break
+            for (message, plan), missing in zip(left, found, strict=True):
+                if not self.ctx.settings.referential_integrity:
+                    missing = awaited(plan, missing)  # the others are written as they are
+                if missing:
+                    # Not written with a dangling reference: it waits for its target.
+                    self.store.await_reference(
+                        tx,
+                        message.id,
+                        "; ".join(m.reason() for m in missing),
+                        [m.target for m in missing],
+                        now() + self.reference_wait,
+                    )
+                    log.info("message %s waits: %s", message.id, missing[0].reason())
+                    waiting.append(message)
+            held = {m.id for m in waiting}
+            remaining = [(m, plan) for m, plan in left if m.id not in held]
+            if len(remaining) == len(left):
+                break  # none waits (their missing references are written as they are)
+            left = remaining
+        return waiting
+
+    def _current_writes(
         self,
         tx: Transaction,
         message: Message,
         plan: MessagePlan,
         later: Mapping[tuple[str, str], int],
-    ) -> tuple[list[Written], list[Version]]:
-        """A message's plan as writes: each resource, unless a later message wrote it already
-        (the feed's rule: the later message wins; this one's data is older, and its last
-        version of the resource, if any, is what it produced)."""
+    ) -> tuple[list[Write], list[Version]]:
+        """A message's writes, but those of resources a later message wrote already (the
+        feed's rule: the later message wins; this one's data is older, and its last version
+        of the resource, if any, is what it produced)."""
         kept: list[Version] = []
         current: list[Write] = []
         for write in plan.writes:
@@ -308,9 +344,7 @@ class Pipeline:
                 kept += self._produced_before(tx, message, write.resource)
             else:
                 current.append(write)
-        versions = self._execute(tx, [w.resource for w in current])
-        written = [Written(v, list(w.lineage)) for v, w in zip(versions, current, strict=True)]
-        return written, kept
+        return current, kept
 
     def _fail(self, message: Message, error: Exception) -> Outcome:
         field = getattr(error, "field", None)
@@ -334,20 +368,19 @@ class Pipeline:
         version = tx.version(resource["resourceType"], resource["id"], int(version_id))
         return [version] if version is not None else []
 
-    def _write(self, tx: Transaction, resource: dict[str, Any]) -> Version:
-        return self._execute(tx, [resource])[0]
-
-    def _execute(self, tx: Transaction, resources: list[dict[str, Any]]) -> list[Version]:
-        """Resources put by their ids, through the executor (which checks their references)."""
+    def _execute(self, tx: Transaction, resources: list[dict[str, Any]]) -> list[Version | None]:
+        """Resources put by their ids, through the executor (which checks their references),
+        in one plan; the version each left, in order."""
         if not resources:
             return []
         plan = Plan.of(*(Update(r["resourceType"], r["id"], r) for r in resources))
-        versions = [result.version for result in execute(self.ctx, tx, plan)]
-        return [v for v in versions if v is not None]
+        return [result.version for result in execute(self.ctx, tx, plan)]
 
     def _provenance(
         self, tx: Transaction, message: Message, plan: MessagePlan, targets: list[Version]
-    ) -> Version:
+    ) -> dict[str, Any] | Version:
+        """The Provenance of a message's writes to write, or its current version when a
+        replay would change nothing."""
         provenance: dict[str, Any] = {
             "resourceType": "Provenance",
             "id": provenance_id(message),
@@ -397,7 +430,7 @@ class Pipeline:
             stored = json.loads(current.content)
             if all(stored.get(k) == v for k, v in provenance.items() if k != "recorded"):
                 return current  # a replay that changed nothing: no new version
-        return self._write(tx, provenance)
+        return provenance
 
     def _record(
         self,
@@ -460,11 +493,6 @@ def mapping_policy(name: str, version: str) -> str:
     return f"urn:fhir-hub:mapping:{name}|{version}"
 
 
-def _target(reference: str) -> tuple[str, str]:
-    resource_type, _, resource_id = reference.partition("/")
-    return (resource_type, resource_id)
-
-
 class _TxState:
     """The current state as `reconcile` sees it: reads through the write transaction."""
 
@@ -479,20 +507,23 @@ class _TxState:
         return content
 
 
-def unresolved(ctx: Context, tx: Transaction, plan: MessagePlan) -> list[MissingReference]:
-    """The references of a message's plan that name nothing live once it is written (the
-    executor's `unresolved`), with their element paths as the mapping names them."""
-    return [
-        MissingReference(m.write, _INDEX.sub("", m.path), m.reference)
-        for m in executor.unresolved(ctx, tx, _writes(plan))
-    ]
-
-
-def _writes(plan: MessagePlan) -> Plan:
-    """A message's plan as the executor's writes: each resource put by its id."""
-    return Plan.of(
-        *(Update(w.key[0], w.key[1], w.resource) for w in plan.writes),
-    )
+def unresolved(
+    ctx: Context, tx: Transaction, plans: Sequence[MessagePlan]
+) -> list[list[MissingReference]]:
+    """For each of several messages' plans, the references that name nothing live once they
+    are all written (the executor's `unresolved` of their combined plan: one lookup), with
+    their element paths as the mapping names them and write indexes within each plan."""
+    owner: list[tuple[int, int]] = []  # (plan, write within it) of each combined write
+    writes: list[Update] = []
+    for number, plan in enumerate(plans):
+        for index, w in enumerate(plan.writes):
+            owner.append((number, index))
+            writes.append(Update(w.key[0], w.key[1], w.resource))
+    found: list[list[MissingReference]] = [[] for _ in plans]
+    for m in executor.unresolved(ctx, tx, Plan(tuple(writes))):
+        number, index = owner[m.write]
+        found[number].append(MissingReference(index, _INDEX.sub("", m.path), m.reference))
+    return found
 
 
 def provenance_id(message: Message) -> str:

@@ -598,7 +598,9 @@ class MessageStore:
     ) -> None:
         """Mark messages done with what they produced and the version of the mapping that
         produced it; `waited`: those of them that waited for a reference, whose wait rows go."""
-        where, status = self._moving("write")
+        status = self.lifecycle.target("write")
+        # One UPDATE for many rows (executemany) takes no IN list: each status is spelled out.
+        where = or_(*(messages.c.status == s for s in self.lifecycle.sources("write")))
         if done:
             tx.execute(
                 update(messages)
