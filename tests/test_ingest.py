@@ -453,6 +453,13 @@ def test_a_file_without_a_required_column_rejects_each_row_naming_it(
 
 def test_every_written_version_has_provenance_and_lineage(service: IngestService) -> None:
     first = ingest(service, PATIENTS, patients(patient_row(P1)), "patients.csv")
+    # The encounter the observation refers to arrives first: otherwise the observation waits.
+    ingest(
+        service,
+        "synthea-encounters",
+        csv_bytes(ENCOUNTER_COLUMNS, [encounter_row(E1, P1)]),
+        "encounters.csv",
+    )
     obs = ingest(
         service,
         "synthea-observations",

@@ -1,8 +1,9 @@
 """$lineage: which source field produced which element, for each version of a resource.
 
 `GET [type]/[id]/$lineage` (optionally `?version=n`) answers a Parameters
-resource: one `element` per (version, element) with the source field and the
-message (by its id in the message store) that wrote it. An unknown resource or
+resource: one `element` per (version, element) with the source field, the
+message (by its id in the message store) that wrote it, and the mapping (name
+and version) that turned the one into the other. An unknown resource or
 version is 404; a version written other than by a feed has no elements. Feed writes record
 lineage in the same transaction as the resource version.
 """
@@ -11,12 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
-
 from hub.errors import Invalid, NotFound
 from hub.interactions.context import Context, Request, Result
+from hub.store import lineage
 from hub.store.repository import Transaction
-from hub.store.schema import lineage
 
 
 def lineage_of(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
@@ -37,20 +36,21 @@ def lineage_of(ctx: Context, req: Request, tx: Transaction | None = None) -> Res
                 f"{req.resource_type}/{req.resource_id}/_history/{version} is not known",
                 expression=("version",),
             )
-        stmt = select(
-            lineage.c.version_id, lineage.c.element, lineage.c.source_field, lineage.c.message_id
-        ).where(lineage.c.res_type == req.resource_type, lineage.c.res_id == req.resource_id)
-        if version is not None:
-            stmt = stmt.where(lineage.c.version_id == version)
-        rows = t.rows(stmt.order_by(lineage.c.version_id, lineage.c.element))
+        rows = lineage.elements(t, req.resource_type, req.resource_id, version)
     parameters: list[dict[str, Any]] = [
         {
             "name": "element",
             "part": [
-                {"name": "version", "valueInteger": row[0]},
-                {"name": "path", "valueString": row[1]},
-                {"name": "source", "valueString": row[2]},
-                {"name": "message", "valueString": str(row[3])},
+                {"name": "version", "valueInteger": row["version"]},
+                {"name": "path", "valueString": row["element"]},
+                {"name": "source", "valueString": row["source"]},
+                {"name": "message", "valueString": str(row["message"])},
+                # Rows written before mappings were versioned name none.
+                *(
+                    {"name": name, "valueString": row[key]}
+                    for name, key in (("mapping", "mapping"), ("mappingVersion", "mappingVersion"))
+                    if row[key] is not None
+                ),
             ],
         }
         for row in rows

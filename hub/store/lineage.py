@@ -66,6 +66,28 @@ def record(tx: Transaction, rows: Sequence[Mapping[str, Any]]) -> None:
         tx.add_rows(lineage, rows)
 
 
+def elements(
+    tx: Transaction, resource_type: str, resource_id: str, version_id: int | None = None
+) -> list[dict[str, Any]]:
+    """A resource's lineage rows (of one version), read through `tx`: `$lineage`."""
+    stmt = select(lineage).where(
+        lineage.c.res_type == resource_type, lineage.c.res_id == resource_id
+    )
+    if version_id is not None:
+        stmt = stmt.where(lineage.c.version_id == version_id)
+    return [
+        {
+            "version": r.version_id,
+            "element": r.element,
+            "source": r.source_field,
+            "message": r.message_id,
+            "mapping": r.mapping,
+            "mappingVersion": r.mapping_version,
+        }
+        for r in tx.rows(stmt.order_by(lineage.c.version_id, lineage.c.element))
+    ]
+
+
 def of_resource(
     engine: Engine, resource_type: str, resource_id: str, version_id: int | None = None
 ) -> list[dict[str, Any]]:
