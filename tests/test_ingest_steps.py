@@ -232,6 +232,33 @@ def test_a_message_referring_to_one_of_the_same_batch_that_waits_waits_too(
     )
 
 
+def test_a_batch_of_waiting_messages_takes_a_few_statements(service: IngestService) -> None:
+    hold(service)
+    people = [f"{n:08d}-0000-4000-8000-000000000000" for n in range(30)]
+    rows = [observation_row(p, ENCOUNTER="") for p in people]
+    ids = ingest(
+        service, OBSERVATIONS, csv_bytes(OBSERVATION_COLUMNS, rows), "obs.csv", wait=False
+    ).message_ids
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    engines = {service.store.engine, service.ctx.repo.engine}  # type: ignore[attr-defined]
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", count)
+    try:
+        outcomes = service.pipeline.process_many(ids)
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", count)
+    assert outcomes == dict.fromkeys(ids, Outcome.PENDING)
+    assert len(statements) <= 20, statements  # not three or more a message
+    for i, p in zip(ids, people, strict=True):
+        assert service.store.get(i).error == reason(p)  # type: ignore[union-attr]
+        assert service.store.waits_for(i) == [f"Patient/{rid('Patient', p)}"]
+
+
 def test_a_message_waiting_too_long_fails_naming_what_it_waited_for(
     service: IngestService, monkeypatch: pytest.MonkeyPatch
 ) -> None:

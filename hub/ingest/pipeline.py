@@ -301,6 +301,7 @@ class Pipeline:
         message of the batch writes counts as there; asked again without the waiting ones
         when others referred to what those would have written (rarely more than once)."""
         waiting: list[Message] = []
+        waits: list[tuple[int, str, list[tuple[str, str]]]] = []
         left = list(ready)
         while left:
             found = unresolved(self.ctx, tx, [plan for _, plan in left])
@@ -311,13 +312,8 @@ class Pipeline:
                     missing = awaited(plan, missing)  # the others are written as they are
                 if missing:
                     # Not written with a dangling reference: it waits for its target.
-                    self.store.await_reference(
-                        tx,
-                        message.id,
-                        "; ".join(m.reason() for m in missing),
-                        [m.target for m in missing],
-                        now() + self.reference_wait,
-                    )
+                    reason = "; ".join(m.reason() for m in missing)
+                    waits.append((message.id, reason, [m.target for m in missing]))
                     log.info("message %s waits: %s", message.id, missing[0].reason())
                     waiting.append(message)
             held = {m.id for m in waiting}
@@ -325,6 +321,7 @@ class Pipeline:
             if len(remaining) == len(left):
                 break  # none waits (their missing references are written as they are)
             left = remaining
+        self.store.await_references(tx, waits, now() + self.reference_wait)
         return waiting
 
     def _current_writes(

@@ -618,33 +618,39 @@ class MessageStore:
         if waited:
             tx.execute(delete(message_waits).where(message_waits.c.message_id.in_(list(waited))))
 
-    def await_reference(
+    def await_references(
         self,
         tx: Transaction,
-        message_id: int,
-        reason: str,
-        missing: Sequence[tuple[str, str]],
+        waits: Sequence[tuple[int, str, Sequence[tuple[str, str]]]],
         deadline: datetime,
     ) -> None:
-        """Leave a message `pending` until the resources it refers to arrive (or `deadline`,
-        kept from its first wait); its attempt is given back: waiting is no failure."""
-        where, status = self._moving("await-reference")
+        """Leave messages `pending` until the resources they refer to arrive (or `deadline`,
+        kept from a message's first wait): (message id, reason, missing resources) each, three
+        statements for all. Their attempt is given back: waiting is no failure."""
+        if not waits:
+            return
+        status = self.lifecycle.target("await-reference")
+        # One UPDATE for many rows (executemany) takes no IN list: each status is spelled out.
+        where = or_(*(messages.c.status == s for s in self.lifecycle.sources("await-reference")))
         tx.execute(
             update(messages)
-            .where(messages.c.id == message_id, where)
+            .where(messages.c.id == bindparam("message"), where)
             .values(
                 status=status,
-                error=_storable_text(reason),
+                error=bindparam("reason"),
                 attempts=messages.c.attempts - 1,
                 wait_until=func.coalesce(messages.c.wait_until, deadline),
                 updated_at=now(),
-            )
+            ),
+            [{"message": m, "reason": _storable_text(reason)} for m, reason, _ in waits],
         )
-        tx.execute(delete(message_waits).where(message_waits.c.message_id == message_id))
+        ids = [m for m, _, _ in waits]
+        tx.execute(delete(message_waits).where(message_waits.c.message_id.in_(ids)))
         tx.execute(
             insert(message_waits),
             [
-                {"message_id": message_id, "res_type": t, "res_id": i}
+                {"message_id": m, "res_type": t, "res_id": i}
+                for m, _, missing in waits
                 for t, i in dict.fromkeys(missing)
             ],
         )
