@@ -3,7 +3,8 @@
 1. Data: a seeded, synthetic Synthea-style export in a temporary folder: patients.csv
    (--patients rows) and observations.csv (--rows rows: LOINC vital signs, labs and a
    smoking-status survey, a few per encounter, every patient's rows together and in date
-   order, as Synthea writes them; --shuffle mixes them).
+   order, as Synthea writes them; --shuffle mixes them), and encounters.csv: one
+   Encounter for each encounter the observations refer to.
 2. Hub, per mode, each on a freshly recreated database (--database-url, default
    hub_bench_ingest on the local server, migrated with `hub db upgrade`):
    - celery-N (one per --workers entry): one `hub worker --concurrency N` process
@@ -13,7 +14,8 @@
      A run during which the Redis server restarted (its run_id changed) is measured
      again (--attempts);
    - embedded: no broker, `hub ingest` processes inline in its own process (for reference).
-   patients.csv is ingested first the same way (reported, not part of the figure). Then,
+   patients.csv is ingested first the same way (reported, not part of the figure), then
+   encounters.csv (an observation whose encounter has not arrived would wait). Then,
    timed: `hub ingest --adapter csv --mapping synthea-observations observations.csv`
    (--no-wait with a broker: its exit is the end of the commit of the raw messages), until
    every message is `done` (the messages table is polled every 0.1 s) and a search through
@@ -85,6 +87,7 @@ DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/hub_bench_ingest"
 DEFAULT_BROKER = "redis://127.0.0.1:6379/11"
 OBSERVATIONS = "synthea-observations"
 PATIENTS = "synthea-patients"
+ENCOUNTERS = "synthea-encounters"
 BATCH = 500
 TARGET = 0.25
 OPEN = ("received", "processing")
@@ -122,6 +125,23 @@ PATIENT_COLUMNS = (
     "HEALTHCARE_EXPENSES",
     "HEALTHCARE_COVERAGE",
     "INCOME",
+)
+ENCOUNTER_COLUMNS = (
+    "Id",
+    "START",
+    "STOP",
+    "PATIENT",
+    "ORGANIZATION",
+    "PROVIDER",
+    "PAYER",
+    "ENCOUNTERCLASS",
+    "CODE",
+    "DESCRIPTION",
+    "BASE_ENCOUNTER_COST",
+    "TOTAL_CLAIM_COST",
+    "PAYER_COVERAGE",
+    "REASONCODE",
+    "REASONDESCRIPTION",
 )
 OBSERVATION_COLUMNS = (
     "DATE",
@@ -257,11 +277,32 @@ def observation_rows(rng: random.Random, patients: Sequence[str], count: int) ->
     return rows
 
 
+def encounter_rows(observations: Sequence[Sequence[str]]) -> list[list[str]]:
+    """One wellness visit per encounter the observations name: an observation whose
+    encounter has not arrived waits for it, and the timed part is to measure writes."""
+    seen: dict[str, list[str]] = {}
+    for date, patient, encounter, *_ in observations:
+        if encounter not in seen:
+            row = {
+                "Id": encounter,
+                "START": date,
+                "STOP": date,
+                "PATIENT": patient,
+                "ENCOUNTERCLASS": "wellness",
+                "CODE": "162673000",
+                "DESCRIPTION": "General examination of patient (procedure)",
+            }
+            seen[encounter] = [row.get(c, "") for c in ENCOUNTER_COLUMNS]
+    return list(seen.values())
+
+
 @dataclass(frozen=True)
 class Dataset:
     patients_csv: Path
+    encounters_csv: Path
     observations_csv: Path
     patients: int
+    encounters: int
     rows: int
     by_code: dict[str, int]
     by_patient: dict[str, int]  # a few sampled patients: their Observation count
@@ -281,7 +322,9 @@ def generate(folder: Path, patients: int, rows: int, seed: int, shuffle: bool) -
     observations = observation_rows(rng, ids, rows)
     if shuffle:
         rng.shuffle(observations)
+    encounters = encounter_rows(observations)
     write_csv(folder / "patients.csv", PATIENT_COLUMNS, people)
+    write_csv(folder / "encounters.csv", ENCOUNTER_COLUMNS, encounters)
     write_csv(folder / "observations.csv", OBSERVATION_COLUMNS, observations)
     by_code = {code: 0 for code in LOINC}
     by_patient: dict[str, int] = {}
@@ -291,8 +334,10 @@ def generate(folder: Path, patients: int, rows: int, seed: int, shuffle: bool) -
     sample = rng.sample(ids, k=min(5, len(ids)))
     return Dataset(
         folder / "patients.csv",
+        folder / "encounters.csv",
         folder / "observations.csv",
         patients,
+        len(encounters),
         rows,
         {c: n for c, n in by_code.items() if n},
         {p: by_patient[p] for p in sample},
@@ -583,6 +628,9 @@ def run_hub(
         patients = ingest(
             url, via, workers, PATIENTS, data.patients_csv, data.patients, tmp, args.timeout
         )
+        ingest(
+            url, via, workers, ENCOUNTERS, data.encounters_csv, data.encounters, tmp, args.timeout
+        )
         checkpoint(url)
         retries, resent = worker_log_counts(workers)
         run_id = broker_run_id(broker)
@@ -708,7 +756,7 @@ class CeilingRun:
 
 
 def run_ceiling(url: str, data: Dataset, keep: bool) -> CeilingRun:
-    """The rows the hub stored for both files, inserted again by raw psycopg: the ceiling.
+    """The rows the hub stored for the files, inserted again by raw psycopg: the ceiling.
 
     Every row of every table a message writes (the message, resources, history, search
     index, lineage; Provenance included), as the hub left them, goes into an empty copy of
@@ -728,7 +776,7 @@ def run_ceiling(url: str, data: Dataset, keep: bool) -> CeilingRun:
         for table in stored:
             cur = conn.execute(f"SELECT * FROM {table}")
             rows[table] = ([d.name for d in cur.description or ()], cur.fetchall())
-    csv_rows = data.rows + data.patients
+    csv_rows = data.rows + data.patients + data.encounters
     batches = max(1, -(-csv_rows // BATCH))
     try:
         checkpoint(target)

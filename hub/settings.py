@@ -183,6 +183,12 @@ class Settings(BaseSettings):
     ingest_stale_seconds: float = Field(
         default=60.0, gt=0, description="A message open this long without progress is re-sent."
     )
+    ingest_reference_wait_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A message referring to a resource that has not arrived waits this long, "
+        "then fails naming it.",
+    )
     ingest_sweep_seconds: float = Field(
         default=15.0, gt=0, description="How often the sweeper looks for such messages."
     )

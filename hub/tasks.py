@@ -32,10 +32,14 @@ def process_message(self: Any, message_id: int) -> str:
     from hub.ingest.pipeline import Outcome
 
     pipeline = service().pipeline
-    outcome = pipeline.process(message_id)
+    outcomes = pipeline.process_many([message_id])
+    for released in outcomes.released:  # it wrote what these waited for
+        process_message.apply_async((released,), countdown=backoff(1))
+    outcome = outcomes[message_id]
     if outcome == Outcome.RETRY:
         raise self.retry(countdown=backoff(self.request.retries + 1))
-    if outcome != Outcome.DEFERRED:  # a deferred one is followed by its predecessor's worker
+    # A deferred one is followed by its predecessor's worker; a pending one, once written.
+    if outcome not in (Outcome.DEFERRED, Outcome.PENDING):
         try:
             follow(
                 pipeline,

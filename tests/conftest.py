@@ -41,6 +41,7 @@ TABLES = (
     "resource_history",
     "resources",
     "lineage",
+    "message_waits",
     "messages",
 )
 

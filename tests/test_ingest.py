@@ -53,6 +53,7 @@ from sqlalchemy import event, update
 from sqlalchemy.exc import OperationalError
 
 import hub.ingest.pipeline as pipeline_module
+import hub.interactions.executor as executor_module
 from hub.cli import main as cli
 from hub.errors import Busy, Conflict
 from hub.ingest.dispatch import InlineDispatcher, ThreadDispatcher, follow, follow_many, sweep
@@ -452,6 +453,13 @@ def test_a_file_without_a_required_column_rejects_each_row_naming_it(
 
 def test_every_written_version_has_provenance_and_lineage(service: IngestService) -> None:
     first = ingest(service, PATIENTS, patients(patient_row(P1)), "patients.csv")
+    # The encounter the observation refers to arrives first: otherwise the observation waits.
+    ingest(
+        service,
+        "synthea-encounters",
+        csv_bytes(ENCOUNTER_COLUMNS, [encounter_row(E1, P1)]),
+        "encounters.csv",
+    )
     obs = ingest(
         service,
         "synthea-observations",
@@ -490,12 +498,16 @@ def test_every_written_version_has_provenance_and_lineage(service: IngestService
         "element": "Patient.birthDate",
         "source": "BIRTHDATE",
         "message": first_id,
+        "mapping": PATIENTS,
+        "mappingVersion": "1",
     } in lineage
     assert {
         "version": 2,
         "element": "Patient.birthDate",
         "source": "BIRTHDATE",
         "message": fix_id,
+        "mapping": PATIENTS,
+        "mappingVersion": "1",
     } in lineage
     elements = {(e["element"], e["source"]) for e in lineage}
     assert {
@@ -510,6 +522,8 @@ def test_every_written_version_has_provenance_and_lineage(service: IngestService
         "element": "Observation.valueQuantity.value",
         "source": "VALUE",
         "message": obs_id,
+        "mapping": "synthea-observations",
+        "mappingVersion": "1",
     } in service.store.lineage_of("Observation", oid)
 
 
@@ -612,7 +626,7 @@ def test_transient_errors_end_in_dead_letter_and_retry_revives(
 ) -> None:
     assert isinstance(service.dispatcher, InlineDispatcher)
     service.dispatcher.sleep = no_sleep
-    monkeypatch.setattr(pipeline_module, "save", failing_save(100, error))
+    monkeypatch.setattr(executor_module, "save", failing_save(100, error))
 
     summary = ingest(service, PATIENTS, patients(patient_row(P1), patient_row(P2)), "patients.csv")
 
@@ -627,7 +641,7 @@ def test_transient_errors_end_in_dead_letter_and_retry_revives(
     assert resource_count(service.store.engine, "Patient") == 0
     assert [m.id for m in service.store.find(DEAD)] == sorted(summary.message_ids, reverse=True)
 
-    monkeypatch.setattr(pipeline_module, "save", failing_save(0, error))
+    monkeypatch.setattr(executor_module, "save", failing_save(0, error))
     assert service.retry([mid]) == [mid]
     revived = service.store.get(mid)
     assert revived is not None
@@ -647,7 +661,7 @@ def test_a_transient_error_below_the_limit_is_retried_to_success(
     slept: list[float] = []
     service.dispatcher.sleep = slept.append
     flaky = failing_save(3, Busy("busy"))
-    monkeypatch.setattr(pipeline_module, "save", flaky)
+    monkeypatch.setattr(executor_module, "save", flaky)
 
     summary = ingest(service, PATIENTS, patients(patient_row(P1)), "patients.csv")
 
@@ -758,6 +772,8 @@ def test_replay_after_a_mapping_change_corrects_resources_once(
         "element": "Patient.birthDate",
         "source": "BIRTHDATE",
         "message": ids[0],
+        "mapping": PATIENTS,
+        "mappingVersion": "1",
     } in new.store.lineage_of("Patient", rid("Patient", P1))
 
 
@@ -1013,6 +1029,8 @@ def test_http_ingest_reports_rows_and_exposes_messages_lineage_and_provenance(
         "resource": f"Patient/{pid}/_history/1",
         "element": "Patient.birthDate",
         "source": "BIRTHDATE",
+        "mapping": PATIENTS,
+        "mappingVersion": "1",
     } in shown["lineage"]
 
     r = client.get(f"/fhir/Patient/{pid}/$lineage")
@@ -1026,6 +1044,8 @@ def test_http_ingest_reports_rows_and_exposes_messages_lineage_and_provenance(
         "path": "Patient.birthDate",
         "source": "BIRTHDATE",
         "message": str(good_id),
+        "mapping": PATIENTS,
+        "mappingVersion": "1",
     } in parts
     assert client.get(f"/fhir/Patient/{rid('Patient', P2)}/$lineage").status_code == 404
 
@@ -1056,7 +1076,7 @@ def test_http_duplicate_delivery_is_accepted_and_processed_once(client: TestClie
 def test_http_dead_letter_retry_and_replay(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pipeline_module, "save", failing_save(100, Busy("busy")))
+    monkeypatch.setattr(executor_module, "save", failing_save(100, Busy("busy")))
     body = post_file(client, PATIENTS, patients(patient_row(P1)))
     assert (body["dead"], body["done"]) == (1, 0)
     (mid,) = body["messages"]
@@ -1065,7 +1085,7 @@ def test_http_dead_letter_retry_and_replay(
     assert dead["error"].startswith("after 2 attempts: Busy: ")
     assert [m["id"] for m in client.get("/messages?status=dead").json()["messages"]] == [mid]
 
-    monkeypatch.setattr(pipeline_module, "save", failing_save(0, Busy("busy")))
+    monkeypatch.setattr(executor_module, "save", failing_save(0, Busy("busy")))
     r = client.post(f"/messages/{mid}/retry")
     assert r.status_code == 200 and r.json() == {"reopened": [mid]}
     wait_for(

@@ -33,11 +33,18 @@ from typing import IO, Any
 import pytest
 import redis
 from conftest import TABLES, require_server
-from ingest_fixtures import PATIENT_COLUMNS, csv_bytes, patient_row, rid
+from ingest_fixtures import (
+    OBSERVATION_COLUMNS,
+    PATIENT_COLUMNS,
+    csv_bytes,
+    observation_row,
+    patient_row,
+    rid,
+)
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import Engine
 
-from hub.ingest.messages import DONE, PROCESSING
+from hub.ingest.messages import DONE, PENDING, PROCESSING
 from hub.store.schema import lineage, messages, resource_history, resources
 
 pytestmark = [pytest.mark.celery, pytest.mark.postgres]
@@ -172,7 +179,7 @@ class Hub:
         for process in reversed(self.processes):
             process.kill()
 
-    def ingest(self, file: Path) -> None:
+    def ingest(self, file: Path, mapping: str = "synthea-patients") -> None:
         run = subprocess.run(
             [
                 HUB,
@@ -180,7 +187,7 @@ class Hub:
                 "--adapter",
                 "csv",
                 "--mapping",
-                "synthea-patients",
+                mapping,
                 "--no-wait",
                 str(file),
             ],
@@ -358,6 +365,26 @@ def test_a_redis_restart_mid_file_loses_nothing_and_duplicates_nothing(
         worker.signal(signal.SIGCONT)
 
     assert_every_row_done_once(hub)
+
+
+def test_a_worker_sends_on_a_pending_message_once_its_reference_arrives(
+    hub: Hub, tmp_path: Path
+) -> None:
+    """An observation whose patient has not arrived waits; the worker that writes the
+    patient releases it and sends it on (no beat runs: no sweep looks at it again)."""
+    hub.start_worker()
+    observations = tmp_path / "observations.csv"
+    observations.write_bytes(
+        csv_bytes(OBSERVATION_COLUMNS, [observation_row("celery-late", ENCOUNTER="")])
+    )
+    hub.ingest(observations, "synthea-observations")
+    hub.wait(lambda c: c == {PENDING: 1}, DEADLINE, "the observation to wait")
+    patients = tmp_path / "patients.csv"
+    patients.write_bytes(csv_bytes(PATIENT_COLUMNS, [patient_row("celery-late")]))
+    hub.ingest(patients)
+    hub.wait(lambda c: c == {DONE: 2}, DEADLINE, "both to be done")
+    observation = select(resources.c.content).where(resources.c.res_type == "Observation")
+    assert rid("Patient", "celery-late").encode() in bytes(hub.scalar(observation))
 
 
 def test_celery_dispatcher_counts_the_tasks_waiting_in_the_broker(hub: Hub) -> None:

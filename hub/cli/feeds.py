@@ -84,7 +84,7 @@ def ingest(
     files: tuple[Path, ...],
 ) -> None:
     from hub.errors import HubError
-    from hub.ingest.messages import OPEN, check_source
+    from hub.ingest.messages import ACTIVE, check_source
 
     service = _service(dispatcher=None if _broker() else "inline")
     try:  # refused before any file is read: the same for every file
@@ -124,13 +124,14 @@ def ingest(
                 rejected=summary.rejected,
                 dead=summary.dead,
                 open=summary.open,
+                pending=summary.pending,
                 resources=summary.resources,
             )
             not_done += summary.not_done
     finally:
         service.close()
     seconds = (datetime.now() - started).total_seconds() or 1e-9
-    labels = {"failed": "rejected", **dict.fromkeys(OPEN, "open")}
+    labels = {"failed": "rejected", **dict.fromkeys(ACTIVE, "open")}
     for status, why in not_done[:SHOWN]:
         click.echo(f"{labels.get(status, status)}: {why}", err=True)
     if len(not_done) > SHOWN:
@@ -142,6 +143,11 @@ def ingest(
     outcome = (
         f"{totals['done']} done, {totals['rejected']} rejected, {totals['dead']} dead, "
         f"{totals['open']} still open"
+        + (
+            f", {totals['pending']} pending (a reference has not arrived)"
+            if totals["pending"]
+            else ""
+        )
         if waited
         else "stored, not waited for"
     )
@@ -150,7 +156,9 @@ def ingest(
         f"{totals['resources']} resources written, {totals['rows'] / seconds:.0f} rows/s"
         + (f"; {len(refused)} files refused" if refused else "")
     )
-    not_finished = totals["rejected"] + totals["dead"] + (totals["open"] if waited else 0)
+    not_finished = (
+        totals["rejected"] + totals["dead"] + (totals["open"] + totals["pending"] if waited else 0)
+    )
     sys.exit(1 if not_finished or refused else 0)
 
 

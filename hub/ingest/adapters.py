@@ -17,27 +17,17 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import IO, Any, Protocol, runtime_checkable
 
 from hub.ingest.mapping import Mapped, Mapper, Mapping_, discover
+from hub.store.messages import Unit as Unit  # units are stored as adapters frame them
 
 BUILTINS: dict[str, str] = {
     "csv": "adapters.csv:CsvAdapter",
 }
 ENTRY_POINT_GROUP = "fhir_hub.adapters"
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One inbound unit as it will be stored: raw bytes and where they came from."""
-
-    raw: bytes
-    external_id: str
-    origin: str | None = None
-    event_time: datetime | None = None
 
 
 @runtime_checkable

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Protocol
 
-from hub.ingest.messages import PROCESSING, RECEIVED, WAITING, MessageStore
+from hub.ingest.messages import PENDING, PROCESSING, RECEIVED, WAITING, MessageStore, now
 from hub.ingest.pipeline import Outcome, Pipeline
 
 log = logging.getLogger("hub.ingest")
@@ -50,12 +50,17 @@ def follow(
         if done >= limit:
             resend(following)
             return done
-        outcome = pipeline.process(following)
+        outcomes = pipeline.process_many([following])
+        for released in outcomes.released:
+            resend(released)
+        outcome = outcomes[following]
         if outcome == Outcome.RETRY:
             resend(following)
             return done
-        if outcome in (Outcome.DEFERRED, Outcome.SKIPPED):
-            return done  # another worker has it, and follows it
+        if outcome in (Outcome.DEFERRED, Outcome.SKIPPED, Outcome.PENDING):
+            # Another worker has it, and follows it; or it waits for a reference, and the
+            # line about its subject waits behind it (it is followed once it is written).
+            return done
         done += 1
         current = following
 
@@ -66,10 +71,13 @@ def follow_many(
     """`follow` for a batch: after its messages finished, the ones that waited for them."""
     done = 0
     for head in pipeline.next_in_order_many(finished):
-        outcome = pipeline.process(head)
+        outcomes = pipeline.process_many([head])
+        for released in outcomes.released:
+            resend(released)
+        outcome = outcomes[head]
         if outcome == Outcome.RETRY:
             resend(head)
-        elif outcome not in (Outcome.DEFERRED, Outcome.SKIPPED):
+        elif outcome not in (Outcome.DEFERRED, Outcome.SKIPPED, Outcome.PENDING):
             done += 1 + follow(pipeline, head, resend, limit)
     return done
 
@@ -77,13 +85,20 @@ def follow_many(
 def process_batch(
     pipeline: Pipeline, message_ids: Sequence[int], resend: Callable[[int], None]
 ) -> dict[int, Outcome]:
-    """A batch, then what follows it: those to retry go to `resend`, and the messages that
-    waited for the finished ones are processed (`follow_many`)."""
+    """A batch, then what follows it: those to retry go to `resend`, so do the pending
+    messages it released (it wrote what they waited for), and the messages that waited
+    for the finished ones are processed (`follow_many`)."""
     outcomes = pipeline.process_many(message_ids)
     for message_id, outcome in outcomes.items():
         if outcome == Outcome.RETRY:
             resend(message_id)
-    finished = [m for m, o in outcomes.items() if o not in (Outcome.RETRY, Outcome.DEFERRED)]
+    for message_id in outcomes.released:
+        resend(message_id)
+    finished = [
+        m
+        for m, o in outcomes.items()
+        if o not in (Outcome.RETRY, Outcome.DEFERRED, Outcome.PENDING)
+    ]
     follow_many(pipeline, finished, resend)
     return outcomes
 
@@ -92,6 +107,9 @@ def chunks(message_ids: Sequence[int], size: int) -> list[list[int]]:
     """Ids in id order, `size` at a time: what one task processes in one transaction."""
     ordered = sorted(message_ids)
     return [ordered[i : i + size] for i in range(0, len(ordered), max(1, size))]
+
+
+_UNFINISHED = (Outcome.RETRY, Outcome.DEFERRED, Outcome.PENDING)
 
 
 class Dispatcher(Protocol):
@@ -118,11 +136,22 @@ class InlineDispatcher:
     def submit(self, message_ids: Sequence[int]) -> None:
         pending = list(message_ids)
         rounds = 0
+        woken: set[int] = set()  # released from waiting for a reference by this call
         while pending:
             later, deferred, moved = [], [], False
             outcomes: dict[int, Outcome] = {}
+            released: list[int] = []
             for chunk in chunks(pending, self.batch):
-                outcomes.update(self.pipeline.process_many(chunk))
+                done = self.pipeline.process_many(chunk)
+                outcomes.update(done)
+                released += done.released
+            later += [m for m in released if m not in outcomes]
+            moved = moved or bool(released)
+            # Behind a message that waited for a reference, the later ones about its subject
+            # waited too: once it is written, they go on (no sweeper runs in this mode).
+            finished = [m for m in woken if outcomes.get(m) not in (None, *_UNFINISHED)]
+            later += [m for m in self.pipeline.next_in_order_many(finished) if m not in later]
+            woken = (woken - set(finished)) | set(released)
             for message_id in pending:
                 outcome = outcomes[message_id]
                 if outcome in (Outcome.RETRY, Outcome.DEFERRED):
@@ -131,6 +160,14 @@ class InlineDispatcher:
                         deferred.append(message_id)
                 else:
                     moved = True
+            if deferred:
+                # Behind a pending message (it waits for a reference), a message stays
+                # `waiting`: it is followed once that one is written, or its wait is over.
+                blockers = {m: self.pipeline.blocking(m) for m in deferred}
+                parked = self.pipeline.pending(sorted({b for bs in blockers.values() for b in bs}))
+                behind = {m for m, bs in blockers.items() if bs and set(bs) <= parked}
+                later = [m for m in later if m not in behind]
+                deferred = [m for m in deferred if m not in behind]
             if deferred and not moved:
                 # Each waits for an earlier message nobody is sending (no sweeper runs in this
                 # mode, e.g. a killed `hub ingest` left it open): process that one first.
@@ -197,13 +234,15 @@ class ThreadDispatcher:
         with self._lock:
             self._waiting -= 1
         try:
-            outcome = self.pipeline.process(message_id)
+            outcomes = self.pipeline.process_many([message_id])
         except Exception:  # the sweeper will send it again
             log.exception("processing message %s failed", message_id)
             return
+        self.submit(outcomes.released)
+        outcome = outcomes[message_id]
         if outcome == Outcome.RETRY:
             self._schedule(message_id, backoff(round_), round_ + 1)
-        elif outcome != Outcome.DEFERRED:  # a deferred one is followed by its predecessor's
+        elif outcome not in (Outcome.DEFERRED, Outcome.PENDING):  # see `follow`
             try:
                 follow(self.pipeline, message_id, lambda m: self._schedule(m, backoff(1), 2))
             except Exception:  # the sweeper will send what is left
@@ -255,6 +294,19 @@ LOST_AFTER = 10
 
 
 def sweep(store: MessageStore, dispatcher: Dispatcher, stale_after: timedelta) -> int:
+    """Fail the pending messages whose wait for a reference is over (`expire`), then send
+    again what was left open (`resend`); answer how many were sent."""
+    expired = store.expire(now())
+    if expired:
+        log.info("%s messages stopped waiting for a reference: failed", len(expired))
+    # The line about an expired message's subject waited behind it: it goes on now.
+    following = store.first_open_about(expired)
+    if following:
+        dispatcher.submit(following)
+    return len(following) + resend(store, dispatcher, stale_after)
+
+
+def resend(store: MessageStore, dispatcher: Dispatcher, stale_after: timedelta) -> int:
     """Send again the open messages that have not moved for `stale_after`.
 
     `processing` ones (a worker took them and did not finish), always. `waiting` ones (left
@@ -265,6 +317,9 @@ def sweep(store: MessageStore, dispatcher: Dispatcher, stale_after: timedelta) -
     """
     ids = store.claim_stale(stale_after, statuses=(PROCESSING,))
     ids += store.claim_stale(stale_after, statuses=(WAITING,), unfollowed=True)
+    # A pending message looks again: what it waits for may have been written while it was
+    # being made pending (in another transaction, which could not release it).
+    ids += store.claim_stale(stale_after, statuses=(PENDING,))
     if dispatcher.backlog():
         ids += store.claim_stale(stale_after * LOST_AFTER, statuses=(RECEIVED, WAITING))
     else:

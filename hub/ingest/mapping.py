@@ -71,6 +71,8 @@ class Element:
     when: Mapping[str, Any] | None = None
     present: Any = None  # a constant chosen by whether the field has a value
     absent: Any = None
+    # A reference: the message waits until its target has arrived (default: when required).
+    wait: bool = False
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,9 @@ class Mapped:
     resources: list[dict[str, Any]] = field(default_factory=list)
     lineage: list[list[tuple[str, str]]] = field(default_factory=list)
     order_key: str | None = None
+    # Per resource, the element paths ("Observation.subject") whose reference must have
+    # arrived before the resource is written (the elements marked `wait`).
+    awaits: list[list[str]] = field(default_factory=list)
 
 
 def _as_tuple(value: Any) -> tuple[str, ...]:
@@ -137,6 +142,7 @@ def load_mapping(path: Path) -> Mapping_:
                         when=spec.get("when"),
                         present=spec.get("present"),
                         absent=spec.get("absent"),
+                        wait=bool(spec.get("wait", spec.get("required", False))),
                     )
                 )
             resources.append(
@@ -308,10 +314,16 @@ class Mapper:
             element.field,
         )
 
+    def order_key(self, record: Mapping[str, str]) -> str | None:
+        """The subject a record is about (the mapping's `key` fields), for in-order
+        application: a function of the record alone, so the message store can keep it at
+        receipt without mapping the record."""
+        if not self.mapping.key:
+            return None
+        return "|".join((record.get(k) or "").strip() for k in self.mapping.key)
+
     def map(self, record: Mapping[str, str]) -> Mapped:
-        out = Mapped()
-        if self.mapping.key:
-            out.order_key = "|".join((record.get(k) or "").strip() for k in self.mapping.key)
+        out = Mapped(order_key=self.order_key(record))
         for rmap in self.mapping.resources:
             if not _matches(rmap.when, record):
                 continue
@@ -326,6 +338,7 @@ class Mapper:
                 "id": resource_id(self.source, rmap.type, key),
             }
             lineage: list[tuple[str, str]] = []
+            awaits: list[str] = []
             for element in rmap.elements:
                 if not _matches(element.when, record):
                     continue
@@ -350,9 +363,13 @@ class Mapper:
                         raise MappingError("the required field is empty", element.field)
                     continue
                 _set(resource, element.path, self._convert(element, raw, record))
-                lineage.append((f"{rmap.type}.{_INDEX.sub('', element.path)}", element.field))
+                path = f"{rmap.type}.{_INDEX.sub('', element.path)}"
+                lineage.append((path, element.field))
+                if element.wait and element.type == "reference":
+                    awaits.append(path.removesuffix(".reference"))
             out.resources.append(_prune(resource))
             out.lineage.append(lineage)
+            out.awaits.append(awaits)
         return out
 
 

@@ -1,32 +1,42 @@
-"""Processing one stored message: parse, map, validate, write — one transaction.
+"""Processing stored messages: prepare, reconcile, commit — one transaction a batch.
 
-A plain function of a message id, idempotent: a message already done is
-skipped, a redelivered one finds its row locked or done, and the resource
-ids are deterministic, so a replay updates instead of duplicating. Tasks
-(Celery or the embedded thread pool) only call `Pipeline.process`.
+`prepare` parses and maps a message into a plan (`hub.ingest.plan`), with no
+writes; `reconcile` turns a plan and the current state into the plan to write;
+the commit checks the plan's references (a message waiting for a resource that
+has not arrived is left `pending`), keeps the feed's rule that a later message
+wins, and writes. A plain function of message ids, idempotent: a message
+already done is skipped, a redelivered one finds its row locked or done, and
+the resource ids are deterministic, so a replay updates instead of
+duplicating. Tasks (Celery or the embedded thread pool) only call
+`Pipeline.process_many`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, select, tuple_, update
-from sqlalchemy.exc import DBAPIError
-
 from hub.errors import Busy, Conflict, HubError, Invalid
 from hub.fhir import validate
+from hub.ingest import status
 from hub.ingest.adapters import AdapterRegistry
-from hub.ingest.mapping import Mapped, Mapper, Mapping_
-from hub.ingest.messages import DEAD, DONE, FAILED, OPEN, Message, MessageStore, now
+from hub.ingest.mapping import Mapper, Mapping_
+from hub.ingest.messages import OPEN, Message, MessageStore, now
+from hub.ingest.plan import MessagePlan, MissingReference, Write, awaited, reconcile
+from hub.interactions import executor
 from hub.interactions.context import Context
-from hub.interactions.writes import instant, save
+from hub.interactions.executor import execute
+from hub.interactions.plan import Plan, Update
+from hub.interactions.writes import instant
+from hub.store import lineage
+from hub.store.errors import DatabaseError as _DatabaseError
 from hub.store.repository import Transaction, Version
-from hub.store.schema import lineage, messages
 
 log = logging.getLogger("hub.ingest")
 MESSAGE_SYSTEM = "urn:fhir-hub:message"
@@ -38,7 +48,17 @@ class Outcome(StrEnum):
     RETRY = "retry"  # a transient error: try again later
     DEAD = "dead"  # transient errors outlasted the attempts
     DEFERRED = "deferred"  # an earlier message about the same subject is still open
+    PENDING = "pending"  # a resource it refers to has not arrived: it goes on when it does
     SKIPPED = "skipped"  # already finished, or unknown
+
+
+class Outcomes(dict[int, Outcome]):
+    """The outcome of each message of a batch; `released`: pending messages the batch wrote
+    what they waited for, now `received` again, to be sent (in id order)."""
+
+    def __init__(self, outcomes: Mapping[int, Outcome], released: Sequence[int] = ()) -> None:
+        super().__init__(outcomes)
+        self.released = list(released)
 
 
 @dataclass(frozen=True)
@@ -55,12 +75,14 @@ class Pipeline:
         adapters: AdapterRegistry,
         mappings: Mapping[str, Mapping_],
         max_attempts: int = 5,
+        reference_wait: float = 3600.0,
     ) -> None:
         self.ctx = ctx
         self.store = store
         self.adapters = adapters
         self.mappings = mappings
         self.max_attempts = max_attempts
+        self.reference_wait = timedelta(seconds=reference_wait)
 
     def mapper(self, message: Message) -> Mapper:
         if message.mapping is None or message.mapping not in self.mappings:
@@ -68,14 +90,39 @@ class Pipeline:
         return Mapper(self.mappings[message.mapping], source=message.source)
 
     def order_key(self, adapter: str, mapping: str | None, raw: bytes, source: str) -> str | None:
-        """The subject a unit is about (e.g. the patient), for in-order application."""
+        """The subject a unit is about (e.g. the patient), for in-order application: the
+        mapping's `key` fields of the parsed unit, as `prepare` finds them. Only the parse is
+        needed, not the mapping, so the receiver keeps it without mapping the unit; a unit
+        that does not parse has none, and fails when it is prepared."""
         if mapping is None or mapping not in self.mappings:
             return None
         try:
-            a = self.adapters.get(adapter)
-            return a.map(a.parse(raw), Mapper(self.mappings[mapping], source)).order_key
+            return Mapper(self.mappings[mapping], source).order_key(
+                self.adapters.get(adapter).parse(raw)
+            )
         except HubError:
             return None
+
+    def prepare(self, message: Message) -> MessagePlan:
+        """Parse, map and validate a message into its plan of writes; nothing is written.
+        `Invalid` (or `LookupError`: an unknown adapter) when the input is wrong."""
+        adapter = self.adapters.get(message.adapter)
+        mapper = self.mapper(message)
+        mapped = adapter.map(adapter.parse(message.raw), mapper)
+        awaits = mapped.awaits or [[] for _ in mapped.resources]  # an adapter's own `Mapped`
+        for resource in mapped.resources:
+            validate(resource, max_depth=self.ctx.settings.max_resource_depth)
+        return MessagePlan(
+            writes=tuple(
+                Write(resource, tuple(lines), tuple(waits))
+                for resource, lines, waits in zip(
+                    mapped.resources, mapped.lineage, awaits, strict=True
+                )
+            ),
+            order_key=mapped.order_key,
+            mapping=mapper.mapping.name,
+            mapping_version=mapper.mapping.version,
+        )
 
     def next_in_order(self, message_id: int) -> int | None:
         """Once `message_id` is finished: the earliest open message from its source about the
@@ -95,10 +142,14 @@ class Pipeline:
         message = self.store.get(message_id)
         return self.store.open_about(message, before=True) if message else []
 
+    def pending(self, message_ids: Sequence[int]) -> set[int]:
+        """Those of these messages that wait for a reference."""
+        return set(self.store.open_ids(message_ids, statuses=(status.PENDING,)))
+
     def process(self, message_id: int) -> Outcome:
         return self.process_many([message_id])[message_id]
 
-    def process_many(self, message_ids: Sequence[int]) -> dict[int, Outcome]:
+    def process_many(self, message_ids: Sequence[int]) -> Outcomes:
         """Process messages in id order, in one database transaction; the outcome of each.
 
         The outcomes are those of processing them one by one: a message about a subject
@@ -108,7 +159,8 @@ class Pipeline:
         message at a time, so that one message's trouble holds back no other.
         """
         outcomes = dict.fromkeys(message_ids, Outcome.SKIPPED)
-        found = [m for m in self.store.get_many(sorted(outcomes)) if m.status in OPEN]
+        takeable = status.sources(status.Event.TAKE)
+        found = [m for m in self.store.get_many(sorted(outcomes)) if m.status in takeable]
         blocked = self.store.open_before(found)
         ready, waiting = [], []
         for m in found:
@@ -120,6 +172,7 @@ class Pipeline:
                 ready.append(m)
         self.store.wait_behind(waiting)
         attempts = self.store.note_attempts([m.id for m in ready])
+        ready = [replace(m, status=status.move(m.status, status.Event.TAKE)) for m in ready]
         prepared: list[_Prepared] = []
         held = _Held()
         for m in ready:
@@ -132,15 +185,12 @@ class Pipeline:
                 # The earlier attempts never finished: a worker died on it, or raised something
                 # unexpected. Sending it again and again would not help.
                 error = f"after {attempts[m.id] - 1} attempts: the processing never finished"
-                self.store.set_status(m.id, DEAD, error)
+                self.store.set_status(m.id, status.Event.GIVE_UP, error)
                 log.error("message %s is dead: %s", m.id, error)
                 outcomes[m.id] = Outcome.DEAD
                 continue
             try:
-                adapter = self.adapters.get(m.adapter)
-                mapped = adapter.map(adapter.parse(m.raw), self.mapper(m))
-                for resource in mapped.resources:
-                    validate(resource, max_depth=self.ctx.settings.max_resource_depth)
+                plan = self.prepare(m)
             except (Invalid, LookupError) as e:
                 outcomes[m.id] = self._fail(m, e)
                 continue
@@ -148,75 +198,150 @@ class Pipeline:
                 log.exception("message %s could not be mapped", m.id)
                 outcomes[m.id] = held.note(m, self._transient(m, attempts[m.id], e))
                 continue
-            prepared.append(_Prepared(m, attempts[m.id], mapped))
+            prepared.append(_Prepared(m, attempts[m.id], plan))
+        released: list[int] = []
         if prepared:
-            outcomes.update(self._commit(prepared, held))
+            committed = self._commit(prepared, held)
+            outcomes.update(committed)
+            released = committed.released
         self.store.wait_behind(held.deferred, taken=True)
-        return outcomes
+        return Outcomes(outcomes, released)
 
-    def _commit(self, batch: list[_Prepared], held: _Held) -> dict[int, Outcome]:
+    def _commit(self, batch: list[_Prepared], held: _Held) -> Outcomes:
         try:
             with self.ctx.unit(None) as tx:
                 return self._apply(tx, batch)
         except Exception as e:
             if len(batch) > 1:
                 log.info("a batch of %s messages failed (%s); one at a time", len(batch), e)
-                done: dict[int, Outcome] = {}
+                done = Outcomes({})
                 for one in batch:
                     if held.holds(one.message):
                         done[one.message.id] = Outcome.DEFERRED
                     else:
-                        done.update(self._commit([one], held))
+                        alone = self._commit([one], held)
+                        done.update(alone)
+                        done.released += alone.released
                 return done
             message = batch[0].message
             if isinstance(e, Invalid):
-                return {message.id: self._fail(message, e)}
-            if not isinstance(e, Busy | Conflict | DBAPIError):
+                return Outcomes({message.id: self._fail(message, e)})
+            if not isinstance(e, Busy | Conflict | _DatabaseError):
                 log.exception("message %s could not be written", message.id)
-            return {message.id: held.note(message, self._transient(message, batch[0].attempts, e))}
+            outcome = self._transient(message, batch[0].attempts, e)
+            return Outcomes({message.id: held.note(message, outcome)})
 
     def _transient(self, message: Message, attempts: int, error: Exception) -> Outcome:
         """RETRY, or DEAD once the attempts are spent (the error is kept)."""
         text = f"{type(error).__name__}: {error}"
         if attempts >= self.max_attempts:
-            self.store.set_status(message.id, DEAD, f"after {attempts} attempts: {text}")
+            self.store.set_status(
+                message.id, status.Event.GIVE_UP, f"after {attempts} attempts: {text}"
+            )
             log.error("message %s is dead after %s attempts: %s", message.id, attempts, text)
             return Outcome.DEAD
         log.warning("message %s attempt %s failed, will retry: %s", message.id, attempts, text)
         return Outcome.RETRY
 
-    def _apply(self, tx: Transaction, batch: list[_Prepared]) -> dict[int, Outcome]:
+    def _apply(self, tx: Transaction, batch: list[_Prepared]) -> Outcomes:
+        """The batch as one plan of writes: one question for its references, one execution
+        for its resources and one for their Provenances, whatever its size."""
         outcomes: dict[int, Outcome] = {}
-        claimed = self._claim(tx, [p.message.id for p in batch])
+        claimed = self.store.claim(tx, [p.message.id for p in batch])
         keys = [
-            key
-            for p in batch
-            for key in [
-                *((r["resourceType"], r["id"]) for r in p.mapped.resources),
-                ("Provenance", provenance_id(p.message)),
-            ]
+            key for p in batch for key in [*p.plan.keys(), ("Provenance", provenance_id(p.message))]
         ]
         tx.prefetch(keys)
-        later = self._last_writers(tx, keys, min(p.message.id for p in batch))
-        records = []
+        later = lineage.last_writers(tx, keys, min(p.message.id for p in batch))
+        state = _TxState(tx)
+        ready: list[tuple[Message, MessagePlan]] = []
         for p in batch:
             if p.message.id not in claimed:
                 outcomes[p.message.id] = Outcome.SKIPPED  # another run finished it
                 continue
-            message = replace(p.message, produced=claimed[message_id := p.message.id])
-            written, kept = [], []
-            for resource, lines in zip(p.mapped.resources, p.mapped.lineage, strict=True):
-                if later.get((resource["resourceType"], resource["id"]), 0) > message_id:
-                    # A later message wrote this resource already: this one's data is older.
-                    kept += self._produced_before(tx, message, resource)
-                else:
-                    written.append(Written(self._write(tx, resource), lines))
+            message = replace(p.message, produced=claimed[p.message.id])
+            ready.append((message, reconcile(p.plan, state)))
+        for message in self._await_references(tx, ready):
+            outcomes[message.id] = Outcome.PENDING
+        ready = [(m, plan) for m, plan in ready if m.id not in outcomes]
+        # The feed's rule first: a resource a later message wrote already is not written again.
+        chosen = [(m, plan, *self._current_writes(tx, m, plan, later)) for m, plan in ready]
+        results = self._execute(tx, [w.resource for _, _, current, _ in chosen for w in current])
+        records: list[tuple[Message, MessagePlan, list[Written], list[Version]]] = []
+        provenances: list[tuple[int, dict[str, Any]]] = []
+        for message, plan, current, kept in chosen:
+            versions, results = results[: len(current)], results[len(current) :]
+            written = [
+                Written(v, list(w.lineage))
+                for v, w in zip(versions, current, strict=True)
+                if v is not None
+            ]
             targets = [w.version for w in written] + kept
-            provenance = self._provenance(tx, message, targets) if targets else None
-            records.append((message, written, [*targets, *filter(None, [provenance])]))
-            outcomes[message_id] = Outcome.DONE
-        self._record(tx, records)
-        return outcomes
+            produced: list[Version] = list(targets)
+            if targets:
+                provenance = self._provenance(tx, message, plan, targets)
+                if isinstance(provenance, Version):
+                    produced.append(provenance)  # a replay that changed nothing
+                else:
+                    provenances.append((len(records), provenance))
+            records.append((message, plan, written, produced))
+            outcomes[message.id] = Outcome.DONE
+        written_provenances = self._execute(tx, [r for _, r in provenances])
+        for (index, _), version in zip(provenances, written_provenances, strict=True):
+            if version is not None:
+                records[index][3].append(version)
+        released = self._record(tx, records)
+        return Outcomes(outcomes, released)
+
+    def _await_references(
+        self, tx: Transaction, ready: list[tuple[Message, MessagePlan]]
+    ) -> list[Message]:
+        """The messages of `ready` that must wait for a resource that has not arrived, left
+        `pending`. One question for the batch's combined plan, in which a resource another
+        message of the batch writes counts as there; asked again without the waiting ones
+        when others referred to what those would have written (rarely more than once)."""
+        waiting: list[Message] = []
+        waits: list[tuple[int, str, list[tuple[str, str]]]] = []
+        left = list(ready)
+        while left:
+            found = unresolved(self.ctx, tx, [plan for _, plan in left])
+            if not any(found):
+                break
+            for (message, plan), missing in zip(left, found, strict=True):
+                if not self.ctx.settings.referential_integrity:
+                    missing = awaited(plan, missing)  # the others are written as they are
+                if missing:
+                    # Not written with a dangling reference: it waits for its target.
+                    reason = "; ".join(m.reason() for m in missing)
+                    waits.append((message.id, reason, [m.target for m in missing]))
+                    log.info("message %s waits: %s", message.id, missing[0].reason())
+                    waiting.append(message)
+            held = {m.id for m in waiting}
+            remaining = [(m, plan) for m, plan in left if m.id not in held]
+            if len(remaining) == len(left):
+                break  # none waits (their missing references are written as they are)
+            left = remaining
+        self.store.await_references(tx, waits, now() + self.reference_wait)
+        return waiting
+
+    def _current_writes(
+        self,
+        tx: Transaction,
+        message: Message,
+        plan: MessagePlan,
+        later: Mapping[tuple[str, str], int],
+    ) -> tuple[list[Write], list[Version]]:
+        """A message's writes, but those of resources a later message wrote already (the
+        feed's rule: the later message wins; this one's data is older, and its last version
+        of the resource, if any, is what it produced)."""
+        kept: list[Version] = []
+        current: list[Write] = []
+        for write in plan.writes:
+            if later.get(write.key, 0) > message.id:
+                kept += self._produced_before(tx, message, write.resource)
+            else:
+                current.append(write)
+        return current, kept
 
     def _fail(self, message: Message, error: Exception) -> Outcome:
         field = getattr(error, "field", None)
@@ -225,63 +350,42 @@ class Pipeline:
         except LookupError:
             label = "field"
         where = ", ".join(p for p in (message.origin, f"{label} {field}" if field else "") if p)
-        self.store.set_status(message.id, FAILED, f"{where}: {error}" if where else str(error))
+        self.store.set_status(
+            message.id, status.Event.REJECT, f"{where}: {error}" if where else str(error)
+        )
         return Outcome.FAILED
-
-    def _claim(self, tx: Transaction, message_ids: list[int]) -> dict[int, list[str]]:
-        """Lock the messages' rows for this transaction; of those still open, what each
-        produced before (empty unless it is a replay)."""
-        rows = tx.lock_row(
-            select(messages.c.id, messages.c.status, messages.c.produced)
-            .where(messages.c.id.in_(message_ids))
-            .order_by(messages.c.id)
-        )
-        return {int(r[0]): list(json.loads(r[2])) if r[2] else [] for r in rows if r[1] in OPEN}
-
-    def _last_writers(
-        self, tx: Transaction, keys: list[tuple[str, str]], after: int
-    ) -> dict[tuple[str, str], int]:
-        """The last message after `after` that wrote each of these resources (replays)."""
-        rows = tx.rows(
-            select(lineage.c.res_type, lineage.c.res_id, func.max(lineage.c.message_id))
-            .where(
-                lineage.c.message_id > after,
-                tuple_(lineage.c.res_type, lineage.c.res_id).in_(list(dict.fromkeys(keys))),
-            )
-            .group_by(lineage.c.res_type, lineage.c.res_id)
-        )
-        return {(r[0], r[1]): int(r[2]) for r in rows}
 
     def _produced_before(
         self, tx: Transaction, message: Message, resource: dict[str, Any]
     ) -> list[Version]:
         """The last version of a superseded resource this message wrote, if it wrote one."""
-        rows = tx.rows(
-            select(func.max(lineage.c.version_id)).where(
-                lineage.c.res_type == resource["resourceType"],
-                lineage.c.res_id == resource["id"],
-                lineage.c.message_id == message.id,
-            )
-        )
-        version_id = rows[0][0] if rows else None
+        version_id = lineage.written_by(tx, resource["resourceType"], resource["id"], message.id)
         if version_id is None:
             return []
         version = tx.version(resource["resourceType"], resource["id"], int(version_id))
         return [version] if version is not None else []
 
-    def _write(self, tx: Transaction, resource: dict[str, Any]) -> Version:
-        result = save(
-            self.ctx, tx, resource["resourceType"], resource["id"], resource, method="PUT"
-        )
-        assert result.version is not None
-        return result.version
+    def _execute(self, tx: Transaction, resources: list[dict[str, Any]]) -> list[Version | None]:
+        """Resources put by their ids, through the executor (which checks their references),
+        in one plan; the version each left, in order."""
+        if not resources:
+            return []
+        plan = Plan.of(*(Update(r["resourceType"], r["id"], r) for r in resources))
+        return [result.version for result in execute(self.ctx, tx, plan)]
 
-    def _provenance(self, tx: Transaction, message: Message, targets: list[Version]) -> Version:
+    def _provenance(
+        self, tx: Transaction, message: Message, plan: MessagePlan, targets: list[Version]
+    ) -> dict[str, Any] | Version:
+        """The Provenance of a message's writes to write, or its current version when a
+        replay would change nothing."""
         provenance: dict[str, Any] = {
             "resourceType": "Provenance",
             "id": provenance_id(message),
             "target": [{"reference": _reference(v)} for v in targets],
             "recorded": instant(now()),
+            # The mapping that made the writes is the policy they were made under
+            # (Provenance.policy: "policy or plan the activity was defined by").
+            "policy": [mapping_policy(plan.mapping, plan.mapping_version)],
             "activity": {
                 "coding": [
                     {
@@ -323,59 +427,100 @@ class Pipeline:
             stored = json.loads(current.content)
             if all(stored.get(k) == v for k, v in provenance.items() if k != "recorded"):
                 return current  # a replay that changed nothing: no new version
-        return self._write(tx, provenance)
+        return provenance
 
     def _record(
-        self, tx: Transaction, records: list[tuple[Message, list[Written], list[Version]]]
-    ) -> None:
-        """Lineage rows and `done` for the messages processed, a statement each for all."""
-        for message, written, _ in records:
+        self,
+        tx: Transaction,
+        records: list[tuple[Message, MessagePlan, list[Written], list[Version]]],
+    ) -> list[int]:
+        """Lineage rows and `done` for the messages written, a statement each for all; the
+        pending messages that waited for what they wrote are released (`received`)."""
+        for message, _, written, _ in records:
             # A replay records a version's lineage again; older ones stay. A message never
             # done before (nothing produced) has no lineage rows to replace.
             for w in written if message.produced else ():
                 v = w.version
-                tx.execute(
-                    delete(lineage).where(
-                        lineage.c.message_id == message.id,
-                        lineage.c.res_type == v.resource_type,
-                        lineage.c.res_id == v.resource_id,
-                        lineage.c.version_id == v.version_id,
-                    )
-                )
-        rows = [
-            {
-                "res_type": w.version.resource_type,
-                "res_id": w.version.resource_id,
-                "version_id": w.version.version_id,
-                "element": element,
-                "source_field": field,
-                "message_id": message.id,
-            }
-            for message, written, _ in records
-            for w in written
-            for element, field in w.lineage
-        ]
-        if rows:
-            tx.add_rows(lineage, rows)
-        at = now()
-        done = [
-            {
-                "message": message.id,
-                "produced": json.dumps([_reference(v) for v in produced]),
-            }
-            for message, _, produced in records
-        ]
-        if done:
-            tx.execute(
-                update(messages)
-                .where(messages.c.id == bindparam("message"))
-                .values(status=DONE, error=None, produced=bindparam("produced"), updated_at=at),
-                done,
-            )
+                lineage.forget(tx, message.id, v.resource_type, v.resource_id, v.version_id)
+        lineage.record(
+            tx,
+            [
+                {
+                    "res_type": w.version.resource_type,
+                    "res_id": w.version.resource_id,
+                    "version_id": w.version.version_id,
+                    "element": element,
+                    "source_field": field,
+                    "message_id": message.id,
+                    "mapping": plan.mapping,
+                    "mapping_version": plan.mapping_version,
+                }
+                for message, plan, written, _ in records
+                for w in written
+                for element, field in w.lineage
+            ],
+        )
+        self.store.finish(
+            tx,
+            [
+                (message.id, [_reference(v) for v in produced], plan.mapping_version)
+                for message, plan, _, produced in records
+            ],
+            waited=[message.id for message, *_ in records if message.wait_until is not None],
+        )
+        return self.store.release(
+            tx,
+            [
+                (w.version.resource_type, w.version.resource_id)
+                for _, _, written, _ in records
+                for w in written
+            ],
+        )
 
 
 def _reference(v: Version) -> str:
     return f"{v.resource_type}/{v.resource_id}/_history/{v.version_id}"
+
+
+_INDEX = re.compile(r"\[\d+\]")
+
+
+def mapping_policy(name: str, version: str) -> str:
+    """The mapping as Provenance.policy (a uri): its name and version."""
+    return f"urn:fhir-hub:mapping:{name}|{version}"
+
+
+class _TxState:
+    """The current state as `reconcile` sees it: reads through the write transaction."""
+
+    def __init__(self, tx: Transaction) -> None:
+        self._tx = tx
+
+    def current(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
+        found = self._tx.current(resource_type, resource_id)
+        if found is None or found.deleted or found.content is None:
+            return None
+        content: dict[str, Any] = json.loads(found.content)
+        return content
+
+
+def unresolved(
+    ctx: Context, tx: Transaction, plans: Sequence[MessagePlan]
+) -> list[list[MissingReference]]:
+    """For each of several messages' plans, the references that name nothing live once they
+    are all written (the executor's `unresolved` of their combined plan: one lookup), with
+    their element paths as the mapping names them and write indexes within each plan."""
+    owner: list[tuple[int, int]] = []  # (plan, write within it) of each combined write
+    writes: list[Update] = []
+    for number, plan in enumerate(plans):
+        for index, w in enumerate(plan.writes):
+            owner.append((number, index))
+            writes.append(Update(w.key[0], w.key[1], w.resource))
+    found: list[list[MissingReference]] = [[] for _ in plans]
+    for m in executor.unresolved(ctx, tx, Plan(tuple(writes))):
+        number, index = owner[m.write]
+        found[number].append(MissingReference(index, _INDEX.sub("", m.path), m.reference))
+    return found
 
 
 def provenance_id(message: Message) -> str:
@@ -405,8 +550,8 @@ class _Held:
 
 @dataclass(frozen=True)
 class _Prepared:
-    """A message parsed, mapped and validated, ready to be written."""
+    """A message and its plan, ready to be reconciled and written."""
 
     message: Message
     attempts: int
-    mapped: Mapped
+    plan: MessagePlan

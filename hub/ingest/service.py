@@ -26,15 +26,17 @@ from hub.ingest.dispatch import (
 )
 from hub.ingest.mapping import Mapping_
 from hub.ingest.messages import (
+    ACTIVE,
     CONTENT_TYPE_MAX,
     DEAD,
     DONE,
     FAILED,
-    OPEN,
+    PENDING,
     MessageStore,
     check_source,
 )
 from hub.ingest.pipeline import Pipeline
+from hub.ingest.status import Event
 from hub.interactions.context import Context
 from hub.settings import Settings
 
@@ -50,6 +52,7 @@ class Summary:
     rejected: int = 0
     dead: int = 0
     open: int = 0
+    pending: int = 0  # waiting for a resource they refer to (another feed's, say)
     resources: int = 0
     # Each message that did not end done, once: (status, where it came from and why).
     not_done: list[tuple[str, str]] = field(default_factory=list)
@@ -61,12 +64,13 @@ class Summary:
         self.done = by_status.get(DONE, 0)
         self.rejected = by_status.get(FAILED, 0)
         self.dead = by_status.get(DEAD, 0)
-        self.open = sum(by_status.get(s, 0) for s in OPEN)
+        self.open = sum(by_status.get(s, 0) for s in ACTIVE)
+        self.pending = by_status.get(PENDING, 0)
 
     @property
     def errors(self) -> list[str]:
-        """Why each rejected or dead message is."""
-        return [why for status, why in self.not_done if status in (FAILED, DEAD)]
+        """Why each rejected, dead or pending message is."""
+        return [why for status, why in self.not_done if status in (FAILED, DEAD, PENDING)]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -77,6 +81,7 @@ class Summary:
             "rejected": self.rejected,
             "dead": self.dead,
             "open": self.open,
+            "pending": self.pending,
             "resourcesWritten": self.resources,
             "errors": self.errors[:100],
         }
@@ -105,7 +110,12 @@ class IngestService:
         # The hub's mappings, and those adapter packages ship (the hub's win on a name clash).
         self.mappings: dict[str, Mapping_] = self.adapters.mappings(settings.mappings_dir)
         self.pipeline = Pipeline(
-            ctx, self.store, self.adapters, self.mappings, settings.ingest_max_attempts
+            ctx,
+            self.store,
+            self.adapters,
+            self.mappings,
+            settings.ingest_max_attempts,
+            settings.ingest_reference_wait_seconds,
         )
         mode = dispatcher or ("celery" if settings.broker_url else "threads")
         self.dispatcher: Dispatcher
@@ -195,6 +205,7 @@ class IngestService:
                 source=source,
                 adapter=adapter_name,
                 mapping=mapping_name,
+                mapping_version=mapping.version,
                 content_type=content_type,
                 order_keys=[
                     self.pipeline.order_key(adapter_name, mapping_name, u.raw, source)
@@ -273,18 +284,20 @@ class IngestService:
                 where = origin or f"message {message_id}"
                 if status == FAILED:
                     why = error or where  # a failure's error names where it came from
+                elif status == PENDING:
+                    why = f"{where}: waits: {error}"
                 else:
                     why = f"{where}: {error}" if error else f"{where}: still {status}"
                 summary.not_done.append((status, why))
         summary.count(counts)
 
     def retry(self, ids: list[int]) -> list[int]:
-        reopened = self.store.reopen(ids, statuses=(FAILED, DEAD))
+        reopened = self.store.reopen(ids, event=Event.RETRY)
         self.dispatcher.submit(reopened)
         return reopened
 
     def replay(self, ids: list[int]) -> list[int]:
         """Run stored messages again through the current mappings (idempotent)."""
-        reopened = self.store.reopen(ids, statuses=(DONE, FAILED, DEAD))
+        reopened = self.store.reopen(ids, event=Event.REPLAY)
         self.dispatcher.submit(reopened)
         return reopened

@@ -1,8 +1,9 @@
 """$lineage: which source field produced which element, for each version of a resource.
 
 `GET [type]/[id]/$lineage` (optionally `?version=n`) answers a Parameters
-resource: one `element` per (version, element) with the source field and the
-message (by its id in the message store) that wrote it. An unknown resource or
+resource: one `element` per (version, element) with the source field, the
+message (by its id in the message store) that wrote it, and the mapping (name
+and version) that turned the one into the other. An unknown resource or
 version is 404; a version written other than by a feed has no elements. Feed writes record
 lineage in the same transaction as the resource version.
 """
@@ -13,7 +14,7 @@ from typing import Any
 
 from hub.errors import Invalid, NotFound
 from hub.interactions.context import Context, Request, Result
-from hub.store.lineage import lineage_of as read_lineage
+from hub.store import lineage
 from hub.store.repository import Transaction
 
 
@@ -35,15 +36,21 @@ def lineage_of(ctx: Context, req: Request, tx: Transaction | None = None) -> Res
                 f"{req.resource_type}/{req.resource_id}/_history/{version} is not known",
                 expression=("version",),
             )
-        rows = read_lineage(t, req.resource_type, req.resource_id, version)
+        rows = lineage.elements(t, req.resource_type, req.resource_id, version)
     parameters: list[dict[str, Any]] = [
         {
             "name": "element",
             "part": [
-                {"name": "version", "valueInteger": row.version_id},
-                {"name": "path", "valueString": row.element},
-                {"name": "source", "valueString": row.source_field},
-                {"name": "message", "valueString": str(row.message_id)},
+                {"name": "version", "valueInteger": row["version"]},
+                {"name": "path", "valueString": row["element"]},
+                {"name": "source", "valueString": row["source"]},
+                {"name": "message", "valueString": str(row["message"])},
+                # Rows written before mappings were versioned name none.
+                *(
+                    {"name": name, "valueString": row[key]}
+                    for name, key in (("mapping", "mapping"), ("mappingVersion", "mappingVersion"))
+                    if row[key] is not None
+                ),
             ],
         }
         for row in rows

@@ -259,6 +259,7 @@ messages = Table(
     Column("source", String(100), nullable=False),
     Column("adapter", String(50), nullable=False),
     Column("mapping", String(100), nullable=True),
+    Column("mapping_version", String(50), nullable=True),  # the mapping's version, last run
     Column("external_id", String(200), nullable=False),
     Column("content_type", String(100), nullable=True),
     Column("origin", String(500), nullable=True),  # e.g. file and line of a CSV row
@@ -271,6 +272,8 @@ messages = Table(
     Column("error", Text, nullable=True),
     Column("produced", Text, nullable=True),  # JSON list of "Type/id/_history/n"
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # A pending message (a resource it refers to has not arrived) fails after this.
+    Column("wait_until", DateTime(timezone=True), nullable=True),
     UniqueConstraint("source", "external_id", name="uq_messages_source_external"),
     Index("ix_messages_status_updated", "status", "updated_at"),
     Index("ix_messages_order", "source", "order_key", "id"),
@@ -286,6 +289,19 @@ lineage = Table(
     Column("element", String(300), nullable=False),
     Column("source_field", String(300), nullable=False),
     Column("message_id", BigId, nullable=False),
+    Column("mapping", String(100), nullable=True),
+    Column("mapping_version", String(50), nullable=True),
     Index("ix_lineage_resource", "res_type", "res_id", "version_id"),
     Index("ix_lineage_message", "message_id"),
+)
+
+# What a pending message waits for: written resources look up the messages to send again.
+message_waits = Table(
+    "message_waits",
+    metadata,
+    Column("message_id", BigId, nullable=False),
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    Index("ix_message_waits_resource", "res_type", "res_id"),
+    Index("ix_message_waits_message", "message_id"),
 )
