@@ -385,3 +385,21 @@ def test_the_walk_finds_references_with_their_paths() -> None:
     assert local_target("Patient?identifier=x") is None
     assert local_target("Unknown/1") is None
     assert local_target("urn:uuid:1") is None
+
+
+def test_live_answers_what_the_transaction_wrote_and_forgets_what_it_deleted(
+    ctx: Context, uid: str
+) -> None:
+    key = ("Patient", f"p-{uid}")
+    with ctx.repo.transaction() as tx:
+        execute(ctx, tx, Plan.of(Update("Patient", key[1], patient(key[1]))))
+        assert tx.live([key]) == {key}
+        assert tx.live([key, ("Patient", f"none-{uid}")]) == {key}
+        execute(ctx, tx, Plan.of(Delete("Patient", key[1])))
+        assert tx.live([key]) == set()
+    with ctx.repo.transaction() as tx:
+        assert tx.live([key]) == set()
+        execute(ctx, tx, Plan.of(Update("Patient", key[1], patient(key[1]))))
+    with ctx.repo.transaction() as tx:
+        assert tx.live([key]) == {key}  # found by the query, then kept
+        assert tx.live([key]) == {key}

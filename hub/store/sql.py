@@ -351,6 +351,7 @@ class SqlTransaction:
         self._added: dict[str, list[dict[str, Any]]] = {}  # rows of other tables (lineage)
         # Current versions already known to this unit: prefetched, or written by it.
         self._known: dict[tuple[str, str], Version | None] = {}
+        self._live: set[tuple[str, str]] = set()  # found live by `live`, not written since
         self.writing = bool(conn.get_execution_options().get("hub_write"))
         # Set by `limited`: when the statements of the block must stop, and who may stop them.
         self._deadline: float | None = None
@@ -494,6 +495,7 @@ class SqlTransaction:
     def write(self, new: NewVersion, expected_version: int | None) -> None:
         key = (new.resource_type, new.resource_id)
         self._known.pop(key, None)  # until this write is through
+        self._live.discard(key)
         if expected_version is None:
             # A new resource: inserted with the others at the next statement or the commit.
             self._pending.append(new)
@@ -637,9 +639,23 @@ class SqlTransaction:
         return [v for k in keys if (v := found.get(k)) is not None and not v.deleted]
 
     def live(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
-        keys = list(dict.fromkeys(keys))
+        # What this transaction wrote, or found live already, it does not ask again (a feed
+        # batch asks before it writes, the executor once it has, a Provenance names the
+        # versions just written). Only positive answers are kept: a resource another
+        # transaction creates meanwhile is found at the next question.
+        alive = {k for k in dict.fromkeys(keys) if k in self._live or self._is_live(k)}
+        keys = [k for k in dict.fromkeys(keys) if k not in alive]
         if not keys:
-            return set()
+            return alive
+        found = self._ask_live(keys)
+        self._live.update(found)
+        return alive | found
+
+    def _is_live(self, key: tuple[str, str]) -> bool:
+        version = self._known.get(key)
+        return version is not None and not version.deleted
+
+    def _ask_live(self, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
         # Every write with references asks this: written for the driver, as building and
         # compiling a SQLAlchemy statement took longer than the database's answer. One probe
         # of the primary key per pair.
