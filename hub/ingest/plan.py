@@ -10,12 +10,8 @@ changes the plan it is given.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
-
-_RELATIVE = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})$")
 
 
 @dataclass(frozen=True)
@@ -81,24 +77,6 @@ class MissingReference:
 
     def reason(self) -> str:
         return f"{self.path}: {self.reference} has not arrived"
-
-
-def references(resource: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    """(element path, relative reference) of every reference in a resource."""
-
-    def walk(node: Any, path: str) -> Iterator[tuple[str, str]]:
-        if isinstance(node, dict):
-            ref = node.get("reference")
-            if isinstance(ref, str) and _RELATIVE.match(ref):
-                yield path, ref
-            for name, value in node.items():
-                if name != "reference":
-                    yield from walk(value, f"{path}.{name}")
-        elif isinstance(node, list):
-            for item in node:
-                yield from walk(item, path)
-
-    yield from walk(resource, str(resource.get("resourceType", "")))
 
 
 def awaited(plan: MessagePlan, missing: list[MissingReference]) -> list[MissingReference]:
