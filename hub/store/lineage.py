@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, select, tuple_
+from sqlalchemy import Engine, Select, delete, func, select, tuple_
 
 from hub.store.repository import Transaction
 from hub.store.schema import lineage
@@ -66,48 +66,40 @@ def record(tx: Transaction, rows: Sequence[Mapping[str, Any]]) -> None:
         tx.add_rows(lineage, rows)
 
 
-def elements(
-    tx: Transaction, resource_type: str, resource_id: str, version_id: int | None = None
-) -> list[dict[str, Any]]:
-    """A resource's lineage rows (of one version), read through `tx`: `$lineage`."""
+def _elements(resource_type: str, resource_id: str, version_id: int | None) -> Select[Any]:
     stmt = select(lineage).where(
         lineage.c.res_type == resource_type, lineage.c.res_id == resource_id
     )
     if version_id is not None:
         stmt = stmt.where(lineage.c.version_id == version_id)
-    return [
-        {
-            "version": r.version_id,
-            "element": r.element,
-            "source": r.source_field,
-            "message": r.message_id,
-            "mapping": r.mapping,
-            "mappingVersion": r.mapping_version,
-        }
-        for r in tx.rows(stmt.order_by(lineage.c.version_id, lineage.c.element))
-    ]
+    return stmt.order_by(lineage.c.version_id, lineage.c.element)
+
+
+def _element(r: Any) -> dict[str, Any]:
+    return {
+        "version": r.version_id,
+        "element": r.element,
+        "source": r.source_field,
+        "message": r.message_id,
+        "mapping": r.mapping,
+        "mappingVersion": r.mapping_version,
+    }
+
+
+def elements(
+    tx: Transaction, resource_type: str, resource_id: str, version_id: int | None = None
+) -> list[dict[str, Any]]:
+    """A resource's lineage rows (of one version), read through `tx`: `$lineage`."""
+    return [_element(r) for r in tx.rows(_elements(resource_type, resource_id, version_id))]
 
 
 def of_resource(
     engine: Engine, resource_type: str, resource_id: str, version_id: int | None = None
 ) -> list[dict[str, Any]]:
-    stmt = select(lineage).where(
-        lineage.c.res_type == resource_type, lineage.c.res_id == resource_id
-    )
-    if version_id is not None:
-        stmt = stmt.where(lineage.c.version_id == version_id)
-    stmt = stmt.order_by(lineage.c.version_id, lineage.c.element)
+    """The same, on a connection of its own (the message store's lineage view)."""
     with engine.connect() as conn:
         return [
-            {
-                "version": r.version_id,
-                "element": r.element,
-                "source": r.source_field,
-                "message": r.message_id,
-                "mapping": r.mapping,
-                "mappingVersion": r.mapping_version,
-            }
-            for r in conn.execute(stmt)
+            _element(r) for r in conn.execute(_elements(resource_type, resource_id, version_id))
         ]
 
 
