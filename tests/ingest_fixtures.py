@@ -11,10 +11,11 @@ import csv
 import io
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, event, func, select
 
 from hub.ingest.mapping import resource_id
 from hub.ingest.service import IngestService, Summary
@@ -207,3 +208,22 @@ def hold(service: IngestService) -> HeldDispatcher:
     service.dispatcher = held
     service.mode = "held"
     return held
+
+
+@contextmanager
+def statements(service: IngestService) -> Iterator[list[str]]:
+    """The SQL statements the block sends, through the message store's engine and the
+    repository's."""
+    engines = {service.store.engine, service.ctx.repo.engine}  # type: ignore[attr-defined]
+    sent: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        sent.append(statement)
+
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield sent
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", count)

@@ -49,7 +49,10 @@ from ingest_fixtures import (
     version_counts,
     wait_for,
 )
-from sqlalchemy import event, update
+from ingest_fixtures import (
+    statements as counted,
+)
+from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
 import hub.ingest.pipeline as pipeline_module
@@ -1264,19 +1267,8 @@ def test_a_batch_takes_a_few_statements_whatever_its_size(service: IngestService
     hold(service)
     rows = [patient_row(f"{n:08d}-0000-4000-8000-000000000000") for n in range(40)]
     ids = ingest(service, PATIENTS, patients(*rows), "many.csv", wait=False).message_ids
-    engines = {service.store.engine, service.ctx.repo.engine}  # type: ignore[attr-defined]
-    statements: list[str] = []
-
-    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        statements.append(statement)
-
-    for engine in engines:
-        event.listen(engine, "before_cursor_execute", count)
-    try:
+    with counted(service) as statements:
         outcomes = service.pipeline.process_many(ids)
-    finally:
-        for engine in engines:
-            event.remove(engine, "before_cursor_execute", count)
     assert set(outcomes.values()) == {Outcome.DONE}
     assert resource_count(service.store.engine, "Patient") == 40
     # One message alone takes about 15; forty together must not take forty times that.

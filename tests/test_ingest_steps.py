@@ -31,7 +31,9 @@ from ingest_fixtures import (
     rid,
     wait_for,
 )
-from sqlalchemy import event
+from ingest_fixtures import (
+    statements as counted,
+)
 
 import hub.ingest.dispatch as dispatch_module
 import hub.ingest.pipeline as pipeline_module
@@ -107,20 +109,9 @@ def test_prepare_makes_the_plan_of_a_csv_row_and_writes_nothing(service: IngestS
     (mid,) = ingest(service, OBSERVATIONS, observation(P1), "obs.csv", wait=False).message_ids
     message = service.store.get(mid)
     assert message is not None
-    engines = {service.store.engine, service.ctx.repo.engine}  # type: ignore[attr-defined]
-    statements: list[str] = []
-
-    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        statements.append(statement)
-
-    for engine in engines:
-        event.listen(engine, "before_cursor_execute", count)
-    try:
+    with counted(service) as statements:
         plan = service.pipeline.prepare(message)
         again = service.pipeline.prepare(message)
-    finally:
-        for engine in engines:
-            event.remove(engine, "before_cursor_execute", count)
 
     assert statements == []  # no database at all, let alone a write
     assert plan == again  # the ids come from the business keys: the same plan every time
@@ -239,19 +230,8 @@ def test_a_batch_of_waiting_messages_takes_a_few_statements(service: IngestServi
     ids = ingest(
         service, OBSERVATIONS, csv_bytes(OBSERVATION_COLUMNS, rows), "obs.csv", wait=False
     ).message_ids
-    statements: list[str] = []
-
-    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        statements.append(statement)
-
-    engines = {service.store.engine, service.ctx.repo.engine}  # type: ignore[attr-defined]
-    for engine in engines:
-        event.listen(engine, "before_cursor_execute", count)
-    try:
+    with counted(service) as statements:
         outcomes = service.pipeline.process_many(ids)
-    finally:
-        for engine in engines:
-            event.remove(engine, "before_cursor_execute", count)
     assert outcomes == dict.fromkeys(ids, Outcome.PENDING)
     assert len(statements) <= 20, statements  # not three or more a message
     for i, p in zip(ids, people, strict=True):
