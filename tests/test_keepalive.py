@@ -9,16 +9,13 @@ PostgreSQL.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
+from live_server import serving
 
 from hub.api import create_app
 from hub.interactions import routes, search
@@ -30,24 +27,8 @@ FHIR = {"Content-Type": "application/fhir+json"}
 
 @pytest.fixture()
 def server(ctx: Context, settings: Settings) -> Iterator[str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(settings, ctx), log_level="warning", lifespan="on")
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started:
-        assert thread.is_alive(), "the server stopped while starting"
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+    with serving(create_app(settings, ctx)) as root:
+        yield root
 
 
 def _local_address(response: httpx.Response) -> Any:
