@@ -20,6 +20,13 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
+# Segments that start a group of a message structure: a segment read from another one is
+# looked for in that one's group (`Tree.near`).
+ORDER_GROUPS = frozenset(
+    {"ORC", "OBR", "RXA", "RXO", "RXE", "RXD", "RXG", "SPM", "TXA", "RGS", "FT1", "IN1", "GT1"}
+)
+GROUPS = ORDER_GROUPS | {"MSH", "PID", "SCH", "MRG"}
+
 Component = list[str]
 Repetition = list[Component]
 Field = list[Repetition]
@@ -105,15 +112,36 @@ class Tree(Mapping[str, str]):
         return found[0] if found else None
 
     def near(self, name: str, current: Segment | None) -> Segment | None:
-        """The segment `name` as seen from `current`: itself, else the nearest one before it
-        (its group's: an OBX's OBR, an RXA's ORC), else the first in the message."""
-        if current is not None:
-            if current.name == name:
-                return current
+        """The segment `name` as seen from `current`.
+
+        A segment that starts a group (`GROUPS`: PID, ORC, OBR, RXA, ...) is the nearest
+        one before `current` (an OBX's OBR, an RXA's ORC), else the first in the message.
+        Any other segment is the one in `current`'s group (a PV1's PV2, an RXA's RXR),
+        else one of the message's header part (before the first order or result group:
+        the PV1 seen from an OBX), else none.
+        """
+        if current is None:
+            return self.first(name)
+        if current.name == name:
+            return current
+        if name in GROUPS:
             before = [s for s in self.by_name.get(name, ()) if s.position < current.position]
-            if before:
-                return before[-1]
-        return self.first(name)
+            return before[-1] if before else self.first(name)
+        start = current.position
+        while start > 0 and self.segments[start].name not in GROUPS:
+            start -= 1
+        end = current.position + 1
+        while end < len(self.segments) and self.segments[end].name not in GROUPS:
+            end += 1
+        for segment in self.segments[start:end]:
+            if segment.name == name:
+                return segment
+        first = self.first(name)
+        if first is not None and not any(
+            s.name in ORDER_GROUPS for s in self.segments[: first.position]
+        ):
+            return first
+        return None
 
     def following(self, name: str, current: Segment, until: tuple[str, ...] = ()) -> list[Segment]:
         """The `name` segments after `current` that belong to it: up to the next segment
