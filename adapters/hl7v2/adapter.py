@@ -62,6 +62,10 @@ class Hl7v2Adapter:
 
     # -- parsing and mapping --
 
+    def source_of(self, raw: bytes) -> str:
+        """The sender of a message: `<MSH-3.1>/<MSH-4.1>`, read off its MSH line."""
+        return _source_of_raw(raw)
+
     def charset_for(self, source: str) -> str:
         return self.source_charsets.get(source, self.default_charset)
 

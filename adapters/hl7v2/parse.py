@@ -207,9 +207,7 @@ def parse(raw: bytes, default_charset: str = "UTF-8") -> Tree:
         fields = _regular(seg, 4)
         name = fields[0][0][0][0].strip() if fields and fields[0] else ""
         if not _SEGMENT_NAME.match(name):
-            raise MappingError(
-                f"segment {number + 1} has no valid name ('{name[:10]}')", name or None
-            )
+            raise MappingError(f"segment {number + 1} has no valid name ('{name[:10]}')")
         if name == "MSH" and number == 0:
             # MSH-1 and MSH-2 are the delimiters themselves: kept as text, not decoded.
             fields[1] = [[[field_sep]]]
