@@ -559,6 +559,10 @@ class TreeMapper:
             return self._hd_system([text_of(c) for c in rep[1:4]])
         if kind == "sn":
             return self._sn(node, label)
+        if kind == "sn-text":  # a range or ratio: `1:128`, `2-4`
+            rep = node[0] if isinstance(node, list) and node and isinstance(node[0], list) else node
+            parts = [text_of(c).strip() for c in (rep if isinstance(rep, list) else [rep])]
+            return "".join(parts) or None
         if kind == "telephone":
             return self._telephone(node)
         if kind in ("text", "text-base64"):  # every repetition, a line each
@@ -620,10 +624,15 @@ class TreeMapper:
         raise MappingError(f"unknown conversion type '{kind}'", label)
 
     def _sn(self, node: Any, label: str) -> dict[str, Any] | None:
-        """SN (structured numeric) as a Quantity: `<^0.10`, `<0.10` or `3.9`."""
-        rep = node if isinstance(node, list) else [[node]]
-        parts = [text_of(c).strip() for c in rep]
-        text = "".join(parts[:2]) if len(parts) >= 2 and parts[0] in ("<", ">", "<=", ">=", "=", "<>") else parts[0] if parts else ""
+        """SN (structured numeric: comparator^number^separator^number) as a Quantity:
+        `<^0.10`, `^182`, or `<0.10` in one component. A range or ratio (a second number)
+        is no Quantity: None (the map writes it as text, type `sn-text`)."""
+        rep = node[0] if isinstance(node, list) and node and isinstance(node[0], list) else node
+        parts = [text_of(c).strip() for c in (rep if isinstance(rep, list) else [rep])]
+        parts += ["", "", "", ""]
+        if parts[3]:
+            return None
+        text = parts[0] + parts[1] if parts[1] else parts[0]
         if not text:
             return None
         m = _SN.match(text)
@@ -665,10 +674,10 @@ class TreeMapper:
         awaits: list[str],
     ) -> None:
         for element in elements:
-            if not self._holds(run, element.when, scope):
-                continue
-            if element.each is not None:
+            if element.each is not None:  # its `when` holds, or not, for each segment
                 self._each(run, target, element, scope, lineage, awaits)
+                continue
+            if not self._holds(run, element.when, scope):
                 continue
             if element.field is None:
                 if element.type == "reference":
@@ -814,8 +823,10 @@ class TreeMapper:
         else:
             segments = run.tree.following(name, scope.segment, element.until)
         for segment in segments:
-            run.touched.add(segment.position)
             inner_scope = _Scope(segment)
+            if not self._holds(run, element.when, inner_scope):
+                continue
+            run.touched.add(segment.position)
             if element.elements:
                 item: dict[str, Any] = {}
                 inner: list[tuple[str, str]] = []
