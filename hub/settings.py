@@ -205,7 +205,7 @@ class Settings(BaseSettings):
     )
     hl7v2_source_charsets: dict[str, str] = Field(
         default_factory=dict,
-        description='HL7 v2 character set per source, for messages whose MSH-18 is empty, as '
+        description="HL7 v2 character set per source, for messages whose MSH-18 is empty, as "
         'JSON (\'{"LAB/NORTH": "8859/1"}\'); a source not listed gets HUB_HL7V2_CHARSET.',
     )
     hl7v2_timezone: str = Field(

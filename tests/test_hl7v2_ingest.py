@@ -78,9 +78,12 @@ def test_the_ig_messages_are_written_and_searchable(
     lab_eve = resource_id("LabApp/LabFac", "Patient", ["1032702"])
     results = search(client, f"Observation?patient={lab_eve}&_sort=code")
     assert [o["code"]["coding"][0]["code"] for o in results] == ["6041-8", "6153-1", "6265-3"]
-    assert search(client, f"Observation?patient={lab_eve}&code=http://loinc.org|6153-1")[0][
-        "valueQuantity"
-    ]["value"] == 3.9
+    assert (
+        search(client, f"Observation?patient={lab_eve}&code=http://loinc.org|6153-1")[0][
+            "valueQuantity"
+        ]["value"]
+        == 3.9
+    )
     [report] = search(client, f"DiagnosticReport?patient={lab_eve}")
     assert len(report["result"]) == 3
     assert len(search(client, f"Immunization?patient={eve['id']}")) == 3
@@ -143,8 +146,10 @@ def test_an_unknown_type_and_a_bad_message_are_kept_and_failed(
     service: IngestService,
 ) -> None:
     unknown = sample("ADT_A01").replace(b"ADT^A01^ADT_A01|4637382", b"ZZZ^Z01|1")
-    bad_date = sample("ADT_A01").replace(b"|197006010912|", b"|19701301|").replace(
-        b"|4637382|", b"|4637383|"
+    bad_date = (
+        sample("ADT_A01")
+        .replace(b"|197006010912|", b"|19701301|")
+        .replace(b"|4637382|", b"|4637383|")
     )
     summary = receive(service, unknown, bad_date)
     assert service.store.counts(summary.message_ids) == {FAILED: 2}

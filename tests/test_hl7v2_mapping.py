@@ -121,9 +121,7 @@ def test_adt_a01_patient(sample: Callable[[str], Result]) -> None:
     assert maiden["period"] == {"start": "1970-06-01", "end": "2000-09-08"}
     assert patient["gender"] == "female"
     assert patient["birthDate"] == "1970-06-01"
-    birth_time = [
-        e for e in patient["extension"] if e["url"].endswith("patient-birthTime")
-    ]
+    birth_time = [e for e in patient["extension"] if e["url"].endswith("patient-birthTime")]
     assert birth_time == [
         {
             "url": "http://hl7.org/fhir/StructureDefinition/patient-birthTime",
@@ -180,9 +178,7 @@ def test_adt_a01_encounter_and_what_the_message_carries(sample: Callable[[str], 
     [visit] = encounter["identifier"]
     assert visit["value"] == "81456267" and visit["type"]["coding"][0]["code"] == "VN"
     assert visit["system"] == "urn:oid:1.2.3.4.5.6"
-    assert codes(encounter["type"][0]) == [
-        ("http://terminology.hl7.org/CodeSystem/v2-0007", "E")
-    ]
+    assert codes(encounter["type"][0]) == [("http://terminology.hl7.org/CodeSystem/v2-0007", "E")]
     assert codes(encounter["serviceType"]) == [
         ("http://terminology.hl7.org/CodeSystem/v2-0069", "EMR")
     ]
@@ -507,7 +503,13 @@ def test_a_public_oru_with_an_impossible_birth_date_is_rejected_naming_pid_7(
 def test_a_resend_maps_to_the_same_ids(adapter: Hl7v2Adapter) -> None:
     raw = (DATA / "ig-ORU_R01.hl7").read_bytes()
     first = run(adapter, raw)
-    corrected = run(adapter, raw.replace(b"|3.9|kU/L|<0.10|A^Abnormal^HL70078||N^None - generic normal range^HL70080|F|", b"|4.2|kU/L|<0.10|A^Abnormal^HL70078||N^None - generic normal range^HL70080|C|"))
+    corrected = run(
+        adapter,
+        raw.replace(
+            b"|3.9|kU/L|<0.10|A^Abnormal^HL70078||N^None - generic normal range^HL70080|F|",
+            b"|4.2|kU/L|<0.10|A^Abnormal^HL70078||N^None - generic normal range^HL70080|C|",
+        ),
+    )
     assert [r["id"] for r in first.mapped.resources] == [
         r["id"] for r in corrected.mapped.resources
     ]
@@ -547,13 +549,22 @@ def test_accepts_answers_the_receiver(adapter: Hl7v2Adapter) -> None:
 
 @pytest.mark.parametrize(
     ("event", "status"),
-    [("A01", "in-progress"), ("A03", "finished"), ("A04", "arrived"), ("A05", "planned"),
-     ("A08", "unknown"), ("A11", "cancelled"), ("A13", "in-progress")],
+    [
+        ("A01", "in-progress"),
+        ("A03", "finished"),
+        ("A04", "arrived"),
+        ("A05", "planned"),
+        ("A08", "unknown"),
+        ("A11", "cancelled"),
+        ("A13", "in-progress"),
+    ],
 )
 def test_the_encounter_status_follows_the_adt_event(
     adapter: Hl7v2Adapter, event: str, status: str
 ) -> None:
-    raw = (DATA / "ig-ADT_A01.hl7").read_bytes().replace(b"ADT^A01^ADT_A01", f"ADT^{event}".encode())
+    raw = (
+        (DATA / "ig-ADT_A01.hl7").read_bytes().replace(b"ADT^A01^ADT_A01", f"ADT^{event}".encode())
+    )
     result = run(adapter, raw)
     assert result.one("Encounter")["status"] == status
     # Every event is about the same patient and visit: the same resources.

@@ -19,19 +19,22 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from adapters.hl7v2.parse import charset_of, parse, source_of
 from hub.ingest.adapters import Unit
 from hub.ingest.mapping import Mapped, Mapper, MappingError
 from hub.ingest.mapping_tree import Tree
 from hub.ingest.mapping_v2 import Catalogue, MessageMap, TreeMapper
 from hub.settings import get_settings
 
-from adapters.hl7v2.parse import charset_of, parse, source_of
-
 
 class Hl7v2Adapter:
     name = "hl7v2"
     field_label = "field"
-    content_types: tuple[str, ...] = ("application/hl7-v2", "x-application/hl7-v2+er7", "text/plain")
+    content_types: tuple[str, ...] = (
+        "application/hl7-v2",
+        "x-application/hl7-v2+er7",
+        "text/plain",
+    )
     mappings_dir: Path | None = None  # its maps are under the hub's mappings/hl7v2/
 
     def __init__(self, root: Path | None = None) -> None:
@@ -78,17 +81,13 @@ class Hl7v2Adapter:
             tree.get("MSH-9.1", ""), tree.get("MSH-9.2", ""), tree.get("MSH-9.3", "")
         )
         if found is None:
-            raise MappingError(
-                f"no mapping for message type {_type_text(tree)}", "MSH-9"
-            )
+            raise MappingError(f"no mapping for message type {_type_text(tree)}", "MSH-9")
         return found
 
     def mapper_for(self, record: Mapping[str, str], source: str | None = None) -> TreeMapper:
         """The mapper of a parsed message: its message map as its sender sees it."""
         application, facility = record.get("MSH-3.1", ""), record.get("MSH-4.1", "")
-        message, tables = self.catalogue.for_source(
-            self.message_map(record), application, facility
-        )
+        message, tables = self.catalogue.for_source(self.message_map(record), application, facility)
         return TreeMapper(
             message,
             self.catalogue,

@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import codecs
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import hl7
 from hl7.exceptions import HL7Exception
 
 from hub.ingest.mapping import MappingError
-from hub.ingest.mapping_tree import Component, Field, Repetition, Segment, Tree
+from hub.ingest.mapping_tree import Component, Repetition, Segment, Tree
 
 _SEGMENT_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
 _CHARSETS = {
@@ -107,9 +108,7 @@ def _decode(raw: bytes, charset: str) -> str:
             except UnicodeDecodeError:
                 pass
         where = _where(raw, e.start)
-        raise MappingError(
-            f"byte 0x{raw[e.start]:02x} is not {charset} text", where
-        ) from None
+        raise MappingError(f"byte 0x{raw[e.start]:02x} is not {charset} text", where) from None
 
 
 def _where(raw: bytes, offset: int) -> str | None:
@@ -171,13 +170,15 @@ class _Escapes:
         return ""
 
 
-def _regular(node: object, depth: int) -> list:  # type: ignore[type-arg]
-    """python-hl7's node as `depth` levels of lists (it nests only as deep as the text)."""
+def _regular(node: Any, depth: int, decode: Callable[[str], str] | None) -> Any:
+    """python-hl7's node as `depth` levels of lists (it nests only as deep as the text),
+    each leaf through `decode` (escape sequences)."""
     if depth == 0:
-        return node if isinstance(node, str) else str(node)  # type: ignore[return-value]
+        text = node if isinstance(node, str) else str(node)
+        return decode(text) if decode is not None else text
     if isinstance(node, str):
         node = [node]
-    return [_regular(child, depth - 1) for child in node]  # type: ignore[attr-defined]
+    return [_regular(child, depth - 1, decode) for child in node]
 
 
 def parse(raw: bytes, default_charset: str = "UTF-8") -> Tree:
@@ -204,31 +205,22 @@ def parse(raw: bytes, default_charset: str = "UTF-8") -> Tree:
         raise MappingError(f"the message cannot be split: {e}", "MSH") from None
     segments: list[Segment] = []
     for number, seg in enumerate(parsed):
-        fields = _regular(seg, 4)
-        name = fields[0][0][0][0].strip() if fields and fields[0] else ""
+        name = str(seg[0]).strip() if len(seg) else ""
         if not _SEGMENT_NAME.match(name):
             raise MappingError(f"segment {number + 1} has no valid name ('{name[:10]}')")
+        fields: list[Any] = [[[[name]]]]
         if name == "MSH" and number == 0:
             # MSH-1 and MSH-2 are the delimiters themselves: kept as text, not decoded.
-            fields[1] = [[[field_sep]]]
-            fields[2] = [[[encoding]]]
-            first = 3
-        else:
-            first = 1
-        for index in range(first, len(fields)):
+            fields += [[[[field_sep]]], [[[encoding]]]]
+        for index in range(len(fields), len(seg)):
             label = f"{name}-{index}"
-            fields[index] = _decode_field(fields[index], escapes, label)
+            value = seg[index]
+            decode = (lambda text, at=label: escapes.decode(text, at)) if escape else None
+            fields.append(_regular(value, 3, decode))
         segments.append(Segment(name, fields))
     if not segments or segments[0].name != "MSH":
         raise MappingError("a message starts with an MSH segment")
     return Tree(segments)
-
-
-def _decode_field(value: Field, escapes: _Escapes, label: str) -> Field:
-    return [
-        [[escapes.decode(sub, label) for sub in component] for component in rep]
-        for rep in value
-    ]
 
 
 def header_fields(tree: Tree) -> Mapping[str, str]:

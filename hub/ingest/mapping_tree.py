@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 # Segments that start a group of a message structure: a segment read from another one is
 # looked for in that one's group (`Tree.near`).
@@ -49,6 +50,10 @@ class Path:
 
     @classmethod
     def parse(cls, text: str) -> Path:
+        return _parse_path(text)
+
+    @classmethod
+    def _parse(cls, text: str) -> Path:
         m = PATH.match(text.strip())
         if m is None:
             raise ValueError(f"'{text}' is not an HL7 v2 path (PID-5, PID-5.1, OBX[2]-5, ...)")
@@ -65,6 +70,12 @@ class Path:
             number("component"),
             number("subcomponent"),
         )
+
+
+@lru_cache(maxsize=4096)
+def _parse_path(text: str) -> Path:
+    """Paths come from mapping files, a few hundred of them: each is parsed once."""
+    return Path._parse(text)
 
 
 @dataclass

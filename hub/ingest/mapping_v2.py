@@ -304,9 +304,7 @@ class Catalogue:
                 raise ValueError(f"{path}: {element.path}: no table '{element.lookup}'")
             self._check(element.elements, path)
 
-    def choose(
-        self, message_type: str, trigger: str, structure: str = ""
-    ) -> MessageMap | None:
+    def choose(self, message_type: str, trigger: str, structure: str = "") -> MessageMap | None:
         """The message map for an MSH-9: the most specific one that names it."""
         wanted = [f"{message_type}^{trigger}^{structure}", f"{message_type}^{trigger}"]
         wanted.append(f"{message_type}^*")
@@ -332,7 +330,10 @@ class Catalogue:
             changed = self._message(message.path, source)
             tables = dict(self.tables)
             for name, table in source.tables.items():
-                tables[name] = {**self.tables.get(name, {}), **{str(k): v for k, v in table.items()}}
+                tables[name] = {
+                    **self.tables.get(name, {}),
+                    **{str(k): v for k, v in table.items()},
+                }
             cached = (changed, tables)
             self._for_source[(message.name, source.source)] = cached
         return cached
@@ -357,11 +358,19 @@ def datetime_of(
     them)."""
     m = _DTM.match(text.replace(" ", ""))
     if m is None:
-        raise ValueError(f"'{text}' is not an HL7 v2 date/time (YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ])")
+        raise ValueError(
+            f"'{text}' is not an HL7 v2 date/time (YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ])"
+        )
     y, mo, d, h = m["y"], m["mo"], m["d"], m["h"]
     if full:  # an instant: every part, missing ones at their start
         mo, d, h = mo or "01", d or "01", h or "00"
-    for value, low, high in ((mo, 1, 12), (d, 1, 31), (h, 0, 23), (m["mi"], 0, 59), (m["s"], 0, 59)):
+    for value, low, high in (
+        (mo, 1, 12),
+        (d, 1, 31),
+        (h, 0, 23),
+        (m["mi"], 0, 59),
+        (m["s"], 0, 59),
+    ):
         if value is not None and not low <= int(value) <= high:
             raise ValueError(f"'{text}' is not a valid date/time")
     date = y + (f"-{mo}" if mo else "") + (f"-{d}" if mo and d else "")
@@ -618,7 +627,9 @@ class TreeMapper:
         except (ValueError, InvalidOperation) as e:
             kinds = {"decimal": "a number", "integer": "a whole number"}
             message = (
-                str(e) if str(e).startswith("'") else f"'{text}' is not {kinds.get(kind, 'a valid ' + kind)}"
+                str(e)
+                if str(e).startswith("'")
+                else f"'{text}' is not {kinds.get(kind, 'a valid ' + kind)}"
             )
             raise MappingError(message, label) from None
         raise MappingError(f"unknown conversion type '{kind}'", label)
@@ -800,7 +811,9 @@ class TreeMapper:
                     raise MappingError("the reference key field is empty", label)
                 return
             values.append(text)
-        reference = {"reference": f"{element.resource}/{resource_id(self.source, element.resource, values)}"}
+        reference = {
+            "reference": f"{element.resource}/{resource_id(self.source, element.resource, values)}"
+        }
         where = _put(target, element.path, reference)
         lineage.append((where, label))
         if element.wait:
@@ -885,11 +898,11 @@ class TreeMapper:
                 out.lineage.append(lineage)
                 out.awaits.append(awaits)
         written = {(r["resourceType"], r["id"]) for r in out.resources}
-        for key, extra in run.extra.items():
-            if key in written:
+        for made, extra in run.extra.items():
+            if made in written:
                 continue
             out.resources.append(_prune(extra))
-            out.lineage.append(run.extra_lineage.get(key, []))
+            out.lineage.append(run.extra_lineage.get(made, []))
             out.awaits.append([])
         if out.resources:
             first = out.resources[0]["resourceType"]
@@ -929,7 +942,7 @@ def _as_repetition(node: Any) -> Repetition:
         return [[node]]
     if node and isinstance(node[0], str):  # a component: its subcomponents as components
         return [[s] for s in node]
-    return node  # type: ignore[no-any-return]
+    return node
 
 
 def _put(target: dict[str, Any], path: str, value: Any) -> str:
