@@ -14,7 +14,6 @@ external id `<MSH-3.1>|<MSH-4.1>|<MSH-10>`: a resend is a duplicate.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -43,17 +42,9 @@ class Hl7v2Adapter:
         self.default_charset = settings.hl7v2_charset
         self.source_charsets = dict(settings.hl7v2_source_charsets)
         self.timezone = settings.hl7v2_timezone
-        self._catalogue: Catalogue | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def catalogue(self) -> Catalogue:
-        """The maps, read once (a restart reads changed ones, as for every mapping)."""
-        if self._catalogue is None:
-            with self._lock:
-                if self._catalogue is None:
-                    self._catalogue = Catalogue(self.root)
-        return self._catalogue
+        # Read at start-up, as every mapping is: a map that does not load stops it, naming
+        # the file (a restart reads changed maps).
+        self.catalogue = Catalogue(self.root)
 
     # -- framing (the receiving side owns the framing module) --
 
