@@ -667,3 +667,29 @@ def test_dtm_keeps_its_precision_and_offset(text: str, fhir: str) -> None:
 def test_a_bad_dtm_is_refused(text: str) -> None:
     with pytest.raises(ValueError):
         datetime_of(text, None)
+
+
+def test_rde_o11_pharmacy_order(adapter: Hl7v2Adapter) -> None:
+    result = run(adapter, (DATA / "written-RDE_O11.hl7").read_bytes())
+    assert result.mapping == "hl7v2-rde"
+    order = result.one("MedicationRequest")
+    assert order["status"] == "active" and order["intent"] == "order"
+    assert codes(order["medicationCodeableConcept"]) == [
+        ("http://www.nlm.nih.gov/research/umls/rxnorm", "197361")
+    ]
+    assert order["authoredOn"] == "2024-03-10T09:10:00+01:00"
+    [dosage] = order["dosageInstruction"]
+    assert dosage["text"] == "Take one tablet every morning"
+    assert codes(dosage["route"]) == [("http://terminology.hl7.org/CodeSystem/v2-0162", "PO")]
+    assert dosage["doseAndRate"][0]["doseQuantity"] == {
+        "value": 5,
+        "unit": "milligram",
+        "code": "mg",
+        "system": "http://unitsofmeasure.org",
+    }
+    assert order["dispenseRequest"]["quantity"]["value"] == 30
+    assert order["dispenseRequest"]["numberOfRepeatsAllowed"] == 2
+    assert order["note"] == [{"text": "Check blood pressure after one week"}]
+    assert result.get(order["requester"])["name"][0]["family"] == "Visser"
+    assert result.one("AllergyIntolerance")["criticality"] == "high"
+    assert result.one("AllergyIntolerance")["category"] == ["medication"]
