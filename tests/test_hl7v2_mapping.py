@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from adapters.hl7v2 import Hl7v2Adapter
+from hub.errors import Invalid
 from hub.fhir import validate
 from hub.ingest.mapping import Mapped, MappingError, resource_id
 from hub.ingest.mapping_v2 import Catalogue, datetime_of
@@ -693,3 +696,31 @@ def test_rde_o11_pharmacy_order(adapter: Hl7v2Adapter) -> None:
     assert result.get(order["requester"])["name"][0]["family"] == "Visser"
     assert result.one("AllergyIntolerance")["criticality"] == "high"
     assert result.one("AllergyIntolerance")["category"] == ["medication"]
+
+
+_SAMPLES = sorted(p.name for p in DATA.glob("ig-*.hl7"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=st.sampled_from(_SAMPLES),
+    at=st.integers(min_value=0, max_value=10_000),
+    junk=st.text(alphabet=st.sampled_from(list("|^~\\&#0123456789AZaz.:-+ \r")), max_size=40),
+)
+def test_a_fuzzed_sample_maps_or_is_invalid_never_crashes(name: str, at: int, junk: str) -> None:
+    """Text spliced into any place of an IG message: mapped, or rejected as `Invalid`
+    (naming where), never another exception."""
+    adapter = _ADAPTER
+    raw = (DATA / name).read_bytes()
+    cut = 10 + at % max(1, len(raw) - 10)  # keep the MSH's delimiters
+    spliced = raw[:cut] + junk.encode() + raw[cut:]
+    try:
+        tree = adapter.parse(spliced)
+        mapped = adapter.map(tree, adapter.mapper_for(tree))
+        for resource in mapped.resources:
+            validate(resource)
+    except Invalid:
+        pass
+
+
+_ADAPTER = Hl7v2Adapter(MAPPINGS)
