@@ -724,3 +724,13 @@ def test_a_fuzzed_sample_maps_or_is_invalid_never_crashes(name: str, at: int, ju
 
 
 _ADAPTER = Hl7v2Adapter(MAPPINGS)
+
+
+def test_a_reference_to_a_made_resource_has_lineage_and_so_has_the_resource(
+    sample: Callable[[str], Result],
+) -> None:
+    adt = sample("ADT_A01")
+    encounter = adt.one("Encounter")
+    assert adt.lineage(encounter)["Encounter.participant[0].individual"] == "PV1-7"
+    attender = adt.get(encounter["participant"][0]["individual"])
+    assert adt.lineage(attender)["Practitioner.name[0].family"] == "PV1-7.2.1"

@@ -754,7 +754,10 @@ class TreeMapper:
             if value in (None, {}, []):
                 return
             where = _put(target, element.path, value)
-            lineage.extend((f"{where}.{p}" if p else where, v) for p, v in inner)
+            if inner:
+                lineage.extend((f"{where}.{p}" if p else where, v) for p, v in inner)
+            else:  # a reference to the resource the datatype made
+                lineage.append((where, label))
             return
         value = self._convert(element, node, label)
         if value is None:
@@ -776,8 +779,7 @@ class TreeMapper:
         awaits: list[str] = []
         self._fill(run, built, datatype.elements, scope, inner, awaits)
         built = _prune(built)
-        value: Any = built.get("_") if set(built) == {"_"} else built
-        inner = [(p.removeprefix("_").removeprefix("."), v) for p, v in inner]
+        value: Any = built
         if datatype.resource is None or not built:
             return value, inner
         key = [self._text(run, k, scope)[0] for k in datatype.id]
@@ -847,11 +849,8 @@ class TreeMapper:
                 item = _prune(item)
                 if not item:
                     continue
-                value = item.get("_") if set(item) == {"_"} else item
-                where = _put(target, element.path, value)
-                lineage.extend(
-                    (f"{where}.{p}".replace("._", "") if p else where, v) for p, v in inner
-                )
+                where = _put(target, element.path, item)
+                lineage.extend((f"{where}.{p}", v) for p, v in inner)
             else:
                 flat = replace(element, each=None)
                 self._fill(run, target, [flat], inner_scope, lineage, awaits)
