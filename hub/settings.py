@@ -198,6 +198,21 @@ class Settings(BaseSettings):
         description="Longest CSV cell, in characters: a row with a longer one is rejected, "
         "naming its line and column, and the rest of the file goes on.",
     )
+    hl7v2_charset: str = Field(
+        default="UTF-8",
+        description="HL7 v2 character set (an MSH-18 value or a Python codec name) of messages "
+        "whose MSH-18 is empty.",
+    )
+    hl7v2_source_charsets: dict[str, str] = Field(
+        default_factory=dict,
+        description="HL7 v2 character set per source, for messages whose MSH-18 is empty, as "
+        'JSON (\'{"LAB/NORTH": "8859/1"}\'); a source not listed gets HUB_HL7V2_CHARSET.',
+    )
+    hl7v2_timezone: str = Field(
+        default="UTC",
+        description="IANA zone of HL7 v2 times that carry no offset (a per-source value may "
+        "be set in the source's mapping file).",
+    )
 
     @field_validator("database_url")
     @classmethod

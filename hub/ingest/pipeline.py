@@ -94,7 +94,15 @@ class Pipeline:
         mapping's `key` fields of the parsed unit, as `prepare` finds them. Only the parse is
         needed, not the mapping, so the receiver keeps it without mapping the unit; a unit
         that does not parse has none, and fails when it is prepared."""
-        if mapping is None or mapping not in self.mappings:
+        if mapping is None:
+            # An adapter that chooses the mapping per message (HL7 v2: by MSH-9) knows the
+            # subject itself.
+            try:
+                keyed = getattr(self.adapters.get(adapter), "order_key", None)
+            except LookupError:
+                return None
+            return keyed(raw, source) if keyed is not None else None
+        if mapping not in self.mappings:
             return None
         try:
             return Mapper(self.mappings[mapping], source).order_key(
@@ -107,8 +115,15 @@ class Pipeline:
         """Parse, map and validate a message into its plan of writes; nothing is written.
         `Invalid` (or `LookupError`: an unknown adapter) when the input is wrong."""
         adapter = self.adapters.get(message.adapter)
-        mapper = self.mapper(message)
-        mapped = adapter.map(adapter.parse(message.raw), mapper)
+        chooser = getattr(adapter, "mapper_for", None)
+        if message.mapping is None and chooser is not None:
+            # The adapter chooses the mapping per message (HL7 v2: by MSH-9 and sender).
+            record = adapter.parse(message.raw)
+            mapper = chooser(record, message.source)
+            mapped = adapter.map(record, mapper)
+        else:
+            mapper = self.mapper(message)
+            mapped = adapter.map(adapter.parse(message.raw), mapper)
         awaits = mapped.awaits or [[] for _ in mapped.resources]  # an adapter's own `Mapped`
         for resource in mapped.resources:
             validate(resource, max_depth=self.ctx.settings.max_resource_depth)

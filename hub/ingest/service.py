@@ -98,6 +98,21 @@ def _batches(units: Iterator[Unit], size: int) -> Iterator[list[Unit]]:
         yield batch
 
 
+def _by_source(
+    batch: list[Unit], source: str | None, adapter: Any
+) -> list[tuple[str, list[tuple[int, Unit]]]]:
+    """The units of a batch by source, with their places: all of them under `source` when
+    given, else each under the source its adapter reads off it (an HL7 v2 message's sender),
+    in order of first appearance."""
+    if source is not None:
+        return [(source, list(enumerate(batch)))]
+    groups: dict[str, list[tuple[int, Unit]]] = {}
+    for index, unit in enumerate(batch):
+        unit_source = adapter.source_of(unit.raw) or "unknown"
+        groups.setdefault(unit_source, []).append((index, unit))
+    return list(groups.items())
+
+
 class IngestService:
     def __init__(self, ctx: Context, settings: Settings, dispatcher: str | None = None) -> None:
         engine = getattr(ctx.repo, "engine", None)
@@ -188,9 +203,13 @@ class IngestService:
             adapter = self.adapters.get(adapter_name)
         except LookupError as e:
             raise NotFound(str(e)) from None
-        mapping = self.mapping(adapter_name, mapping_name)
-        source = source or mapping.source
-        check_source(source)
+        # An adapter that chooses the mapping per message (HL7 v2, by MSH-9) takes none, and
+        # names each unit's source itself (`source_of`) unless the caller gives one.
+        per_message = mapping_name is None and hasattr(adapter, "mapper_for")
+        mapping = None if per_message else self.mapping(adapter_name, mapping_name)
+        source = source or (mapping.source if mapping is not None else None)
+        if source is not None:
+            check_source(source)
         if content_type is not None and len(content_type) > CONTENT_TYPE_MAX:
             raise Invalid(
                 f"the Content-Type is {len(content_type)} characters long; "
@@ -199,19 +218,24 @@ class IngestService:
             )
         summary = Summary()
         accepted: set[int] = set()
-        for batch in _batches(adapter.split(stream, origin, mapping.name), BATCH):
-            results = self.store.receive(
-                batch,
-                source=source,
-                adapter=adapter_name,
-                mapping=mapping_name,
-                mapping_version=mapping.version,
-                content_type=content_type,
-                order_keys=[
-                    self.pipeline.order_key(adapter_name, mapping_name, u.raw, source)
-                    for u in batch
-                ],
-            )
+        units = adapter.split(stream, origin, mapping.name if mapping is not None else "")
+        for batch in _batches(units, BATCH):
+            results: list[tuple[int | None, bool]] = [(None, False)] * len(batch)
+            for unit_source, part in _by_source(batch, source, adapter):
+                received = self.store.receive(
+                    [u for _, u in part],
+                    source=unit_source,
+                    adapter=adapter_name,
+                    mapping=mapping_name,
+                    mapping_version=mapping.version if mapping is not None else None,
+                    content_type=content_type,
+                    order_keys=[
+                        self.pipeline.order_key(adapter_name, mapping_name, u.raw, unit_source)
+                        for _, u in part
+                    ],
+                )
+                for (index, _), result in zip(part, received, strict=True):
+                    results[index] = result
             fresh, repeated = [], []
             for message_id, new in results:
                 summary.units += 1

@@ -1,0 +1,152 @@
+"""The HL7 v2 adapter: one message per unit, mapped by the message map its MSH-9 names.
+
+Unlike a CSV file, an HL7 v2 feed carries many kinds of message, so a stored
+message has no mapping of its own (`mapping` None): at prepare time the adapter
+reads MSH-9 (type, trigger, structure) and chooses the message map under
+`mappings/hl7v2/messages/` that names it; the sender's file under
+`mappings/hl7v2/sources/` (by MSH-3/MSH-4) may change it. The receiver asks
+`accepts(header)` before it acknowledges a message, so an unknown type is
+rejected (and kept) at once.
+
+The source of a message is `<MSH-3.1>/<MSH-4.1>` (or `<MSH-3.1>`), its
+external id `<MSH-3.1>|<MSH-4.1>|<MSH-10>`: a resend is a duplicate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from adapters.hl7v2.parse import charset_of, parse, source_of
+from hub.ingest.adapters import Unit
+from hub.ingest.mapping import Mapped, Mapper, MappingError
+from hub.ingest.mapping_tree import Tree
+from hub.ingest.mapping_v2 import Catalogue, MessageMap, TreeMapper
+from hub.settings import get_settings
+
+
+class Hl7v2Adapter:
+    name = "hl7v2"
+    field_label = "field"
+    content_types: tuple[str, ...] = (
+        "application/hl7-v2",
+        "x-application/hl7-v2+er7",
+        "text/plain",
+    )
+    mappings_dir: Path | None = None  # its maps are under the hub's mappings/hl7v2/
+
+    def __init__(self, root: Path | None = None) -> None:
+        settings = get_settings()
+        self.root = root or settings.mappings_dir / "hl7v2"
+        self.default_charset = settings.hl7v2_charset
+        self.source_charsets = dict(settings.hl7v2_source_charsets)
+        self.timezone = settings.hl7v2_timezone
+        # Read at start-up, as every mapping is: a map that does not load stops it, naming
+        # the file (a restart reads changed maps).
+        self.catalogue = Catalogue(self.root)
+
+    # -- framing (the receiving side owns the framing module) --
+
+    def split(self, stream: IO[bytes], origin: str, mapping: str | None) -> Iterator[Unit]:
+        from adapters.hl7v2.framing import split_stream  # the receiver's framing
+
+        for number, raw in enumerate(split_stream(stream), start=1):
+            yield Unit(raw=raw, external_id=external_id(raw), origin=f"{origin} message {number}")
+
+    # -- parsing and mapping --
+
+    def source_of(self, raw: bytes) -> str:
+        """The sender of a message: `<MSH-3.1>/<MSH-4.1>`, read off its MSH line."""
+        return _source_of_raw(raw)
+
+    def charset_for(self, source: str) -> str:
+        return self.source_charsets.get(source, self.default_charset)
+
+    def parse(self, raw: bytes, source: str | None = None) -> Tree:
+        default = self.charset_for(source or _source_of_raw(raw))
+        return parse(raw, default)
+
+    def message_map(self, tree: Mapping[str, str]) -> MessageMap:
+        found = self.catalogue.choose(
+            tree.get("MSH-9.1", ""), tree.get("MSH-9.2", ""), tree.get("MSH-9.3", "")
+        )
+        if found is None:
+            raise MappingError(f"no mapping for message type {_type_text(tree)}", "MSH-9")
+        return found
+
+    def mapper_for(self, record: Mapping[str, str], source: str | None = None) -> TreeMapper:
+        """The mapper of a parsed message: its message map as its sender sees it."""
+        application, facility = record.get("MSH-3.1", ""), record.get("MSH-4.1", "")
+        message, tables = self.catalogue.for_source(self.message_map(record), application, facility)
+        return TreeMapper(
+            message,
+            self.catalogue,
+            source or source_of(application, facility),
+            tables,
+            timezone=self.timezone,
+        )
+
+    def map(self, record: Mapping[str, str], mapper: Mapper | TreeMapper) -> Mapped:
+        if not isinstance(record, Tree):
+            raise MappingError("an HL7 v2 record is a parsed message")
+        if not isinstance(mapper, TreeMapper):
+            mapper = self.mapper_for(record)
+        return mapper.map(record)
+
+    def order_key(self, raw: bytes, source: str) -> str | None:
+        """The patient a message is about (its map's `key`), or None if it does not parse
+        or has no map (it then fails when prepared)."""
+        try:
+            tree = self.parse(raw, source)
+            return self.mapper_for(tree, source).order_key(tree) or None
+        except MappingError:
+            return None
+
+    # -- the receiver's question, before it acknowledges --
+
+    def accepts(self, header: Any) -> str | None:
+        """None when a message map takes this MSH-9 (from this sender), else why not."""
+        message_type = str(getattr(header, "message_type", "") or "")
+        trigger = str(getattr(header, "trigger", "") or "")
+        structure = str(getattr(header, "structure", "") or "")
+        if self.catalogue.choose(message_type, trigger, structure) is None:
+            shown = "^".join(p for p in (message_type, trigger) if p) or "(empty MSH-9)"
+            return f"no mapping for message type {shown}"
+        return None
+
+
+def _type_text(tree: Mapping[str, str]) -> str:
+    parts = [tree.get("MSH-9.1", ""), tree.get("MSH-9.2", "")]
+    return "^".join(p for p in parts if p) or "(empty MSH-9)"
+
+
+def _source_of_raw(raw: bytes) -> str:
+    """The sender of raw bytes, from the MSH line alone (to choose its character set)."""
+    try:
+        line = raw.split(b"\r", 1)[0].split(b"\n", 1)[0].decode("latin-1")
+        fields = line.split(line[3]) if len(line) > 3 else []
+        comp = line[4:5] or "^"
+        application = fields[2].split(comp)[0] if len(fields) > 2 else ""
+        facility = fields[3].split(comp)[0] if len(fields) > 3 else ""
+    except (IndexError, UnicodeDecodeError):
+        return ""
+    return source_of(application, facility)
+
+
+def external_id(raw: bytes) -> str:
+    """`<MSH-3.1>|<MSH-4.1>|<MSH-10>` of a message: the same message sent again is a
+    duplicate. Read from the MSH line alone, without decoding the message."""
+    line = raw.split(b"\r", 1)[0].split(b"\n", 1)[0].decode("latin-1")
+    if len(line) < 4:
+        return line
+    fields = line.split(line[3])
+    comp = line[4:5] or "^"
+
+    def first(index: int) -> str:
+        return fields[index].split(comp)[0] if len(fields) > index else ""
+
+    return f"{first(2)}|{first(3)}|{first(9)}"
+
+
+__all__ = ["Hl7v2Adapter", "charset_of", "external_id"]
