@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 import psycopg
@@ -214,6 +215,19 @@ _TABLES = {
 _COLUMNS = {
     name: tuple(c.name for c in table.columns if c.name != "seq") for name, table in _TABLES.items()
 }
+# The same columns, read from a row (a dict) as a tuple in one call.
+_GETTERS = {name: itemgetter(*columns) for name, columns in _COLUMNS.items()}
+
+
+def _values(name: str, rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+    """A table's rows as value tuples in `_COLUMNS` order (None for a column a row lacks)."""
+    try:
+        return [_GETTERS[name](r) for r in rows]  # every column given: the common case
+    except KeyError:
+        columns = _COLUMNS[name]
+        return [tuple(map(r.get, columns)) for r in rows]
+
+
 # From this many rows a table's new rows go by COPY (see `insert_rows`).
 COPY_FROM = 200
 
@@ -390,11 +404,7 @@ class SqlTransaction:
                 assert isinstance(driver, psycopg.Connection)
                 return insert_rows(
                     driver,
-                    {
-                        name: (cols, [tuple(r.get(c) for c in cols) for r in table_rows])
-                        for name, table_rows in rows.items()
-                        for cols in [_COLUMNS[name]]
-                    },
+                    {name: (_COLUMNS[name], _values(name, r)) for name, r in rows.items()},
                     then,
                 )
             assert then is None, "a query after the inserts is for PostgreSQL"
