@@ -36,6 +36,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -542,7 +543,7 @@ class SqlTransaction:
 
     def _replace_index(self, new: NewVersion) -> None:
         if new.version_id > 1:
-            for table in (*INDEX_TABLES.values(), outbound_reference):
+            for table in INDEX_TABLES.values():
                 self._execute(
                     delete(table).where(
                         table.c.res_type == new.resource_type, table.c.res_id == new.resource_id
@@ -551,8 +552,36 @@ class SqlTransaction:
         for name, rows in new.index.items():
             if rows:
                 self._execute(insert(INDEX_TABLES[name]), rows)
-        if new.references:
-            self._execute(insert(outbound_reference), _reference_rows(new))
+        self._replace_references(new)
+
+    def _replace_references(self, new: NewVersion) -> None:
+        """The version's outbound references, changing only the rows that differ: an update
+        mostly keeps the references it had, and rewriting them cost each update two
+        statements and the table's index entries."""
+        t = outbound_reference.c
+        stored: set[tuple[str, str]] = set()
+        if new.version_id > 1:
+            mine = (t.res_type == new.resource_type, t.res_id == new.resource_id)
+            stored = {
+                (r[0], r[1]) for r in self.rows(select(t.target_type, t.target_id).where(*mine))
+            }
+            gone = stored.difference(new.references)
+            if gone:
+                self._execute(
+                    delete(outbound_reference).where(
+                        *mine, tuple_(t.target_type, t.target_id).in_(sorted(gone))
+                    )
+                )
+        added = [k for k in new.references if k not in stored]
+        if added:
+            self._execute(
+                insert(outbound_reference),
+                [
+                    {"res_type": new.resource_type, "res_id": new.resource_id}
+                    | {"target_type": target_type, "target_id": target_id}
+                    for target_type, target_id in added
+                ],
+            )
 
     def rows(self, statement: Executable) -> Sequence[Any]:
         return self._execute(statement).all()
