@@ -21,9 +21,11 @@ from hub.ingest.celery_app import PROCESS_MESSAGE, PROCESS_MESSAGES, SWEEP, app,
 @cache
 def service() -> Any:
     """The worker's ingestion service, built once per worker process."""
-    from hub.assembly import ingest_service
+    from hub.assembly import ingest_service, settle
 
-    return ingest_service(settings, dispatcher="celery")
+    built = ingest_service(settings, dispatcher="celery")
+    settle()
+    return built
 
 
 @app.task(bind=True, name=PROCESS_MESSAGE, max_retries=None)

@@ -35,6 +35,7 @@ from ingest_fixtures import (
     statements as counted,
 )
 
+import hub.fhir.references as references_module
 import hub.ingest.dispatch as dispatch_module
 import hub.ingest.pipeline as pipeline_module
 from hub.cli import main as cli
@@ -187,6 +188,35 @@ def test_a_message_waits_for_its_reference_and_goes_ahead_when_it_arrives(
     assert read(service, "Observation", oid)["subject"]["reference"] == (
         f"Patient/{rid('Patient', P1)}"
     )
+
+
+def test_a_feed_write_walks_its_references_once(
+    service: IngestService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The batch's check, the executor's and the outbound_reference rows share one walk of
+    # each Observation; each Provenance is walked when it is stored.
+    assert ingest(service, PATIENTS, patients(P1, P2), "patients.csv").done == 2
+    walked: list[str] = []
+    walk = references_module.references
+
+    def counted_walk(resource: dict[str, Any]) -> Iterator[tuple[str, str]]:
+        walked.append(resource["resourceType"])
+        return walk(resource)
+
+    monkeypatch.setattr(references_module, "references", counted_walk)
+    dated = [
+        (P1, "2019-02-11T04:28:49Z"),
+        (P2, "2019-02-11T04:28:49Z"),
+        (P1, "2020-03-01T10:00:00Z"),
+    ]
+    rows = [observation_row(pid, ENCOUNTER="", DATE=date) for pid, date in dated]
+    summary = ingest(service, OBSERVATIONS, csv_bytes(OBSERVATION_COLUMNS, rows), "obs.csv")
+    assert summary.done == 3
+    assert sorted(walked) == ["Observation"] * 3 + ["Provenance"] * 3
+    for pid in (P1, P2):  # what the walk found is what the store holds against deletion
+        r = service.ctx.repo
+        with r.transaction() as tx:
+            assert tx.referrers([("Patient", rid("Patient", pid))], 10)
 
 
 def test_a_message_referring_to_one_of_the_same_batch_that_waits_waits_too(

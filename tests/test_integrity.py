@@ -145,3 +145,46 @@ def test_the_migration_fills_the_references_of_stored_resources(
     downgrade(database_url, MIGRATIONS, "0013")
     upgrade(database_url, MIGRATIONS)
     assert rows() == written
+
+
+def test_an_update_leaves_the_outbound_references_of_what_it_stores(
+    client: TestClient, ctx: Context, uid: str
+) -> None:
+    # Only the rows that differ change (kept, added, dropped), and a delete leaves none.
+    engine = ctx.repo.engine  # type: ignore[attr-defined]
+
+    def rows() -> list[tuple[str, str]]:
+        t = outbound_reference.c
+        with engine.connect() as conn:
+            found = conn.execute(
+                select(t.target_type, t.target_id).where(
+                    t.res_type == "Observation", t.res_id == f"o{uid}"
+                )
+            )
+            return sorted((r[0], r[1]) for r in found)
+
+    for pid in ("a", "b", "c"):
+        client.put(f"/fhir/Patient/{pid}{uid}", json=patient(f"{pid}{uid}"), headers=FHIR)
+
+    def put(subject: str, *performers: str) -> None:
+        body = {
+            **observation(f"Patient/{subject}{uid}"),
+            "id": f"o{uid}",
+            "performer": [{"reference": f"Patient/{p}{uid}"} for p in performers],
+        }
+        r = client.put(f"/fhir/Observation/o{uid}", json=body, headers=FHIR)
+        assert r.status_code in (200, 201), r.text
+
+    put("a", "b")
+    assert rows() == [("Patient", f"a{uid}"), ("Patient", f"b{uid}")]
+    put("a", "b", "b")  # a new version, the same targets
+    assert rows() == [("Patient", f"a{uid}"), ("Patient", f"b{uid}")]
+    put("a", "c")
+    assert rows() == [("Patient", f"a{uid}"), ("Patient", f"c{uid}")]
+    put("c")
+    assert rows() == [("Patient", f"c{uid}")]
+    assert client.delete(f"/fhir/Patient/a{uid}").status_code == 204  # no longer held
+    assert client.delete(f"/fhir/Patient/c{uid}").status_code == 409
+    assert client.delete(f"/fhir/Observation/o{uid}").status_code == 204
+    assert rows() == []
+    assert client.delete(f"/fhir/Patient/c{uid}").status_code == 204

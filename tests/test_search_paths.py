@@ -14,6 +14,7 @@ import pytest
 
 from hub.fhir.models import ID_PATTERN
 from hub.search.paths import (
+    _AS_THEN,
     _CHOICES,
     _PLAIN,
     _RESOLVE,
@@ -185,6 +186,51 @@ def test_where_equals_filters_like_fhirpathpy() -> None:
                 assert [e["value"] for e in found] == ["kept"], (resource_type, code)
                 compared += 1
     assert compared >= 6  # phone and email of Patient, Person, Practitioner, ...
+
+
+def test_a_path_under_one_choice_type_is_walked_like_fhirpathpy() -> None:
+    # `(Observation.value as CodeableConcept).text`: the walk goes into the one type's key
+    # only; the element under another type, or missing, gives nothing.
+    compared = 0
+    for resource_type in TYPES:
+        for code, param in REGISTRY.for_type(resource_type).items():
+            slow = slow_parts(param.expression)
+            for fast, reference in zip(param.parts, slow, strict=True):
+                m = _AS_THEN.match(_RESOLVE.sub("", part_text(param.expression, fast, param)))
+                if m is None:
+                    continue
+                assert "_then" in fast.evaluate.__qualname__, (resource_type, code)
+                root, *names = m["path"].split(".")
+                parent, _, last = m["path"].rpartition(".")
+                choices = _CHOICES[f"{_context_type(parent)}.{last}"]
+                for planted in choices:
+                    resource: dict[str, Any] = {"resourceType": root, "id": "x"}
+                    leaf = {m["rest"].split(".")[0]: "found"}
+                    _plant(
+                        resource, [*names[:-1], names[-1] + planted[0].upper() + planted[1:]], leaf
+                    )
+                    found = fast.evaluate(resource)
+                    assert found == reference.evaluate(resource), (resource_type, code, planted)
+                    assert [v for v, _ in fast.typed(resource)] == found
+                    assert found == (["found"] if planted == m["type"] else [])
+                    compared += 1
+    assert compared > 0  # Observation value-string, ...
+
+
+def test_a_part_skipped_by_its_first_keys_finds_what_its_walk_finds() -> None:
+    # `Part.typed` answers nothing without walking when the element holds none of the part's
+    # first keys: that must be exactly when the walk finds nothing.
+    checked = 0
+    for resource_type in TYPES:
+        for param in REGISTRY.for_type(resource_type).values():
+            for part in param.parts:
+                if part.keys is None:
+                    continue
+                text = part_text(param.expression, part, param)
+                for resource in (_sample(resource_type, text), {"resourceType": resource_type}):
+                    assert [v for v, _ in part.typed(resource)] == part.evaluate(resource)
+                checked += 1
+    assert checked > 500
 
 
 def test_where_equals_on_a_repeating_or_choice_field_means_what_fhirpath_means() -> None:

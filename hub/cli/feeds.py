@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -83,6 +84,7 @@ def ingest(
     timeout: float | None,
     files: tuple[Path, ...],
 ) -> None:
+    from hub.assembly import settled
     from hub.errors import HubError
     from hub.ingest.messages import ACTIVE, check_source
 
@@ -98,6 +100,8 @@ def ingest(
     not_done: list[tuple[str, str]] = []
     refused: list[str] = []
     started = datetime.now()
+    stack = ExitStack()
+    stack.enter_context(settled())  # the service is built: the collector may leave it be
     try:
         for path in files:
             with path.open("rb") as stream:
@@ -129,6 +133,7 @@ def ingest(
             )
             not_done += summary.not_done
     finally:
+        stack.close()
         service.close()
     seconds = (datetime.now() - started).total_seconds() or 1e-9
     labels = {"failed": "rejected", **dict.fromkeys(ACTIVE, "open")}

@@ -8,7 +8,7 @@ feeds (a message whose references name nothing yet waits instead of failing).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from hub.fhir.types import R4_RESOURCE_TYPES
@@ -100,6 +100,6 @@ def targets(resource: dict[str, Any], base_url: str = "") -> list[tuple[str, str
     return held(local_references(resource, base_url))
 
 
-def held(found: list[Found]) -> list[tuple[str, str]]:
+def held(found: Sequence[Found]) -> list[tuple[str, str]]:
     """`targets` of references found already."""
     return list(dict.fromkeys(t for _, reference, t in found if "/_history/" not in reference))

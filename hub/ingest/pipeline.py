@@ -24,6 +24,7 @@ from typing import Any
 
 from hub.errors import Busy, Conflict, HubError, Invalid
 from hub.fhir import validate
+from hub.fhir.references import Found
 from hub.ingest import status
 from hub.ingest.adapters import AdapterRegistry
 from hub.ingest.mapping import Mapper, Mapping_
@@ -281,7 +282,11 @@ class Pipeline:
         ready = [(m, plan) for m, plan in ready if m.id not in outcomes]
         # The feed's rule first: a resource a later message wrote already is not written again.
         chosen = [(m, plan, *self._current_writes(tx, m, plan, later)) for m, plan in ready]
-        results = self._execute(tx, [w.resource for _, _, current, _ in chosen for w in current])
+        results = self._execute(
+            tx,
+            [w.resource for _, _, current, _ in chosen for w in current],
+            [w.references for _, _, current, _ in chosen for w in current],
+        )
         records: list[tuple[Message, MessagePlan, list[Written], list[Version]]] = []
         provenances: list[tuple[int, dict[str, Any]]] = []
         for message, plan, current, kept in chosen:
@@ -380,12 +385,23 @@ class Pipeline:
         version = tx.version(resource["resourceType"], resource["id"], int(version_id))
         return [version] if version is not None else []
 
-    def _execute(self, tx: Transaction, resources: list[dict[str, Any]]) -> list[Version | None]:
-        """Resources put by their ids, through the executor (which checks their references),
-        in one plan; the version each left, in order."""
+    def _execute(
+        self,
+        tx: Transaction,
+        resources: list[dict[str, Any]],
+        references: Sequence[tuple[Found, ...] | None] = (),
+    ) -> list[Version | None]:
+        """Resources put by their ids, through the executor (which checks their references:
+        `references`, those walked already), in one plan; the version each left, in order."""
         if not resources:
             return []
-        plan = Plan.of(*(Update(r["resourceType"], r["id"], r) for r in resources))
+        walked = references or [None] * len(resources)
+        plan = Plan.of(
+            *(
+                Update(r["resourceType"], r["id"], r, references=found)
+                for r, found in zip(resources, walked, strict=True)
+            )
+        )
         return [result.version for result in execute(self.ctx, tx, plan)]
 
     def _provenance(
@@ -530,7 +546,7 @@ def unresolved(
     for number, plan in enumerate(plans):
         for index, w in enumerate(plan.writes):
             owner.append((number, index))
-            writes.append(Update(w.key[0], w.key[1], w.resource))
+            writes.append(Update(w.key[0], w.key[1], w.resource, references=w.references))
     found: list[list[MissingReference]] = [[] for _ in plans]
     for m in executor.unresolved(ctx, tx, Plan(tuple(writes))):
         number, index = owner[m.write]

@@ -11,7 +11,10 @@ changes the plan it is given.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Protocol
+
+from hub.fhir.references import Found, local_references
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,12 @@ class Write:
     @property
     def key(self) -> tuple[str, str]:
         return (str(self.resource["resourceType"]), str(self.resource["id"]))
+
+    @cached_property
+    def references(self) -> tuple[Found, ...]:
+        """The resource's local references, walked once: the commit asks which have arrived,
+        and the executor checks and stores the same ones."""
+        return tuple(local_references(self.resource))
 
 
 @dataclass(frozen=True)

@@ -97,11 +97,11 @@ def unresolved(ctx: Context, tx: Transaction, plan: Plan) -> list[MissingReferen
     yet wait instead of failing.
     """
     state: dict[Key, bool] = {}  # what the plan leaves live (True) or deleted (False)
-    written: dict[Key, tuple[int, list[Found]]] = {}
-    pending: list[tuple[int, list[Found]]] = []  # resources whose id is known only once matched
+    written: dict[Key, tuple[int, Sequence[Found]]] = {}
+    pending: list[tuple[int, Sequence[Found]]] = []  # resources whose id is known once matched
     for index, write in enumerate(plan.writes):
         if isinstance(write, Create | ConditionalCreate | Update | ConditionalUpdate):
-            found = local_references(write.resource, plan.base_url)
+            found = _references(write, plan.base_url)
             key = _known_key(write)
             if key is None:
                 pending.append((index, found))
@@ -190,7 +190,7 @@ class _Run:
     tx: Transaction
     base_url: str
     # What the plan stored, by resource (the last write of each), with its references.
-    stored: dict[Key, tuple[int, list[Found]]] = field(default_factory=dict)
+    stored: dict[Key, tuple[int, Sequence[Found]]] = field(default_factory=dict)
     # What it deleted, with the index of the write that did.
     deleted: dict[Key, int] = field(default_factory=dict)
 
@@ -203,6 +203,7 @@ class _Run:
         *,
         if_match: int | None = None,
         fresh: bool = False,
+        references: Sequence[Found] | None = None,
     ) -> Result:
         found: list[Found] = []
         result = save(
@@ -216,6 +217,7 @@ class _Run:
             fresh=fresh,
             base_url=self.base_url,
             found=found,
+            references=references,
         )
         key = (write.resource_type, resource_id)
         self.stored[key] = (index, found)
@@ -238,7 +240,9 @@ class _Run:
 
 def _create(run: _Run, index: int, write: Create) -> Result:
     resource_id = write.id if write.id is not None else new_id()
-    return run.store(index, write, resource_id, write.resource, fresh=True)
+    return run.store(
+        index, write, resource_id, write.resource, fresh=True, references=write.references
+    )
 
 
 def _conditional_create(run: _Run, index: int, write: ConditionalCreate) -> Result:
@@ -246,11 +250,20 @@ def _conditional_create(run: _Run, index: int, write: ConditionalCreate) -> Resu
     if existing is not None:
         return Result(200, version=existing)
     resource_id = write.id if write.id is not None else new_id()
-    return run.store(index, write, resource_id, write.resource, fresh=True)
+    return run.store(
+        index, write, resource_id, write.resource, fresh=True, references=write.references
+    )
 
 
 def _update(run: _Run, index: int, write: Update) -> Result:
-    return run.store(index, write, write.resource_id, write.resource, if_match=write.if_match)
+    return run.store(
+        index,
+        write,
+        write.resource_id,
+        write.resource,
+        if_match=write.if_match,
+        references=write.references,
+    )
 
 
 def _conditional_update(run: _Run, index: int, write: ConditionalUpdate) -> Result:
@@ -266,7 +279,9 @@ def _conditional_update(run: _Run, index: int, write: ConditionalUpdate) -> Resu
                 "resource matching the criteria",
                 expression=(f"{write.resource_type}.id",),
             )
-    return run.store(index, write, target, write.resource, if_match=write.if_match)
+    return run.store(
+        index, write, target, write.resource, if_match=write.if_match, references=write.references
+    )
 
 
 def _patch(run: _Run, index: int, write: Patch) -> Result:
@@ -345,8 +360,17 @@ def _known_key(write: Create | ConditionalCreate | Update | ConditionalUpdate) -
     return None
 
 
+def _references(
+    write: Create | ConditionalCreate | Update | ConditionalUpdate, base_url: str
+) -> Sequence[Found]:
+    """The write's local references: those it carries, else its resource walked."""
+    if write.references is not None:
+        return write.references
+    return local_references(write.resource, base_url)
+
+
 def _missing(
-    tx: Transaction, checked: Sequence[tuple[int, list[Found]]], state: dict[Key, bool]
+    tx: Transaction, checked: Sequence[tuple[int, Sequence[Found]]], state: dict[Key, bool]
 ) -> list[MissingReference]:
     """The references of `checked` naming nothing live: `state` says what the plan leaves
     live or deleted, the store answers the rest in one query."""

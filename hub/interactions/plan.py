@@ -8,12 +8,18 @@ The resource bodies a write carries are never changed: the executor stores
 copies (with the server's id and meta). They are expected valid already
 (`hub.fhir.validate`): each path validates what it receives, with the errors
 located its own way.
+
+A write of a resource may carry its local references (`references`), when its
+path walked them already (a feed asks which have arrived before it writes):
+the executor then checks and stores those instead of walking the resource again.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from hub.fhir.references import Found
 
 # Search criteria of a conditional write, as (name, value) pairs: `identifier=a|b`.
 Criteria = tuple[tuple[str, str], ...]
@@ -27,6 +33,8 @@ class Create:
     resource_type: str
     resource: dict[str, Any]
     id: str | None = None
+    # `hub.fhir.references.local_references(resource, plan.base_url)`, when known already.
+    references: tuple[Found, ...] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +46,8 @@ class ConditionalCreate:
     criteria: Criteria
     resource: dict[str, Any]
     id: str | None = None
+    # `hub.fhir.references.local_references(resource, plan.base_url)`, when known already.
+    references: tuple[Found, ...] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +59,8 @@ class Update:
     resource_id: str
     resource: dict[str, Any]
     if_match: int | None = None
+    # `hub.fhir.references.local_references(resource, plan.base_url)`, when known already.
+    references: tuple[Found, ...] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +72,8 @@ class ConditionalUpdate:
     criteria: Criteria
     resource: dict[str, Any]
     if_match: int | None = None
+    # `hub.fhir.references.local_references(resource, plan.base_url)`, when known already.
+    references: tuple[Found, ...] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

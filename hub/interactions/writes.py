@@ -100,6 +100,7 @@ def save(
     fresh: bool = False,
     base_url: str = "",
     found: list[Found] | None = None,
+    references: Sequence[Found] | None = None,
 ) -> Result:
     """Store `resource` as the next version; `fresh`: the id was just made by the server.
 
@@ -108,7 +109,8 @@ def save(
     changed: what is stored is a copy. The local references of what is stored are
     added to `found` (`base_url` makes `[base]/Type/id` local), and the resources they
     hold against deletion recorded with it: none when the content is unchanged, as
-    nothing is written.
+    nothing is written. `references`: those of `resource`, when the caller walked them
+    already (what is stored differs only in its id and meta's versionId and lastUpdated).
     """
     current = None if fresh else tx.current(resource_type, resource_id)
     check_precondition(current, if_match)
@@ -120,8 +122,9 @@ def save(
     at = now()
     stamped = stamp(resource, resource_id, version_id, at)
     content = dumps(stamped)
-    # Most resources of some types hold no reference: the bytes say so faster than a walk.
-    references = local_references(stamped, base_url) if b'"reference"' in content else []
+    if references is None:
+        # Most resources of some types hold no reference: the bytes say so faster than a walk.
+        references = local_references(stamped, base_url) if b'"reference"' in content else []
     if found is not None:
         found.extend(references)
     new = NewVersion(

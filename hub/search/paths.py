@@ -80,8 +80,18 @@ class Part:
     target: str | None = None
     # The same values with their R4 types; without one, every type is unknown.
     typed_evaluate: EvaluateTyped | None = None
+    # A walked part's first step: the JSON keys it starts from. An element holding none of
+    # them gives no value, which `typed` answers without walking: a resource type has dozens
+    # of parameters, and a resource fills a few of their elements (None: not known).
+    keys: tuple[str, ...] | None = None
 
     def typed(self, resource: dict[str, Any]) -> Typed:
+        if self.keys is not None:
+            for key in self.keys:  # a loop: a generator costs more than the walk it saves
+                if key in resource:
+                    break
+            else:
+                return []
         if self.typed_evaluate is None:
             return [(v, None) for v in self.evaluate(resource)]
         return self.typed_evaluate(resource)
@@ -142,10 +152,15 @@ def _walker(path: str, as_type: str | None, context: str | None = None) -> Walk 
     def evaluate(resource: dict[str, Any]) -> list[Any]:
         return _walk_keys(resource, root, plan)
 
+    first = plan[0] if plan else None
     if not plan or len(plan[-1]) == 1:
         # One key at the end: every value has the element's declared type.
         declared = last_types[0]
-        return Walk(evaluate, lambda resource: [(v, declared) for v in evaluate(resource)])
+        return Walk(
+            evaluate,
+            lambda resource: [(v, declared) for v in _walk_keys(resource, root, plan)],
+            first,
+        )
     # A choice element: the JSON key of each value names its type.
     head, last_keys = plan[:-1], tuple(zip(plan[-1], last_types, strict=True))
 
@@ -162,7 +177,7 @@ def _walker(path: str, as_type: str | None, context: str | None = None) -> Walk 
                         found.append((item, kind))
         return found
 
-    return Walk(evaluate, typed)
+    return Walk(evaluate, typed, first)
 
 
 @dataclass(frozen=True)
@@ -171,6 +186,7 @@ class Walk:
 
     evaluate: Evaluate
     typed: EvaluateTyped
+    keys: tuple[str, ...] | None = None  # the first step's JSON keys (see `Part.keys`)
 
 
 def _walk_keys(resource: dict[str, Any], root: str, plan: list[tuple[str, ...]]) -> list[Any]:
@@ -216,7 +232,7 @@ def compile_relative(context: str, expression: str) -> list[Part]:
         walker = _walker(m["path"], m["type"], context) if m else None
         if walker is None:
             raise ValueError(f"component expression '{p}' is not a path")
-        parts.append(Part(walker.evaluate, typed_evaluate=walker.typed))
+        parts.append(Part(walker.evaluate, typed_evaluate=walker.typed, keys=walker.keys))
     return parts
 
 
@@ -241,13 +257,42 @@ def compile_part(expression: str) -> Part:
     if m and expression.count("(") == expression.count(")"):
         walker = _walker(m["path"], m["type"])
         if walker is not None:
-            return Part(walker.evaluate, target, walker.typed)
+            return Part(walker.evaluate, target, walker.typed, walker.keys)
+    m = _AS_THEN.match(expression)
+    if m:
+        then = _then(m["path"], m["type"], m["rest"])
+        if then is not None:
+            return Part(then.evaluate, target, then.typed, then.keys)
     m = _WHERE_EQUALS.match(expression)
     walker = _walker(m["path"], None) if m else None
     if m and walker is not None and not _CHOICES.get(f"{_context_type(m['path'])}.{m['field']}"):
         kept = _keeping(walker, m["field"], m["value"])
-        return Part(kept.evaluate, target, kept.typed)
+        return Part(kept.evaluate, target, kept.typed, kept.keys)
     return Part(_fhirpath(expression), target)
+
+
+# `(Observation.value as CodeableConcept).text`: a path under one type of a choice element.
+_AS_THEN = re.compile(
+    r"^\((?P<path>[A-Z]\w*(?:\.\w+)*) as (?P<type>\w+)\)\.(?P<rest>[a-z]\w*(?:\.\w+)*)$"
+)
+
+
+def _then(path: str, as_type: str, rest: str) -> Walk | None:
+    """The walk of `rest` from each value of `path as as_type`."""
+    head = _walker(path, as_type)
+    if head is None or not as_type[:1].isupper():
+        return None  # a primitive has no elements to walk into
+    tail = _walker(rest, None, as_type)
+    if tail is None:
+        return None
+
+    def evaluate(resource: dict[str, Any]) -> list[Any]:
+        return [v for e in head.evaluate(resource) for v in tail.evaluate(e)]
+
+    def typed(resource: dict[str, Any]) -> Typed:
+        return [v for e in head.evaluate(resource) for v in tail.typed(e)]
+
+    return Walk(evaluate, typed, head.keys)
 
 
 def _keeping(walk: Walk, field: str, value: str) -> Walk:
@@ -266,7 +311,7 @@ def _keeping(walk: Walk, field: str, value: str) -> Walk:
             if isinstance(e, dict) and equal(e.get(field))
         ]
 
-    return Walk(evaluate, typed)
+    return Walk(evaluate, typed, walk.keys)
 
 
 def compile_expression(expression: str) -> list[Part]:

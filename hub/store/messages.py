@@ -18,10 +18,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Engine,
+    Text,
     and_,
     bindparam,
+    cast,
     delete,
     exists,
     func,
@@ -74,6 +77,8 @@ _KEY_MAX = _length(messages.c.order_key)
 _EXTERNAL_ID_MAX = _length(messages.c.external_id)
 _ORIGIN_MAX = _length(messages.c.origin)
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# Whether any message waits for a reference at all (see `MessageStore.release`).
+_ANY_WAITING = select(message_waits.c.message_id).limit(1)
 
 
 def _storable(text: str) -> bool:
@@ -599,6 +604,37 @@ class MessageStore:
         """Mark messages done with what they produced and the version of the mapping that
         produced it; `waited`: those of them that waited for a reference, whose wait rows go."""
         status = self.lifecycle.target("write")
+        if done and tx.dialect == "postgresql":
+            # One statement for the batch: executemany makes PostgreSQL parse and plan an
+            # UPDATE a message.
+            given = (
+                func.unnest(
+                    cast(bindparam("ids", [m for m, _, _ in done]), postgresql.ARRAY(BigInteger)),
+                    cast(
+                        bindparam("produced", [json.dumps(p) for _, p, _ in done]),
+                        postgresql.ARRAY(Text),
+                    ),
+                    cast(bindparam("versions", [v for _, _, v in done]), postgresql.ARRAY(Text)),
+                )
+                .table_valued("id", "produced", "version")
+                .render_derived()
+            )
+            tx.execute(
+                update(messages)
+                .where(
+                    messages.c.id == given.c.id,
+                    messages.c.status.in_(self.lifecycle.sources("write")),
+                )
+                .values(
+                    status=status,
+                    error=None,
+                    produced=given.c.produced,
+                    mapping_version=given.c.version,
+                    wait_until=None,
+                    updated_at=now(),
+                )
+            )
+            done = ()
         # One UPDATE for many rows (executemany) takes no IN list: each status is spelled out.
         where = or_(*(messages.c.status == s for s in self.lifecycle.sources("write")))
         if done:
@@ -660,7 +696,9 @@ class MessageStore:
         this transaction (their wait rows go), in id order: to be sent again once it commits.
         An indexed lookup of the written resources, nothing scanned."""
         keys = list(dict.fromkeys(written))
-        if not keys:
+        if not keys or not tx.rows(_ANY_WAITING):
+            # Mostly nothing waits: one row read of a tiny table says so, where the lookup of
+            # every written resource costs each batch a statement built for its size.
             return []
         waiting = tx.rows(
             select(message_waits.c.message_id)

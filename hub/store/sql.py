@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 import psycopg
@@ -35,6 +36,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -214,6 +216,19 @@ _TABLES = {
 _COLUMNS = {
     name: tuple(c.name for c in table.columns if c.name != "seq") for name, table in _TABLES.items()
 }
+# The same columns, read from a row (a dict) as a tuple in one call.
+_GETTERS = {name: itemgetter(*columns) for name, columns in _COLUMNS.items()}
+
+
+def _values(name: str, rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+    """A table's rows as value tuples in `_COLUMNS` order (None for a column a row lacks)."""
+    try:
+        return [_GETTERS[name](r) for r in rows]  # every column given: the common case
+    except KeyError:
+        columns = _COLUMNS[name]
+        return [tuple(map(r.get, columns)) for r in rows]
+
+
 # From this many rows a table's new rows go by COPY (see `insert_rows`).
 COPY_FROM = 200
 
@@ -390,11 +405,7 @@ class SqlTransaction:
                 assert isinstance(driver, psycopg.Connection)
                 return insert_rows(
                     driver,
-                    {
-                        name: (cols, [tuple(r.get(c) for c in cols) for r in table_rows])
-                        for name, table_rows in rows.items()
-                        for cols in [_COLUMNS[name]]
-                    },
+                    {name: (_COLUMNS[name], _values(name, r)) for name, r in rows.items()},
                     then,
                 )
             assert then is None, "a query after the inserts is for PostgreSQL"
@@ -532,7 +543,7 @@ class SqlTransaction:
 
     def _replace_index(self, new: NewVersion) -> None:
         if new.version_id > 1:
-            for table in (*INDEX_TABLES.values(), outbound_reference):
+            for table in INDEX_TABLES.values():
                 self._execute(
                     delete(table).where(
                         table.c.res_type == new.resource_type, table.c.res_id == new.resource_id
@@ -541,8 +552,36 @@ class SqlTransaction:
         for name, rows in new.index.items():
             if rows:
                 self._execute(insert(INDEX_TABLES[name]), rows)
-        if new.references:
-            self._execute(insert(outbound_reference), _reference_rows(new))
+        self._replace_references(new)
+
+    def _replace_references(self, new: NewVersion) -> None:
+        """The version's outbound references, changing only the rows that differ: an update
+        mostly keeps the references it had, and rewriting them cost each update two
+        statements and the table's index entries."""
+        t = outbound_reference.c
+        stored: set[tuple[str, str]] = set()
+        if new.version_id > 1:
+            mine = (t.res_type == new.resource_type, t.res_id == new.resource_id)
+            stored = {
+                (r[0], r[1]) for r in self.rows(select(t.target_type, t.target_id).where(*mine))
+            }
+            gone = stored.difference(new.references)
+            if gone:
+                self._execute(
+                    delete(outbound_reference).where(
+                        *mine, tuple_(t.target_type, t.target_id).in_(sorted(gone))
+                    )
+                )
+        added = [k for k in new.references if k not in stored]
+        if added:
+            self._execute(
+                insert(outbound_reference),
+                [
+                    {"res_type": new.resource_type, "res_id": new.resource_id}
+                    | {"target_type": target_type, "target_id": target_id}
+                    for target_type, target_id in added
+                ],
+            )
 
     def rows(self, statement: Executable) -> Sequence[Any]:
         return self._execute(statement).all()
