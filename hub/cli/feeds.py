@@ -27,10 +27,29 @@ def _service(dispatcher: DispatchMode | None = None) -> Any:
         raise click.ClickException(str(e)) from None
 
 
-def _progress(label: str) -> Any:
+class _Counting:
+    """A binary file that counts the bytes read from it (for the progress bar)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.read_bytes = stream, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self.stream.read(size)
+        self.read_bytes += len(data)
+        return data
+
+
+def _progress(label: str, unit: str = "rows", counting: Any = None, total: int = 0) -> Any:
+    width = 20
+
     def show(summary: Any) -> None:
+        bar = ""
+        if counting is not None and total:
+            share = min(1.0, counting.read_bytes / total)
+            filled = int(share * width)
+            bar = f"[{'#' * filled}{'.' * (width - filled)}] {share:4.0%} "
         click.echo(
-            f"\r{label}: {summary.units} rows, {summary.accepted} new, "
+            f"\r{label}: {bar}{summary.units} {unit}, {summary.accepted} new, "
             f"{summary.duplicates} duplicates, {summary.done} done, {summary.rejected} rejected, "
             f"{summary.dead} dead, {summary.open} open   ",
             nl=False,
@@ -58,7 +77,11 @@ SHOWN = 20  # rows not done listed one by one; `hub messages list` shows the res
     "or mapping, invalid source), nothing stored."
 )
 @click.option("--adapter", required=True, help="Adapter name (see `hub adapters list`).")
-@click.option("--mapping", required=True, help="Mapping name (see `hub adapters list`).")
+@click.option(
+    "--mapping",
+    help="Mapping name (see `hub adapters list`); not for hl7v2, whose message map is "
+    "chosen per message from MSH-9.",
+)
 @click.option("--source", help="Source system id (default: the mapping's).")
 @click.option(
     "--wait/--no-wait",
@@ -77,7 +100,7 @@ SHOWN = 20  # rows not done listed one by one; `hub messages list` shows the res
 )
 def ingest(
     adapter: str,
-    mapping: str,
+    mapping: str | None,
     source: str | None,
     wait: bool,
     timeout: float | None,
@@ -88,9 +111,15 @@ def ingest(
 
     service = _service(dispatcher=None if _broker() else "inline")
     try:  # refused before any file is read: the same for every file
-        service.adapters.get(adapter)
-        check_source(source or service.mapping(adapter, mapping).source)
-    except (HubError, LookupError) as e:
+        per_message = bool(getattr(service.adapters.get(adapter), "chooses_mapping", False))
+        if per_message and (mapping or source):
+            raise Refused(
+                f"the {adapter} adapter takes neither --mapping nor --source: each message "
+                "names its source (MSH-3/MSH-4) and its type (MSH-9), which chooses the map"
+            )
+        if not per_message:
+            check_source(source or service.mapping(adapter, mapping).source)
+    except (HubError, LookupError, Refused) as e:
         service.close()
         raise Refused(str(e)) from None
     waited = wait or service.mode == "inline"  # inline, the rows are processed here anyway
@@ -101,16 +130,22 @@ def ingest(
     try:
         for path in files:
             with path.open("rb") as stream:
+                counting = _Counting(stream)
                 try:
                     summary = service.ingest(
                         adapter,
                         mapping,
-                        stream,
+                        counting,
                         path.name,
                         source=source,
                         wait=wait,
                         timeout=timeout,
-                        progress=_progress(path.name),
+                        progress=_progress(
+                            path.name,
+                            "messages" if per_message else "rows",
+                            counting,
+                            path.stat().st_size,
+                        ),
                     )
                 except HubError as e:  # this file is refused (no rows): go on with the others
                     click.echo(f"refused: {e.message}", err=True)

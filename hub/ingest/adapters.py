@@ -26,6 +26,7 @@ from hub.store.messages import Unit as Unit  # units are stored as adapters fram
 
 BUILTINS: dict[str, str] = {
     "csv": "adapters.csv:CsvAdapter",
+    "hl7v2": "adapters.hl7v2.adapter:Hl7v2Adapter",
 }
 ENTRY_POINT_GROUP = "fhir_hub.adapters"
 

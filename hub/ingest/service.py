@@ -188,9 +188,16 @@ class IngestService:
             adapter = self.adapters.get(adapter_name)
         except LookupError as e:
             raise NotFound(str(e)) from None
-        mapping = self.mapping(adapter_name, mapping_name)
-        source = source or mapping.source
-        check_source(source)
+        # An adapter whose units name their source and whose message map is chosen per
+        # message (HL7 v2: MSH-3/MSH-4 and MSH-9) takes no mapping nor source here.
+        per_message = bool(getattr(adapter, "chooses_mapping", False))
+        mapping = None if per_message else self.mapping(adapter_name, mapping_name)
+        if per_message:
+            mapping_name = None
+        else:
+            assert mapping is not None
+            source = source or mapping.source
+            check_source(source)
         if content_type is not None and len(content_type) > CONTENT_TYPE_MAX:
             raise Invalid(
                 f"the Content-Type is {len(content_type)} characters long; "
@@ -199,28 +206,33 @@ class IngestService:
             )
         summary = Summary()
         accepted: set[int] = set()
-        for batch in _batches(adapter.split(stream, origin, mapping.name), BATCH):
+        for batch in _batches(adapter.split(stream, origin, mapping_name), BATCH):  # type: ignore[arg-type]
             results = self.store.receive(
                 batch,
                 source=source,
                 adapter=adapter_name,
                 mapping=mapping_name,
-                mapping_version=mapping.version,
+                mapping_version=mapping.version if mapping else None,
                 content_type=content_type,
                 order_keys=[
-                    self.pipeline.order_key(adapter_name, mapping_name, u.raw, source)
+                    self.pipeline.order_key(
+                        adapter_name, mapping_name, u.raw, u.source or source or ""
+                    )
+                    if u.error is None
+                    else None
                     for u in batch
                 ],
             )
             fresh, repeated = [], []
-            for message_id, new in results:
+            for unit, (message_id, new) in zip(batch, results, strict=True):
                 summary.units += 1
                 if message_id is None:
                     continue
                 summary.message_ids.append(message_id)
                 if new:
                     summary.accepted += 1
-                    fresh.append(message_id)
+                    if unit.error is None:  # one refused at receipt is stored failed
+                        fresh.append(message_id)
                 else:
                     summary.duplicates += 1
                     repeated.append(message_id)

@@ -1,0 +1,1 @@
+"""HL7 v2 feeds: framing, headers, acknowledgements, parsing and the adapter."""
