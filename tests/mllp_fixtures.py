@@ -28,8 +28,16 @@ def sample(name: str) -> bytes:
     return (SAMPLES / f"ig-{name}.hl7").read_bytes()
 
 
-def adt(control_id: str, *, app: str = "SndApp", facility: str = "SndFac", extra: str = "",
-        msh15: str = "", msh16: str = "", event: str = "ADT^A01^ADT_A01") -> bytes:
+def adt(
+    control_id: str,
+    *,
+    app: str = "SndApp",
+    facility: str = "SndFac",
+    extra: str = "",
+    msh15: str = "",
+    msh16: str = "",
+    event: str = "ADT^A01^ADT_A01",
+) -> bytes:
     return (
         f"MSH|^~\\&|{app}|{facility}|HUB|HUBFAC|20240102030405+0100||{event}|{control_id}|P|2.5.1"
         f"|||{msh15}|{msh16}\r"

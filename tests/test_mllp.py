@@ -60,8 +60,11 @@ def test_ig_samples_are_acknowledged_and_stored_raw(
         assert str(ack_msh[3]) == header.receiving_application
         assert str(ack_msh[5]) == header.sending_application
         assert str(ack_msh[9]) == f"ACK^{header.trigger}^ACK"
-    stored = [m for m in service.store.find(limit=20) if m.source != "SndApp/SndFac"
-              or not m.external_id.endswith("|after-vxu")]
+    stored = [
+        m
+        for m in service.store.find(limit=20)
+        if m.source != "SndApp/SndFac" or not m.external_id.endswith("|after-vxu")
+    ]
     assert len(stored) == len(IG) == len(held.submitted) - 1
     by_raw = {m.raw: m for m in stored}
     for name in IG:
@@ -105,8 +108,11 @@ def test_many_connections_many_messages_committed_in_groups(
     assert groups < senders * each  # messages of several connections shared commits
     # Each connection's messages were stored in the order it sent them.
     for i in range(senders):
-        ids = [m.id for m in sorted(service.store.find(limit=1000), key=lambda m: m.id)
-               if m.external_id.startswith(f"SndApp|SndFac|C{i}-")]
+        ids = [
+            m.id
+            for m in sorted(service.store.find(limit=1000), key=lambda m: m.id)
+            if m.external_id.startswith(f"SndApp|SndFac|C{i}-")
+        ]
         sent = [int(m.external_id.rsplit("-", 1)[1]) for m in service.store.get_many(ids)]
         assert sent == list(range(each))
 

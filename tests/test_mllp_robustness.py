@@ -50,10 +50,14 @@ def still_serving(served: Served, control_id: str) -> None:
 
 
 def stored(service: IngestService, control_id: str) -> list[bytes]:
-    return [m.raw for m in service.store.find(limit=1000) if m.external_id.endswith(f"|{control_id}")]
+    return [
+        m.raw for m in service.store.find(limit=1000) if m.external_id.endswith(f"|{control_id}")
+    ]
 
 
-def test_junk_before_the_start_block_is_dropped(served: Served, sqlite_service: IngestService) -> None:
+def test_junk_before_the_start_block_is_dropped(
+    served: Served, sqlite_service: IngestService
+) -> None:
     with served.socket() as sock:
         sock.sendall(b"GET / HTTP/1.1\r\n\r\n garbage \x1c\r" + framed(adt("J1")))
         (ack,) = read_acks(sock, 1)
