@@ -216,10 +216,11 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="An MLLP connection silent this long is closed."
     )
     hl7v2_commit_window_seconds: float = Field(
-        default=0.002,
+        default=0.0,
         ge=0,
-        description="HL7 v2 messages received (MLLP and HTTP) are committed in groups: how "
-        "long a group waits for more after its first message (0: commit what is there).",
+        description="HL7 v2 messages received (MLLP and HTTP) are committed in groups: what "
+        "arrives while a commit runs forms the next group. This adds a wait for more after "
+        "a group's first message (0: none, the commit's own time is the window).",
     )
     hl7v2_commit_group: int = Field(
         default=500, ge=1, description="Most HL7 v2 messages committed in one transaction."

@@ -4,6 +4,7 @@ bytes committed before them, duplicates, refusals, enhanced mode, many connectio
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import hl7
@@ -14,7 +15,7 @@ from hub.ingest.messages import FAILED, RECEIVED
 from hub.ingest.service import IngestService
 from hub.interactions.context import Context
 from hub.settings import Settings
-from tests.ingest_fixtures import HeldDispatcher, hold
+from tests.ingest_fixtures import HeldDispatcher, hold, wait_for
 from tests.mllp_fixtures import SAMPLES, Served, adt, err, listening, msa, read_acks
 
 IG = sorted(p.stem.removeprefix("ig-") for p in SAMPLES.glob("ig-*.hl7"))
@@ -65,7 +66,8 @@ def test_ig_samples_are_acknowledged_and_stored_raw(
         for m in service.store.find(limit=20)
         if m.source != "SndApp/SndFac" or not m.external_id.endswith("|after-vxu")
     ]
-    assert len(stored) == len(IG) == len(held.submitted) - 1
+    wait_for(lambda: len(held.submitted) == len(IG) + 1, 5, "the messages to be dispatched")
+    assert len(stored) == len(IG)
     by_raw = {m.raw: m for m in stored}
     for name in IG:
         m = by_raw[(SAMPLES / f"ig-{name}.hl7").read_bytes()]  # the very bytes sent
@@ -132,6 +134,8 @@ def test_a_resend_is_acknowledged_again_without_reprocessing(
         again = msa(client.send_message(adt("D1")))
     assert first[:2] == again[:2] == ["AA", "D1"]
     assert len(service.store.find()) == 1
+    wait_for(lambda: len(held.submitted) >= 1, 5, "the message to be dispatched")
+    time.sleep(0.2)
     assert len(held.submitted) == 1  # handed to processing once
 
 
@@ -162,6 +166,7 @@ def test_unknown_type_is_rejected_with_the_reason_and_kept(
     assert "200^Unsupported message type^HL70357" in e and "ZZZ\\S\\Z01" in e
     (m,) = service.store.find()
     assert m.status == FAILED and m.error == "MSH-9: no mapping for message type ZZZ^Z01"
+    time.sleep(0.2)
     assert held.submitted == []
 
 

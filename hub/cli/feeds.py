@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from collections import Counter
 from datetime import datetime
@@ -27,16 +28,19 @@ def _service(dispatcher: DispatchMode | None = None) -> Any:
         raise click.ClickException(str(e)) from None
 
 
-class _Counting:
+class _Counting(io.RawIOBase):
     """A binary file that counts the bytes read from it (for the progress bar)."""
 
     def __init__(self, stream: Any) -> None:
         self.stream, self.read_bytes = stream, 0
 
-    def read(self, size: int = -1) -> bytes:
-        data: bytes = self.stream.read(size)
-        self.read_bytes += len(data)
-        return data
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n: int = self.stream.readinto(buffer) or 0
+        self.read_bytes += n
+        return n
 
 
 def _progress(label: str, unit: str = "rows", counting: Any = None, total: int = 0) -> Any:
@@ -135,7 +139,7 @@ def ingest(
                     summary = service.ingest(
                         adapter,
                         mapping,
-                        counting,
+                        io.BufferedReader(counting),
                         path.name,
                         source=source,
                         wait=wait,

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +32,9 @@ from hub.store.messages import Received as Received
 from hub.store.messages import Unit
 
 log = logging.getLogger("hub.ingest.receiver")
+
+# How long received ids wait to be handed to the dispatcher with the next ones (seconds).
+DISPATCH_DELAY = 0.05
 
 
 class StoreUnavailable(Busy):
@@ -51,7 +56,7 @@ class GroupCommit:
         adapter: str,
         content_type: str | None,
         order_key: Callable[[bytes, str], str | None],
-        window: float = 0.002,
+        window: float = 0.0,
         max_group: int = 500,
     ) -> None:
         self.store, self.dispatcher = store, dispatcher
@@ -61,6 +66,11 @@ class GroupCommit:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="group-commit")
+        # Handing ids to the dispatcher (a broker round trip with Celery) must not hold
+        # up the next commit: a thread of its own, which sends what piled up at once.
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="group-dispatch")
+        self._to_send: list[int] = []
+        self._to_send_lock = threading.Lock()
         self._closed = False
         self.groups = 0  # committed transactions, for the benchmark and tests
 
@@ -121,7 +131,11 @@ class GroupCommit:
                 if r.new and r.id is not None and p.unit.error is None
             ]
             if fresh:
-                loop.run_in_executor(self._thread, self._dispatch, fresh)
+                with self._to_send_lock:
+                    idle = not self._to_send
+                    self._to_send.extend(fresh)
+                if idle:
+                    self._sender.submit(self._dispatch)
 
     def _commit(self, units: list[Unit]) -> list[Received]:
         keys = [self.order_key(u.raw, u.source or "") if u.error is None else None for u in units]
@@ -136,7 +150,12 @@ class GroupCommit:
         self.groups += 1
         return received
 
-    def _dispatch(self, ids: list[int]) -> None:
+    def _dispatch(self) -> None:
+        # A task to the broker costs milliseconds whatever it carries: let the ids of a
+        # few groups pile up, and send them as a few tasks (HUB_INGEST_BATCH ids each).
+        time.sleep(DISPATCH_DELAY)
+        with self._to_send_lock:
+            ids, self._to_send = self._to_send, []
         try:
             self.dispatcher.submit(ids)
         except Exception:  # stored: the sweeper sends them
@@ -152,6 +171,7 @@ class GroupCommit:
             except TimeoutError:
                 self._task.cancel()
         self._thread.shutdown(wait=True)
+        self._sender.shutdown(wait=True)
 
 
 def _short(error: Exception) -> str:

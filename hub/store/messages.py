@@ -316,32 +316,40 @@ class MessageStore:
         else:
             stmt = sqlite.insert(messages).on_conflict_do_nothing()
 
-        def found(
-            conn: Any, batch: Sequence[Unit]
-        ) -> dict[tuple[str | None, str], tuple[int, bool]]:
-            wanted = list({(u.source, u.external_id) for u in batch})
+        def insert(conn: Any, rows: list[dict[str, Any]]) -> dict[tuple[str | None, str], int]:
+            """Insert the rows whose (source, external id) is free; answer their ids. One
+            statement per few hundred rows (SQLAlchemy's "insertmanyvalues"), which
+            answers the new rows' ids at once: no second query unless some were taken."""
+            result = conn.execute(
+                stmt.returning(messages.c.source, messages.c.external_id, messages.c.id), rows
+            )
+            return {(r[0], r[1]): int(r[2]) for r in result}
+
+        def existing(conn: Any, keys: set[tuple[str | None, str]]) -> dict[Any, int]:
+            if not keys:
+                return {}
+            # Two IN lists, not a row-value IN: SQLite looks the pairs up by the unique
+            # index with these, and scans the table with that.
             rows = conn.execute(
-                select(
-                    messages.c.source, messages.c.external_id, messages.c.id, messages.c.received_at
-                ).where(tuple_(messages.c.source, messages.c.external_id).in_(wanted))
+                select(messages.c.source, messages.c.external_id, messages.c.id).where(
+                    messages.c.source.in_({s for s, _ in keys}),
+                    messages.c.external_id.in_({e for _, e in keys}),
+                )
             ).all()
-            return {(r[0], r[1]): (int(r[2]), _utc(r[3]) == at) for r in rows}
+            return {(r[0], r[1]): int(r[2]) for r in rows if (r[0], r[1]) in keys}
 
         with self.engine.connect().execution_options(hub_write=True) as conn, conn.begin():
-            conn.execute(stmt, [row(u, k) for u, k in zip(units, keys, strict=True)])
-            by_key = found(conn, units)
+            new_ids = insert(conn, [row(u, k) for u, k in zip(units, keys, strict=True)])
             # Not stored now: a resend when its bytes are the ones stored, else a conflict.
-            older = {
-                by_key[(u.source, u.external_id)][0]
-                for u in units
-                if (u.source, u.external_id) in by_key and not by_key[(u.source, u.external_id)][1]
-            }
+            old_ids = existing(conn, {(u.source, u.external_id) for u in units} - set(new_ids))
             stored_raw: dict[int, bytes] = {}
-            if older:
+            if old_ids:
                 stored_raw = {
                     int(r[0]): bytes(r[1])
                     for r in conn.execute(
-                        select(messages.c.id, messages.c.raw).where(messages.c.id.in_(older))
+                        select(messages.c.id, messages.c.raw).where(
+                            messages.c.id.in_(set(old_ids.values()))
+                        )
                     )
                 }
             first_in_batch: dict[tuple[str | None, str], bytes] = {}
@@ -349,12 +357,14 @@ class MessageStore:
             for i, (u, k) in enumerate(zip(units, keys, strict=True)):
                 key = (u.source, u.external_id)
                 first_raw = first_in_batch.setdefault(key, u.raw)
-                message_id, new = by_key.get(key, (None, False))
-                if message_id is None:
+                if key in new_ids:
+                    original, holder = first_raw, new_ids[key]
+                elif key in old_ids:
+                    original, holder = stored_raw.get(old_ids[key], u.raw), old_ids[key]
+                else:
                     continue
-                original = first_raw if new else stored_raw.get(message_id, u.raw)
                 if original != u.raw:
-                    conflicts.append((i, u, k, message_id))
+                    conflicts.append((i, u, k, holder))
             renamed: dict[int, tuple[Unit, int]] = {}
             if conflicts:
                 rows = []
@@ -365,15 +375,21 @@ class MessageStore:
                     )
                     renamed[i] = (flagged, first)
                     rows.append(row(flagged, k, conflicts_with=first))
-                conn.execute(stmt, rows)
-                by_key.update(found(conn, [u for u, _ in renamed.values()]))
+                flagged_new = insert(conn, rows)
+                new_ids.update(flagged_new)
+                flagged_keys = {(u.source, u.external_id) for u, _ in renamed.values()}
+                old_ids.update(existing(conn, flagged_keys - set(flagged_new)))
+        by_key: dict[tuple[str | None, str], tuple[int | None, bool]] = {
+            **{k: (v, False) for k, v in old_ids.items()},
+            **{k: (v, True) for k, v in new_ids.items()},
+        }
         answers, seen = [], set()
         for i, u in enumerate(units):
-            conflicts_with = None
+            conflicts_with: int | None = None
             if i in renamed:
                 u, conflicts_with = renamed[i]
-            message_id, new = by_key.get((u.source, u.external_id), (None, False))
             key = (u.source, u.external_id)
+            message_id, new = by_key.get(key, (None, False))
             # The same unit twice in one batch: one message, new the first time only.
             answers.append(Received(message_id, new and key not in seen, conflicts_with))
             seen.add(key)
