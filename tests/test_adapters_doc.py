@@ -241,7 +241,7 @@ def test_hub_adapters_restricts_and_fails_on_unknown_names(
 
     unknown = _hub(["adapters", "list"], HUB_ADAPTERS='["csv","hl7"]')
     assert unknown.exit_code == 1
-    assert "unknown adapter 'hl7'; known adapters: csv, labfeed" in unknown.output
+    assert "unknown adapter 'hl7'; known adapters: csv, hl7v2, labfeed" in unknown.output
 
 
 def test_adapters_new_refuses_what_it_cannot_create(workdir: Path) -> None:

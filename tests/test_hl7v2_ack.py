@@ -62,7 +62,7 @@ def test_err_names_segment_sequence_field_and_reason_escaped() -> None:
         "102", "PID-7 is not a date | ^ & ~ \\", segment="PID", sequence=1, field=7
     )
     built = ack.build(header, ERROR, [detail], text=detail.text)
-    err = [s for s in built.decode().split("\r") if s.startswith("ERR")][0]
+    err = next(s for s in built.decode().split("\r") if s.startswith("ERR"))
     assert err.startswith("ERR||PID^1^7|102^Data type error^HL70357|E|")
     assert err.endswith("PID-7 is not a date \\F\\ \\S\\ \\T\\ \\R\\ \\E\\")
     # Before v2.5: ERR-1 (ELD) instead.

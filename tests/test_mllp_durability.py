@@ -4,6 +4,7 @@ shared server is never touched."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -70,7 +71,7 @@ class Server:
 
 @pytest.fixture()
 def own_postgres() -> Iterator[Server]:
-    if not BIN or shutil.which("runuser") is None and os.geteuid() == 0:
+    if not BIN or (shutil.which("runuser") is None and os.geteuid() == 0):
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
     # Not under pytest's tmp_path: as root that is a folder the postgres user cannot enter.
     top = Path(tempfile.mkdtemp(prefix="hub-pg-"))
@@ -99,10 +100,8 @@ def own_postgres() -> Iterator[Server]:
     try:
         yield server
     finally:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):  # stopped already
             server.stop()
-        except subprocess.CalledProcessError:
-            pass  # stopped already
         shutil.rmtree(top, ignore_errors=True)
 
 
