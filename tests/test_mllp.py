@@ -205,3 +205,34 @@ def test_enhanced_mode_accept_acknowledgements_follow_msh15(served: Served) -> N
     with served.client() as client:
         ack = client.send_message(adt("R1", msh15="ER", event="ZZZ^Z01"))
     assert msa(ack)[:2] == ["CR", "R1"]
+
+
+def test_application_ack_once_processed_as_msh16_asks(ctx: Context, settings: Settings) -> None:
+    """Enhanced mode, MSH-16 AL: the CA at once, then, on the same connection, the
+    application ACK (AA when the message was written, AE with the reason when it failed)."""
+    service = IngestService(ctx, settings, dispatcher="threads")
+    try:
+        with listening(service, settings) as served, served.socket() as sock:
+            sock.sendall(b"\x0b" + adt("APP1", msh15="AL", msh16="AL") + b"\x1c\r")
+            sock.sendall(b"\x0b" + adt("APP2", msh15="AL", msh16="NE") + b"\x1c\r")
+            accept1, accept2, application = read_acks(sock, 3)
+            assert msa(accept1)[:2] == ["CA", "APP1"] and msa(accept2)[:2] == ["CA", "APP2"]
+            (m,) = [m for m in service.store.find() if m.external_id.endswith("|APP1")]
+            expected = "AA" if m.status == "done" else "AE"
+            assert m.status in ("done", "failed", "dead")
+            assert msa(application)[:2] == [expected, "APP1"]
+            if expected == "AE":
+                assert m.error is not None and m.error.split(":")[0] in err(application)[0]
+            # The sender acknowledges our ACK: neither stored nor answered.
+            ours = hl7.parse(application.decode()).segment("MSH")
+            theirs = (
+                "MSH|^~\\&|SndApp|SndFac|HUB|HUBFAC|20240101||ACK^A01^ACK|X9|P|2.5.1\r"
+                f"MSA|CA|{ours[10]}\r"
+            )
+            sock.sendall(b"\x0b" + theirs.encode() + b"\x1c\r")
+            sock.sendall(b"\x0b" + adt("APP3") + b"\x1c\r")
+            (next_ack,) = read_acks(sock, 1)
+            assert msa(next_ack)[:2] == ["AA", "APP3"]
+        assert not [m for m in service.store.find() if m.external_id.endswith("|X9")]
+    finally:
+        service.close()

@@ -7,7 +7,8 @@ fields echoed are the very bytes it sent). MSA-2 echoes MSH-10.
 
 Original mode (MSH-15 and MSH-16 empty): AA accepted, AE error in the content, AR
 rejected. Enhanced mode: the accept acknowledgement CA, CE or CR, sent as MSH-15 asks
-(AL always, NE never, ER only on an error, SU only on success; empty means AL).
+(AL always, NE never, ER only on an error, SU only on success; empty means AL), and
+later the application acknowledgement AA, AE or AR, once processed, as MSH-16 asks.
 
 An ERR segment per error names where it is and why: from v2.5 on, ERR-2 (segment,
 sequence, field, ...), ERR-3 (HL7 table 0357), ERR-4 (severity) and ERR-8 (text); before
@@ -88,6 +89,21 @@ def wanted(header: Header | None, outcome: str) -> bool:
     return True  # AL, or empty beside a valued MSH-16
 
 
+def wanted_application(header: Header | None, outcome: str) -> bool:
+    """Whether the sender asked for an application acknowledgement of this processing
+    outcome (MSH-16, enhanced mode only): AL always, ER on an error, SU on success."""
+    if header is None or not header.enhanced:
+        return False
+    asked = header.application_ack.upper()
+    if asked == "AL":
+        return True
+    if asked == "ER":
+        return outcome != ACCEPT
+    if asked == "SU":
+        return outcome == ACCEPT
+    return False  # NE, or empty beside a valued MSH-15
+
+
 _counter = itertools.count(1)
 _PROCESS = f"{os.getpid() % 10000:04d}"
 
@@ -139,8 +155,11 @@ def build(
     text: str | None = None,
     at: datetime | None = None,
     ack_control_id: str | None = None,
+    application: bool = False,
 ) -> bytes:
-    """The ACK of a message whose header is `header`, as bytes ended by `\\r`."""
+    """The ACK of a message whose header is `header`, as bytes ended by `\\r`.
+    `application`: the application acknowledgement (AA, AE, AR) of enhanced mode, sent
+    once the message is processed."""
     sep, enc = header.field_separator, header.encoding
     c = enc[0]
     msh = [
@@ -159,7 +178,7 @@ def build(
     ]
     if header.charset:
         msh += ["", "", "", "", "", header.charset]
-    code = code_for(header, outcome)
+    code = _ORIGINAL[outcome] if application else code_for(header, outcome)
     msa = ["MSA", code, header.control_id]
     if text and outcome != ACCEPT:
         msa.append(escape(text, header)[:80])  # MSA-3: kept for senders before v2.4

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from adapters.hl7v2.ack import ErrorDetail, build_unreadable
 from adapters.hl7v2.framing import Deframer, frame
-from adapters.hl7v2.receive import Receiver
+from adapters.hl7v2.receive import Answer, Receiver
 
 log = logging.getLogger("hub.mllp")
 
@@ -106,6 +106,27 @@ class Listener:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, where: str
     ) -> None:
         deframer = Deframer(self.max_frame)
+        later: set[asyncio.Task[None]] = set()  # application ACKs waiting for processing
+        try:
+            await self._read_loop(reader, writer, where, deframer, later)
+        finally:
+            for task in later:
+                task.cancel()
+
+    async def _application_ack(self, writer: asyncio.StreamWriter, answer: Answer) -> None:
+        built = await self.receiver.application_ack(answer)
+        if built is not None and not writer.is_closing():
+            writer.write(frame(built))
+            await writer.drain()
+
+    async def _read_loop(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        where: str,
+        deframer: Deframer,
+        later: set[asyncio.Task[None]],
+    ) -> None:
         while True:
             try:
                 data = await asyncio.wait_for(reader.read(READ_SIZE), self.idle_timeout)
@@ -133,6 +154,10 @@ class Listener:
                 for answer in answers:
                     if answer.ack is not None:
                         writer.write(frame(answer.ack))
+                    if answer.wants_application_ack:
+                        task = asyncio.create_task(self._application_ack(writer, answer))
+                        later.add(task)
+                        task.add_done_callback(later.discard)
                 await writer.drain()
             if found.oversized:
                 self.counters.oversized += found.oversized
