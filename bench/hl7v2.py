@@ -33,6 +33,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import redis
@@ -44,6 +45,7 @@ from bench.common import (
     ROOT,
     Server,
     free_port,
+    idle_share,
     libpq_url,
     recreate_database,
     revision,
@@ -136,8 +138,25 @@ def _wait_port(port: int, server: Server, timeout: float = 60) -> None:
     raise SystemExit(f"hub mllp did not listen on {port}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def groups(url: str) -> int:
     sql = "SELECT count(DISTINCT received_at) FROM messages"
+    if url.startswith("sqlite"):
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+            return int(conn.execute(sql).fetchone()[0])
+    with psycopg.connect(libpq_url(url)) as conn:
+        row = conn.execute(sql).fetchone()
+        return int(row[0]) if row else 0
+
+
+def commits_total(url: str, tag: str) -> int:
+    """Messages the throughput part stored (warm-up included)."""
+    sql = "SELECT count(*) FROM messages WHERE external_id LIKE '%|" + tag + "%'"
     if url.startswith("sqlite"):
         with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
             return int(conn.execute(sql).fetchone()[0])
@@ -150,7 +169,7 @@ def baseline(url: str, rows: int, group: int) -> float:
     """Plain SQL inserts of the same bytes into the messages table: rows per second."""
     now = datetime.now(UTC)
     values = [
-        ("SndApp/SndFac", "hl7v2", f"base|{n}", message(f"base{n}"), "received", 0, now, now)
+        ("SndApp/SndFac", "hl7v2", f"base{group}|{n}", message(f"b{n}"), "received", 0, now, now)
         for n in range(rows)
     ]
     if url.startswith("sqlite"):
@@ -182,6 +201,17 @@ def baseline(url: str, rows: int, group: int) -> float:
         return rows / (time.perf_counter() - started)
 
 
+def _run(coroutine: Any) -> Any:
+    """The senders on uvloop where installed (uvicorn[standard] brings it): the bench's
+    own loop must cost little beside the hub's."""
+    try:
+        import uvloop
+
+        return uvloop.run(coroutine)
+    except ImportError:
+        return asyncio.run(coroutine)
+
+
 def run(backend: str, url: str, args: argparse.Namespace, folder: Path) -> dict[str, float]:
     if backend == "postgresql":
         recreate_database(url)
@@ -203,18 +233,25 @@ def run(backend: str, url: str, args: argparse.Namespace, folder: Path) -> dict[
     )
     try:
         _wait_port(port, server)
-        acked, seconds = asyncio.run(throughput(port, args.senders, args.seconds, "T"))
+        cpu_before = cpu_seconds(server.proc.pid)
+        acked, seconds = _run(throughput(port, args.senders, args.seconds, "T"))
+        # Warm-up included on both sides of the ratio: CPU per ACK of the whole run.
+        cpu = cpu_seconds(server.proc.pid) - cpu_before
         commits = groups(url)
-        lat = asyncio.run(latency(port, args.senders, args.rate, args.latency_seconds, "L"))
+        lat = _run(latency(port, args.senders, args.rate, args.latency_seconds, "L"))
     finally:
         server.stop()
         broker.flushdb()
     lat.sort()
+    group = acked / max(commits, 1)
     base = baseline(url, max(acked, 1000), args.group)
+    same = baseline(url, max(acked, 1000), max(1, round(group)))
     return {
+        "cpu_us": 1e6 * cpu / max(1, commits_total(url, "T")),
+        "baseline_same_per_s": same,
         "acked_per_s": acked / seconds,
         "acked": acked,
-        "group": (acked + args.senders) / max(commits, 1),
+        "group": group,
         "p50_ms": 1000 * statistics.median(lat),
         "p99_ms": 1000 * lat[int(len(lat) * 0.99) - 1],
         "max_ms": 1000 * lat[-1],
@@ -238,19 +275,25 @@ def main() -> None:
     parser.add_argument("--latency-seconds", type=float, default=10)
     parser.add_argument("--group", type=int, default=500, help="baseline rows per transaction")
     args = parser.parse_args()
-    print(f"fhir-hub {revision()}, {os.cpu_count()} CPUs; {args.senders} MLLP senders, "
-          f"ADT^A01 of {len(SAMPLE)} bytes")  # fmt: skip
+    print(f"fhir-hub {revision()}, {os.cpu_count()} CPUs ({idle_share():.0%} idle before the "
+          f"run); {args.senders} MLLP senders, ADT^A01 of {len(SAMPLE)} bytes")  # fmt: skip
     with scratch() as folder:
         for backend in args.backends.split(","):
             url = args.database_url if backend == "postgresql" else f"sqlite:///{folder / 'hub.db'}"
             r = run(backend, url, args, folder)
             print(
                 f"{backend:<10} hub: {r['acked_per_s']:7.0f} ACKs/s ({r['acked']:.0f} in "
-                f"{args.seconds:.0f} s, {r['group']:.1f} messages per commit); baseline plain "
-                f"SQL inserts: {r['baseline_per_s']:7.0f} rows/s (hub/baseline "
-                f"{r['acked_per_s'] / r['baseline_per_s']:.0%}); ACK latency at "
-                f"{args.rate:.0f}/s: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
-                f"max {r['max_ms']:.1f} ms ({r['latency_n']:.0f} messages)"
+                f"{args.seconds:.0f} s, {r['group']:.1f} messages per commit, hub process "
+                f"{r['cpu_us']:.0f} us CPU per message: {1e6 / r['cpu_us']:.0f}/s on a core of "
+                f"its own)\n"
+                f"{'':<10} baseline plain SQL inserts: {r['baseline_per_s']:7.0f} rows/s "
+                f"{args.group} per commit "
+                f"(hub/baseline {r['acked_per_s'] / r['baseline_per_s']:.0%}), "
+                f"{r['baseline_same_per_s']:7.0f} rows/s {round(r['group'])} per commit "
+                f"(hub/baseline {r['acked_per_s'] / r['baseline_same_per_s']:.0%})\n"
+                f"{'':<10} ACK latency at {args.rate:.0f}/s: p50 {r['p50_ms']:.1f} ms, "
+                f"p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms "
+                f"({r['latency_n']:.0f} messages)"
             )
 
 
