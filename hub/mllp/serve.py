@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
@@ -22,6 +23,8 @@ from hub.mllp.listener import Listener
 from hub.settings import Settings
 
 log = logging.getLogger("hub.mllp")
+
+SWITCH_INTERVAL = 0.001  # seconds
 
 
 def listener_for(receiver: Any, settings: Settings, host: str | None = None) -> Listener:
@@ -49,6 +52,7 @@ def companion(settings: Settings) -> Callable[[Any], AbstractAsyncContextManager
             return
         listener = listener_for(receiver, settings)
         await listener.start()
+        sys.setswitchinterval(SWITCH_INTERVAL)  # see `run`
         try:
             yield
         finally:
@@ -59,6 +63,9 @@ def companion(settings: Settings) -> Callable[[Any], AbstractAsyncContextManager
 
 async def run(settings: Settings, ready: Callable[[Listener], None] | None = None) -> None:
     """`hub mllp`: the listener alone, until SIGINT or SIGTERM."""
+    # The commit and dispatch threads hold the GIL up to the switch interval (5 ms by
+    # default) while the event loop waits to write ACKs: a shorter one cuts the tail.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     ctx = build_context(settings)
     service = ingest_service(settings, ctx)
     receiver = build_receiver(service, settings)
