@@ -190,9 +190,10 @@ def ingest(
         if waited
         else "stored, not waited for"
     )
+    units = "messages" if per_message else "rows"
     click.echo(
-        f"{totals['rows']} rows ({totals['duplicates']} duplicates): {outcome}; "
-        f"{totals['resources']} resources written, {totals['rows'] / seconds:.0f} rows/s"
+        f"{totals['rows']} {units} ({totals['duplicates']} duplicates): {outcome}; "
+        f"{totals['resources']} resources written, {totals['rows'] / seconds:.0f} {units}/s"
         + (f"; {len(refused)} files refused" if refused else "")
     )
     not_finished = (
