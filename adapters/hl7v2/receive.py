@@ -125,7 +125,7 @@ class Receiver:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[tuple[str, str | None]] = loop.create_future()
         self._watched.setdefault(answer.message_id, []).append(waiter)
-        if self._poller is None or self._poller.done():
+        if self._poller is None or self._poller.done() or self._poller.get_loop() is not loop:
             self._poller = loop.create_task(self._poll(), name="hl7v2-application-acks")
         try:
             status, error = await asyncio.wait_for(waiter, self.application_ack_seconds)

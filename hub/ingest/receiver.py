@@ -84,8 +84,8 @@ class GroupCommit:
         not commit them."""
         if self._closed:
             raise StoreUnavailable("the receiver is shutting down")
-        if self._task is None:
-            self._start()
+        if self._task is None or self._task.get_loop() is not asyncio.get_running_loop():
+            self._start()  # first use, or an app served again on a new event loop
         assert self._wake is not None
         loop = asyncio.get_running_loop()
         pending = [_Pending(u, loop.create_future()) for u in units]
