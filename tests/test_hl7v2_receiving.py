@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import hl7.client
+import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
@@ -46,8 +47,8 @@ def test_post_hl7v2_answers_the_ack(client: TestClient, repo: SqlRepository) -> 
 
 
 def test_ingest_files_with_mixed_framing_and_line_ends(
-    repo: SqlRepository, database_url: str, tmp_path: Path, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+    repo: SqlRepository, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HUB_DATABASE_URL", database_url)
     monkeypatch.delenv("HUB_BROKER_URL", raising=False)
     names = ["ADT_A01", "ORU_R01", "SIU_S12", "MDM_T02"]
@@ -130,3 +131,17 @@ def test_hub_serve_and_hub_mllp_listen(repo: SqlRepository, database_url: str) -
             assert process.wait(30) == 0 or process.returncode in (0, -15)
     raws = {m.raw for m in MessageStore(repo.engine).find()}
     assert adt("serve-1") in raws and adt("mllp-1") in raws
+
+
+def test_a_reused_control_id_is_flagged_in_hub_messages_show(
+    client: TestClient, repo: SqlRepository, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HUB_DATABASE_URL", database_url)
+    plain = {"content-type": "application/hl7-v2"}
+    assert msa(client.post("/hl7v2", content=adt("F1"), headers=plain).content)[0] == "AA"
+    other = client.post("/hl7v2", content=adt("F1", extra="^Else"), headers=plain).content
+    assert msa(other)[0] == "AA" and "|205^" in err(other)[0]
+    first, second = sorted(MessageStore(repo.engine).find(), key=lambda m: m.id)
+    shown = CliRunner().invoke(main, ["messages", "show", str(second.id)])
+    assert shown.exit_code == 0, shown.output
+    assert f"conflictsWith: {first.id}" in shown.output
