@@ -96,6 +96,7 @@ def start_hub(url: str, workers: int, log: Path, cwd: Path = ROOT) -> Server:
     `cwd` is where the hub is imported from: a snapshot of other code can be measured."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    env["HUB_MLLP_ENABLED"] = "false"  # the HTTP benchmarks need no MLLP listener
     argv = [
         sys.executable, "-m", "hub.cli", "serve", "--host", HOST, "--port", str(port),
         "--workers", str(workers), "--database-url", url, "--log-level", "warning",

@@ -214,6 +214,33 @@ class Settings(BaseSettings):
         "be set in the source's mapping file).",
     )
 
+    mllp_enabled: bool = Field(
+        default=True,
+        description="`hub serve` also listens for HL7 v2 over MLLP (false: the API alone; "
+        "`hub mllp` runs the listener as a process of its own).",
+    )
+    mllp_host: str = Field(default="127.0.0.1", description="Interface the MLLP listener uses.")
+    mllp_port: int = Field(default=2575, ge=0, le=65535, description="Port of the MLLP listener.")
+    mllp_max_frame_bytes: int = Field(
+        default=1 << 20,
+        ge=1024,
+        description="Largest MLLP frame (one HL7 v2 message) accepted; a larger one is "
+        "answered AR and its connection closed.",
+    )
+    mllp_idle_seconds: float = Field(
+        default=300.0, gt=0, description="An MLLP connection silent this long is closed."
+    )
+    hl7v2_commit_window_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description="HL7 v2 messages received (MLLP and HTTP) are committed in groups: what "
+        "arrives while a commit runs forms the next group. This adds a wait for more after "
+        "a group's first message (0: none, the commit's own time is the window).",
+    )
+    hl7v2_commit_group: int = Field(
+        default=500, ge=1, description="Most HL7 v2 messages committed in one transaction."
+    )
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str) -> str:

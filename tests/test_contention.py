@@ -360,6 +360,7 @@ def serve(postgres_url: str, tmp_path: Path) -> Iterator[Callable[..., tuple[Any
             "HUB_REGISTRY_REFRESH_SECONDS": "0",
             "HUB_MIGRATIONS_DIR": str(MIGRATIONS),
             "HUB_LOG_LEVEL": "warning",
+            "HUB_MLLP_ENABLED": "false",  # port 2575 is not the test's to take
         }
         port = _free_port()
         argv = [sys.executable, "-m", "hub.cli", "serve", "--port", str(port)]

@@ -63,6 +63,7 @@ def _clean_env(workdir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
     env["HUB_MIGRATIONS_DIR"] = str(MIGRATIONS)
     env["HUB_LOG_LEVEL"] = "warning"
+    env["HUB_MLLP_ENABLED"] = "false"  # port 2575 is not the test's to take
     env["PYTHONUNBUFFERED"] = "1"
     env["HOME"] = str(workdir)
     return env

@@ -194,7 +194,11 @@ def test_malformed_messages_are_invalid(raw: bytes, field: str | None) -> None:
 
 
 def test_external_id_is_sender_facility_and_control_id() -> None:
-    assert external_id((DATA / "ig-ADT_A01.hl7").read_bytes()) == "SndApp|SndFac|4637382"
+    # The sender's fields as sent: another application with the same namespace id is not
+    # the same sender.
+    assert external_id((DATA / "ig-ADT_A01.hl7").read_bytes()) == (
+        "SndApp^1.2.3.4.5.2^ISO|SndFac^1.2.3.4.5.1^ISO|4637382"
+    )
     assert Hl7v2Adapter().source_of((DATA / "ig-ORU_R01.hl7").read_bytes()) == "LabApp/LabFac"
 
 

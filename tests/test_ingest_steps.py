@@ -515,6 +515,15 @@ def test_every_transition_of_the_status_table_is_reached(
     assert status_of(service, expired) == FAILED
     reached.add((PENDING, Event.EXPIRE))
 
+    # (new) -> failed: an HL7 v2 message refused at receipt (answered AR) is kept, failed.
+    refused = service.ingest(
+        "hl7v2",
+        None,
+        io.BytesIO(b"MSH|^~\\&|A|B|||20240101||ZZZ^Z01|R1|P|2.5\rPID|1\r"),
+        "refused.hl7",
+    ).message_ids
+    assert [status_of(service, m) for m in refused] == [FAILED]
+    reached.add((status.NEW, Event.REFUSE))
     assert reached == set(status.TRANSITIONS)
     for (source, event_), target in status.TRANSITIONS.items():
         assert status.move(source, event_) == target

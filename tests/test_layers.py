@@ -46,7 +46,8 @@ def test_the_contracts_name_every_layer_in_order() -> None:
     contracts = {c["id"]: c for c in config["contracts"]}
     assert set(contracts) == CONTRACTS
     assert contracts["layers"]["layers"] == [
-        "hub.api | hub.cli | hub.tasks",
+        "hub.cli",
+        "hub.api | hub.mllp | hub.tasks",
         "hub.assembly",
         "hub.ingest",
         "hub.interactions",

@@ -1,4 +1,5 @@
-"""The HL7 v2 adapter: messages parsed by `parse`, mapped by `mappings/hl7v2/`."""
+"""HL7 v2 feeds: framing, headers, acknowledgements, parsing, and the adapter that maps
+messages by `mappings/hl7v2/`."""
 
 from adapters.hl7v2.adapter import Hl7v2Adapter
 

@@ -8,8 +8,10 @@ reads MSH-9 (type, trigger, structure) and chooses the message map under
 `accepts(header)` before it acknowledges a message, so an unknown type is
 rejected (and kept) at once.
 
-The source of a message is `<MSH-3.1>/<MSH-4.1>` (or `<MSH-3.1>`), its
-external id `<MSH-3.1>|<MSH-4.1>|<MSH-10>`: a resend is a duplicate.
+Splitting is `framing.split_stream` (files of one or many messages, framed or
+not), and each unit is checked as the MLLP listener checks it (`receipt`): stored
+under its own source (`<MSH-3.1>/<MSH-4.1>`, or `<MSH-3.1>`) and external id
+(MSH-3, MSH-4 and MSH-10: a resend is a duplicate), a refused one with its reason.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from adapters.hl7v2.parse import charset_of, parse, source_of
+from adapters.hl7v2 import receipt
+from adapters.hl7v2.framing import split_stream
+from adapters.hl7v2.header import MalformedHeader, parse_header
+from adapters.hl7v2.parse import parse, source_of
 from hub.ingest.adapters import Unit
 from hub.ingest.mapping import Mapped, Mapper, MappingError
 from hub.ingest.mapping_tree import Tree
@@ -35,6 +40,9 @@ class Hl7v2Adapter:
         "text/plain",
     )
     mappings_dir: Path | None = None  # its maps are under the hub's mappings/hl7v2/
+    # Each unit names its source, and the message map is chosen per message: `hub ingest`
+    # and the receiver need no --mapping nor --source.
+    chooses_mapping = True
 
     def __init__(self, root: Path | None = None) -> None:
         settings = get_settings()
@@ -46,25 +54,24 @@ class Hl7v2Adapter:
         # the file (a restart reads changed maps).
         self.catalogue = Catalogue(self.root)
 
-    # -- framing (the receiving side owns the framing module) --
-
     def split(self, stream: IO[bytes], origin: str, mapping: str | None) -> Iterator[Unit]:
-        from adapters.hl7v2.framing import split_stream  # the receiver's framing
-
         for number, raw in enumerate(split_stream(stream), start=1):
-            yield Unit(raw=raw, external_id=external_id(raw), origin=f"{origin} message {number}")
+            yield receipt.unit(raw, receipt.check(raw, self), f"{origin} message {number}")
 
     # -- parsing and mapping --
 
     def source_of(self, raw: bytes) -> str:
         """The sender of a message: `<MSH-3.1>/<MSH-4.1>`, read off its MSH line."""
-        return _source_of_raw(raw)
+        try:
+            return parse_header(raw).source
+        except MalformedHeader:
+            return ""
 
     def charset_for(self, source: str) -> str:
         return self.source_charsets.get(source, self.default_charset)
 
     def parse(self, raw: bytes, source: str | None = None) -> Tree:
-        default = self.charset_for(source or _source_of_raw(raw))
+        default = self.charset_for(source or self.source_of(raw))
         return parse(raw, default)
 
     def message_map(self, tree: Mapping[str, str]) -> MessageMap:
@@ -121,32 +128,7 @@ def _type_text(tree: Mapping[str, str]) -> str:
     return "^".join(p for p in parts if p) or "(empty MSH-9)"
 
 
-def _source_of_raw(raw: bytes) -> str:
-    """The sender of raw bytes, from the MSH line alone (to choose its character set)."""
-    try:
-        line = raw.split(b"\r", 1)[0].split(b"\n", 1)[0].decode("latin-1")
-        fields = line.split(line[3]) if len(line) > 3 else []
-        comp = line[4:5] or "^"
-        application = fields[2].split(comp)[0] if len(fields) > 2 else ""
-        facility = fields[3].split(comp)[0] if len(fields) > 3 else ""
-    except (IndexError, UnicodeDecodeError):
-        return ""
-    return source_of(application, facility)
-
-
 def external_id(raw: bytes) -> str:
-    """`<MSH-3.1>|<MSH-4.1>|<MSH-10>` of a message: the same message sent again is a
-    duplicate. Read from the MSH line alone, without decoding the message."""
-    line = raw.split(b"\r", 1)[0].split(b"\n", 1)[0].decode("latin-1")
-    if len(line) < 4:
-        return line
-    fields = line.split(line[3])
-    comp = line[4:5] or "^"
-
-    def first(index: int) -> str:
-        return fields[index].split(comp)[0] if len(fields) > index else ""
-
-    return f"{first(2)}|{first(3)}|{first(9)}"
-
-
-__all__ = ["Hl7v2Adapter", "charset_of", "external_id"]
+    """MSH-3, MSH-4 and MSH-10 of a message, as sent: the same message sent again is a
+    duplicate."""
+    return parse_header(raw).external_id

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 
 import anyio.to_thread
 from fastapi import APIRouter, FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from adapters.hl7v2.receive import Receiver, build_receiver
 from hub import __version__
 from hub.assembly import build_context, ingest_service
 from hub.interactions.context import Context
@@ -19,6 +20,7 @@ from hub.settings import Settings, get_settings
 from hub.store.cancel import Cancellation
 
 from . import errors
+from . import hl7v2 as hl7v2_routes
 from . import ingest as ingest_routes
 from .disconnect import cancel_when_gone
 from .http import to_request, to_response
@@ -28,15 +30,27 @@ from .turns import ConditionalCreateTurns
 FHIR_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
 
-def create_app(settings: Settings | None = None, context: Context | None = None) -> FastAPI:
+# Something that runs beside the API while it serves (the MLLP listener of `hub serve`):
+# entered once the app has started, left before its parts close.
+Companion = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+def create_app(
+    settings: Settings | None = None,
+    context: Context | None = None,
+    companions: Sequence[Companion] = (),
+) -> FastAPI:
     """The API over `context`, or over parts assembled from `settings` (`hub.assembly`),
     which the app then closes when it stops."""
     settings = settings or get_settings()
     ctx = context or build_context(settings)
     feeds = ingest_service(settings, ctx)
+    hl7v2: Receiver | None = None
+    if "hl7v2" in feeds.adapters.enabled:
+        hl7v2 = build_receiver(feeds, settings)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(served: FastAPI) -> AsyncIterator[None]:
         # As many request threads as pooled connections: no thread waits for a
         # connection and no connection is opened beyond the pool.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
@@ -47,7 +61,12 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
             feeds.start_sweeper()
             stale = await run_in_threadpool(feeds.store.stale, timedelta(0))
             feeds.dispatcher.submit(stale)
-        yield
+        async with AsyncExitStack() as running:
+            for companion in companions:
+                await running.enter_async_context(companion(served))
+            yield
+        if hl7v2 is not None:
+            await hl7v2.close()  # commits what was received, before the store closes
         # Waits for the ingest threads' batches in hand: in a thread, off the event loop.
         await run_in_threadpool(feeds.close)
         if ctx.reader is not None:
@@ -63,11 +82,14 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     )
     app.state.context = ctx
     app.state.ingest = feeds
+    app.state.hl7v2 = hl7v2
     errors.install(app)
     app.add_middleware(ReadsById, ctx=ctx, settings=settings)
     app.add_middleware(ConditionalCreateTurns, settings=settings)
     app.add_middleware(errors.Unexpected)  # outermost: after any error, keep-alive holds
     app.include_router(ingest_routes.router(settings.max_body_bytes))
+    if hl7v2 is not None:
+        app.include_router(hl7v2_routes.router(settings.max_body_bytes))
     router = APIRouter(prefix=settings.base_path)
 
     async def handle(http: Request, **parts: str | None) -> Response:

@@ -6,7 +6,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -41,6 +41,12 @@ def main() -> None:
     help="Apply pending database migrations before serving.",
 )
 @click.option("--log-level", help="uvicorn log level [HUB_LOG_LEVEL, default info].")
+@click.option(
+    "--mllp/--no-mllp",
+    default=None,
+    help="Also listen for HL7 v2 over MLLP [HUB_MLLP_ENABLED, default on].",
+)
+@click.option("--mllp-port", type=int, help="MLLP port [HUB_MLLP_PORT, default 2575].")
 def serve(
     host: str | None,
     port: int | None,
@@ -48,6 +54,8 @@ def serve(
     database_url: str | None,
     migrate: bool,
     log_level: str | None,
+    mllp: bool | None,
+    mllp_port: int | None,
 ) -> None:
     # Options become HUB_* variables so that every worker process sees the same settings.
     for name, value in (
@@ -56,6 +64,8 @@ def serve(
         ("WORKERS", workers),
         ("DATABASE_URL", database_url),
         ("LOG_LEVEL", log_level),
+        ("MLLP_ENABLED", None if mllp is None else str(mllp).lower()),
+        ("MLLP_PORT", mllp_port),
     ):
         if value is not None:
             os.environ[f"HUB_{name}"] = str(value)
@@ -71,13 +81,16 @@ def serve(
         _check_connections(settings)
     import uvicorn
 
+    listening = (
+        f" and MLLP on {settings.mllp_host}:{settings.mllp_port}" if settings.mllp_enabled else ""
+    )
     click.echo(
-        f"fhir-hub serving http://{settings.host}:{settings.port}{settings.base_path} "
-        f"on {settings.database_url.split('@')[-1]}",
+        f"fhir-hub serving http://{settings.host}:{settings.port}{settings.base_path}"
+        f"{listening} on {settings.database_url.split('@')[-1]}",
         err=True,
     )
     uvicorn.run(
-        "hub.api.app:create_app",
+        "hub.cli.serving:create_app" if settings.mllp_enabled else "hub.api.app:create_app",
         factory=True,
         host=settings.host,
         port=settings.port,
@@ -245,6 +258,51 @@ def reindex(types: tuple[str, ...], batch: int, database_url: str | None) -> Non
     kinds = job.resource_types
     named = ", ".join(kinds) if len(kinds) <= 8 else f"{len(kinds)} resource types"
     click.echo(f"reindex job {job.id} {job.status}: {job.done} resources of {named or 'no type'}")
+
+
+@main.command(
+    help="Listen for HL7 v2 over MLLP, as a process of its own (scale-out; `hub serve` "
+    "listens too unless HUB_MLLP_ENABLED=false). Each message is committed to the message "
+    "store before its ACK; without HUB_BROKER_URL this process also processes them."
+)
+@click.option("--host", help="Interface to listen on [HUB_MLLP_HOST, default 127.0.0.1].")
+@click.option("--port", type=int, help="Port to listen on [HUB_MLLP_PORT, default 2575].")
+@click.option("--database-url", help="SQLAlchemy URL of the store [HUB_DATABASE_URL].")
+def mllp(host: str | None, port: int | None, database_url: str | None) -> None:
+    import asyncio
+    import logging
+
+    from hub.mllp.serve import run
+
+    for name, value in (("MLLP_HOST", host), ("MLLP_PORT", port), ("DATABASE_URL", database_url)):
+        if value is not None:
+            os.environ[f"HUB_{name}"] = str(value)
+    settings = _settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
+
+    def ready(listener: object) -> None:
+        click.echo(
+            f"fhir-hub MLLP listening on {settings.mllp_host}:{getattr(listener, 'port', '?')} "
+            f"on {settings.database_url.split('@')[-1]}",
+            err=True,
+        )
+
+    try:
+        import uvloop  # installed with uvicorn[standard]: a faster event loop
+
+        runner: Any = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        runner(run(settings, ready))
+    except LookupError as e:  # the hl7v2 adapter is not enabled
+        raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(
+            f"cannot listen on {settings.mllp_host}:{settings.mllp_port}: {e}"
+        ) from None
 
 
 def _register_feed_commands() -> None:

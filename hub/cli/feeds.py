@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from collections import Counter
 from contextlib import ExitStack
@@ -28,10 +29,32 @@ def _service(dispatcher: DispatchMode | None = None) -> Any:
         raise click.ClickException(str(e)) from None
 
 
-def _progress(label: str) -> Any:
+class _Counting(io.RawIOBase):
+    """A binary file that counts the bytes read from it (for the progress bar)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.read_bytes = stream, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n: int = self.stream.readinto(buffer) or 0
+        self.read_bytes += n
+        return n
+
+
+def _progress(label: str, unit: str = "rows", counting: Any = None, total: int = 0) -> Any:
+    width = 20
+
     def show(summary: Any) -> None:
+        bar = ""
+        if counting is not None and total:
+            share = min(1.0, counting.read_bytes / total)
+            filled = int(share * width)
+            bar = f"[{'#' * filled}{'.' * (width - filled)}] {share:4.0%} "
         click.echo(
-            f"\r{label}: {summary.units} rows, {summary.accepted} new, "
+            f"\r{label}: {bar}{summary.units} {unit}, {summary.accepted} new, "
             f"{summary.duplicates} duplicates, {summary.done} done, {summary.rejected} rejected, "
             f"{summary.dead} dead, {summary.open} open   ",
             nl=False,
@@ -59,7 +82,11 @@ SHOWN = 20  # rows not done listed one by one; `hub messages list` shows the res
     "or mapping, invalid source), nothing stored."
 )
 @click.option("--adapter", required=True, help="Adapter name (see `hub adapters list`).")
-@click.option("--mapping", required=True, help="Mapping name (see `hub adapters list`).")
+@click.option(
+    "--mapping",
+    help="Mapping name (see `hub adapters list`); not for hl7v2, whose message map is "
+    "chosen per message from MSH-9.",
+)
 @click.option("--source", help="Source system id (default: the mapping's).")
 @click.option(
     "--wait/--no-wait",
@@ -78,7 +105,7 @@ SHOWN = 20  # rows not done listed one by one; `hub messages list` shows the res
 )
 def ingest(
     adapter: str,
-    mapping: str,
+    mapping: str | None,
     source: str | None,
     wait: bool,
     timeout: float | None,
@@ -90,9 +117,15 @@ def ingest(
 
     service = _service(dispatcher=None if _broker() else "inline")
     try:  # refused before any file is read: the same for every file
-        service.adapters.get(adapter)
-        check_source(source or service.mapping(adapter, mapping).source)
-    except (HubError, LookupError) as e:
+        per_message = bool(getattr(service.adapters.get(adapter), "chooses_mapping", False))
+        if per_message and (mapping or source):
+            raise Refused(
+                f"the {adapter} adapter takes neither --mapping nor --source: each message "
+                "names its source (MSH-3/MSH-4) and its type (MSH-9), which chooses the map"
+            )
+        if not per_message:
+            check_source(source or service.mapping(adapter, mapping).source)
+    except (HubError, LookupError, Refused) as e:
         service.close()
         raise Refused(str(e)) from None
     waited = wait or service.mode == "inline"  # inline, the rows are processed here anyway
@@ -105,16 +138,22 @@ def ingest(
     try:
         for path in files:
             with path.open("rb") as stream:
+                counting = _Counting(stream)
                 try:
                     summary = service.ingest(
                         adapter,
                         mapping,
-                        stream,
+                        io.BufferedReader(counting),
                         path.name,
                         source=source,
                         wait=wait,
                         timeout=timeout,
-                        progress=_progress(path.name),
+                        progress=_progress(
+                            path.name,
+                            "messages" if per_message else "rows",
+                            counting,
+                            path.stat().st_size,
+                        ),
                     )
                 except HubError as e:  # this file is refused (no rows): go on with the others
                     click.echo(f"refused: {e.message}", err=True)
@@ -156,9 +195,10 @@ def ingest(
         if waited
         else "stored, not waited for"
     )
+    units = "messages" if per_message else "rows"
     click.echo(
-        f"{totals['rows']} rows ({totals['duplicates']} duplicates): {outcome}; "
-        f"{totals['resources']} resources written, {totals['rows'] / seconds:.0f} rows/s"
+        f"{totals['rows']} {units} ({totals['duplicates']} duplicates): {outcome}; "
+        f"{totals['resources']} resources written, {totals['rows'] / seconds:.0f} {units}/s"
         + (f"; {len(refused)} files refused" if refused else "")
     )
     not_finished = (

@@ -98,21 +98,6 @@ def _batches(units: Iterator[Unit], size: int) -> Iterator[list[Unit]]:
         yield batch
 
 
-def _by_source(
-    batch: list[Unit], source: str | None, adapter: Any
-) -> list[tuple[str, list[tuple[int, Unit]]]]:
-    """The units of a batch by source, with their places: all of them under `source` when
-    given, else each under the source its adapter reads off it (an HL7 v2 message's sender),
-    in order of first appearance."""
-    if source is not None:
-        return [(source, list(enumerate(batch)))]
-    groups: dict[str, list[tuple[int, Unit]]] = {}
-    for index, unit in enumerate(batch):
-        unit_source = adapter.source_of(unit.raw) or "unknown"
-        groups.setdefault(unit_source, []).append((index, unit))
-    return list(groups.items())
-
-
 class IngestService:
     def __init__(self, ctx: Context, settings: Settings, dispatcher: str | None = None) -> None:
         engine = getattr(ctx.repo, "engine", None)
@@ -203,12 +188,15 @@ class IngestService:
             adapter = self.adapters.get(adapter_name)
         except LookupError as e:
             raise NotFound(str(e)) from None
-        # An adapter that chooses the mapping per message (HL7 v2, by MSH-9) takes none, and
-        # names each unit's source itself (`source_of`) unless the caller gives one.
-        per_message = mapping_name is None and hasattr(adapter, "mapper_for")
+        # An adapter whose units name their source and whose message map is chosen per
+        # message (HL7 v2: MSH-3/MSH-4 and MSH-9) takes no mapping nor source here.
+        per_message = bool(getattr(adapter, "chooses_mapping", False))
         mapping = None if per_message else self.mapping(adapter_name, mapping_name)
-        source = source or (mapping.source if mapping is not None else None)
-        if source is not None:
+        if per_message:
+            mapping_name = None
+        else:
+            assert mapping is not None
+            source = source or mapping.source
             check_source(source)
         if content_type is not None and len(content_type) > CONTENT_TYPE_MAX:
             raise Invalid(
@@ -218,33 +206,33 @@ class IngestService:
             )
         summary = Summary()
         accepted: set[int] = set()
-        units = adapter.split(stream, origin, mapping.name if mapping is not None else "")
-        for batch in _batches(units, BATCH):
-            results: list[tuple[int | None, bool]] = [(None, False)] * len(batch)
-            for unit_source, part in _by_source(batch, source, adapter):
-                received = self.store.receive(
-                    [u for _, u in part],
-                    source=unit_source,
-                    adapter=adapter_name,
-                    mapping=mapping_name,
-                    mapping_version=mapping.version if mapping is not None else None,
-                    content_type=content_type,
-                    order_keys=[
-                        self.pipeline.order_key(adapter_name, mapping_name, u.raw, unit_source)
-                        for _, u in part
-                    ],
-                )
-                for (index, _), result in zip(part, received, strict=True):
-                    results[index] = result
+        for batch in _batches(adapter.split(stream, origin, mapping_name), BATCH):  # type: ignore[arg-type]
+            results = self.store.receive(
+                batch,
+                source=source,
+                adapter=adapter_name,
+                mapping=mapping_name,
+                mapping_version=mapping.version if mapping else None,
+                content_type=content_type,
+                order_keys=[
+                    self.pipeline.order_key(
+                        adapter_name, mapping_name, u.raw, u.source or source or ""
+                    )
+                    if u.error is None
+                    else None
+                    for u in batch
+                ],
+            )
             fresh, repeated = [], []
-            for message_id, new in results:
+            for unit, (message_id, new) in zip(batch, results, strict=True):
                 summary.units += 1
                 if message_id is None:
                     continue
                 summary.message_ids.append(message_id)
                 if new:
                     summary.accepted += 1
-                    fresh.append(message_id)
+                    if unit.error is None:  # one refused at receipt is stored failed
+                        fresh.append(message_id)
                 else:
                     summary.duplicates += 1
                     repeated.append(message_id)

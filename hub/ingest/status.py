@@ -28,6 +28,7 @@ ACTIVE = (RECEIVED, WAITING, PROCESSING)
 
 class Event(StrEnum):
     RECEIVE = "receive"  # committed raw
+    REFUSE = "refuse"  # committed raw, refused at receipt (an HL7 v2 message answered AE/AR)
     TAKE = "take"  # a worker takes it (an attempt)
     WAIT = "wait"  # an earlier message about its subject is open
     AWAIT_REFERENCE = "await-reference"  # a resource it refers to has not arrived
@@ -44,6 +45,7 @@ NEW = None  # the state before a message is stored
 
 TRANSITIONS: dict[tuple[str | None, Event], str] = {
     (NEW, Event.RECEIVE): RECEIVED,
+    (NEW, Event.REFUSE): FAILED,
     (RECEIVED, Event.TAKE): PROCESSING,
     (WAITING, Event.TAKE): PROCESSING,
     (PENDING, Event.TAKE): PROCESSING,

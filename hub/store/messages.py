@@ -60,6 +60,21 @@ class Unit:
     external_id: str
     origin: str | None = None
     event_time: datetime | None = None
+    # The unit's own source system, for feeds whose units name it (HL7 v2: MSH-3/MSH-4);
+    # None: the one `receive` is given.
+    source: str | None = None
+    # Refused at receipt (an HL7 v2 message answered AE or AR): stored `failed` with this.
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Received:
+    """What `MessageStore.receive_all` did with one unit."""
+
+    id: int | None
+    new: bool  # stored now; False: a duplicate, `id` is the first delivery's
+    # Its external id was taken by a message with other bytes: stored under a flagged one.
+    conflicts_with: int | None = None
 
 
 def _length(column: Column[Any]) -> int:
@@ -138,6 +153,7 @@ class Message:
     produced: list[str]
     updated_at: datetime
     wait_until: datetime | None = None
+    conflicts_with: int | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -156,6 +172,8 @@ class Message:
             "produced": self.produced,
             # A pending message: when it stops waiting (and fails, naming what it waited for).
             **({"waitUntil": _iso(self.wait_until)} if self.wait_until else {}),
+            # The same external id (an HL7 control id) came before with other bytes.
+            **({"conflictsWith": self.conflicts_with} if self.conflicts_with else {}),
         }
 
 
@@ -192,6 +210,7 @@ def _message(row: Any) -> Message:
         produced=json.loads(m["produced"]) if m["produced"] else [],
         updated_at=_utc(m["updated_at"]),
         wait_until=_utc(m["wait_until"]) if m["wait_until"] else None,
+        conflicts_with=m["conflicts_with"],
     )
 
 
@@ -211,7 +230,7 @@ class MessageStore:
         self,
         units: Sequence[Unit],
         *,
-        source: str,
+        source: str | None,
         adapter: str,
         mapping: str | None,
         mapping_version: str | None = None,
@@ -222,21 +241,59 @@ class MessageStore:
 
         `order_keys`, one per unit, name the subject each is about (see `Pipeline.order_key`).
         """
+        received = self.receive_all(
+            units,
+            source=source,
+            adapter=adapter,
+            mapping=mapping,
+            mapping_version=mapping_version,
+            content_type=content_type,
+            order_keys=order_keys,
+        )
+        return [(r.id, r.new) for r in received]
+
+    def receive_all(
+        self,
+        units: Sequence[Unit],
+        *,
+        source: str | None,
+        adapter: str,
+        mapping: str | None,
+        mapping_version: str | None = None,
+        content_type: str | None = None,
+        order_keys: Sequence[str | None] | None = None,
+    ) -> list[Received]:
+        """Commit units raw, in one transaction; answer what became of each.
+
+        A unit whose source and external id are stored already is a duplicate when its
+        bytes are the same (answered with the first one's id, nothing stored); with other
+        bytes it is not a resend: it is stored under its external id and a digest of its
+        bytes, flagged with the first one's id (`conflicts_with`). A unit with `source`
+        set is stored under it, else under `source`.
+        """
         at = now()
-        status = self.lifecycle.target("receive")
         keys = order_keys if order_keys is not None else [None] * len(units)
-        check_source(source)  # the caller checked it, to refuse the request before it starts
+        for unit_source in {u.source or source for u in units}:
+            if unit_source is None:
+                raise ValueError("a unit without a source, and no source given")
+            check_source(unit_source)  # the caller checked it, to refuse the request early
         units = [
             replace(
                 u,
+                source=u.source or source,
                 external_id=_equality_key(u.external_id, _EXTERNAL_ID_MAX),
                 origin=_label(u.origin, _ORIGIN_MAX),
+                error=_storable_text(u.error) if u.error is not None else None,
             )
             for u in units
         ]
-        rows = [
-            {
-                "source": source,
+        if not units:
+            return []
+        received, refused = self.lifecycle.target("receive"), self.lifecycle.target("refuse")
+
+        def row(u: Unit, key: str | None, conflicts_with: int | None = None) -> dict[str, Any]:
+            return {
+                "source": u.source,
                 "adapter": adapter,
                 "mapping": mapping,
                 "mapping_version": mapping_version,
@@ -247,16 +304,14 @@ class MessageStore:
                 "received_at": at,
                 "event_time": u.event_time,
                 "raw": u.raw,
-                "status": status,
+                "status": refused if u.error is not None else received,
                 "attempts": 0,
-                "error": None,
+                "error": u.error,
                 "produced": None,
                 "updated_at": at,
+                "conflicts_with": conflicts_with,
             }
-            for u, key in zip(units, keys, strict=True)
-        ]
-        if not rows:
-            return []
+
         dialect = self.engine.dialect.name
         stmt: Any
         if dialect == "postgresql":
@@ -265,21 +320,84 @@ class MessageStore:
             )
         else:
             stmt = sqlite.insert(messages).on_conflict_do_nothing()
-        with self.engine.connect().execution_options(hub_write=True) as conn, conn.begin():
-            conn.execute(stmt, rows)
-            found = conn.execute(
-                select(messages.c.external_id, messages.c.id, messages.c.received_at).where(
-                    messages.c.source == source,
-                    messages.c.external_id.in_([u.external_id for u in units]),
+
+        def insert(conn: Any, rows: list[dict[str, Any]]) -> dict[tuple[str | None, str], int]:
+            """Insert the rows whose (source, external id) is free; answer their ids. One
+            statement per few hundred rows (SQLAlchemy's "insertmanyvalues"), which
+            answers the new rows' ids at once: no second query unless some were taken."""
+            result = conn.execute(
+                stmt.returning(messages.c.source, messages.c.external_id, messages.c.id), rows
+            )
+            return {(r[0], r[1]): int(r[2]) for r in result}
+
+        def existing(conn: Any, keys: set[tuple[str | None, str]]) -> dict[Any, int]:
+            if not keys:
+                return {}
+            # Two IN lists, not a row-value IN: SQLite looks the pairs up by the unique
+            # index with these, and scans the table with that.
+            rows = conn.execute(
+                select(messages.c.source, messages.c.external_id, messages.c.id).where(
+                    messages.c.source.in_({s for s, _ in keys}),
+                    messages.c.external_id.in_({e for _, e in keys}),
                 )
             ).all()
-        by_external = {r[0]: (r[1], _utc(r[2]) == at) for r in found}
+            return {(r[0], r[1]): int(r[2]) for r in rows if (r[0], r[1]) in keys}
+
+        with self.engine.connect().execution_options(hub_write=True) as conn, conn.begin():
+            new_ids = insert(conn, [row(u, k) for u, k in zip(units, keys, strict=True)])
+            # Not stored now: a resend when its bytes are the ones stored, else a conflict.
+            old_ids = existing(conn, {(u.source, u.external_id) for u in units} - set(new_ids))
+            stored_raw: dict[int, bytes] = {}
+            if old_ids:
+                stored_raw = {
+                    int(r[0]): bytes(r[1])
+                    for r in conn.execute(
+                        select(messages.c.id, messages.c.raw).where(
+                            messages.c.id.in_(set(old_ids.values()))
+                        )
+                    )
+                }
+            first_in_batch: dict[tuple[str | None, str], bytes] = {}
+            conflicts: list[tuple[int, Unit, str | None, int]] = []
+            for i, (u, k) in enumerate(zip(units, keys, strict=True)):
+                key = (u.source, u.external_id)
+                first_raw = first_in_batch.setdefault(key, u.raw)
+                if key in new_ids:
+                    original, holder = first_raw, new_ids[key]
+                elif key in old_ids:
+                    original, holder = stored_raw.get(old_ids[key], u.raw), old_ids[key]
+                else:
+                    continue
+                if original != u.raw:
+                    conflicts.append((i, u, k, holder))
+            renamed: dict[int, tuple[Unit, int]] = {}
+            if conflicts:
+                rows = []
+                for i, u, k, first in conflicts:
+                    digest = hashlib.sha256(u.raw).hexdigest()
+                    flagged = replace(
+                        u, external_id=_equality_key(f"{u.external_id}#{digest}", _EXTERNAL_ID_MAX)
+                    )
+                    renamed[i] = (flagged, first)
+                    rows.append(row(flagged, k, conflicts_with=first))
+                flagged_new = insert(conn, rows)
+                new_ids.update(flagged_new)
+                flagged_keys = {(u.source, u.external_id) for u, _ in renamed.values()}
+                old_ids.update(existing(conn, flagged_keys - set(flagged_new)))
+        by_key: dict[tuple[str | None, str], tuple[int | None, bool]] = {
+            **{k: (v, False) for k, v in old_ids.items()},
+            **{k: (v, True) for k, v in new_ids.items()},
+        }
         answers, seen = [], set()
-        for u in units:
-            message_id, new = by_external.get(u.external_id, (None, False))
+        for i, u in enumerate(units):
+            conflicts_with: int | None = None
+            if i in renamed:
+                u, conflicts_with = renamed[i]
+            key = (u.source, u.external_id)
+            message_id, new = by_key.get(key, (None, False))
             # The same unit twice in one batch: one message, new the first time only.
-            answers.append((message_id, new and u.external_id not in seen))
-            seen.add(u.external_id)
+            answers.append(Received(message_id, new and key not in seen, conflicts_with))
+            seen.add(key)
         return answers
 
     def get(self, message_id: int) -> Message | None:

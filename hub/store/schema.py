@@ -274,6 +274,9 @@ messages = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     # A pending message (a resource it refers to has not arrived) fails after this.
     Column("wait_until", DateTime(timezone=True), nullable=True),
+    # The earlier message with the same external id (an HL7 sender's control id) and
+    # other bytes: this one is stored all the same, and flagged with it.
+    Column("conflicts_with", BigId, nullable=True),
     UniqueConstraint("source", "external_id", name="uq_messages_source_external"),
     Index("ix_messages_status_updated", "status", "updated_at"),
     Index("ix_messages_order", "source", "order_key", "id"),
