@@ -14,14 +14,16 @@ from starlette.concurrency import run_in_threadpool
 from hub import __version__
 from hub.assembly import build_context, ingest_service
 from hub.interactions.context import Context
-from hub.interactions.routes import dispatch
+from hub.interactions.routes import dispatch, interaction_name
 from hub.settings import Settings, get_settings
 from hub.store.cancel import Cancellation
 
-from . import errors
+from . import errors, operations
 from . import ingest as ingest_routes
 from .disconnect import cancel_when_gone
 from .http import to_request, to_response
+from .metrics import Metrics
+from .observe import Observe
 from .reads import ReadsById
 from .turns import ConditionalCreateTurns
 
@@ -34,6 +36,8 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     settings = settings or get_settings()
     ctx = context or build_context(settings)
     feeds = ingest_service(settings, ctx)
+    metrics = Metrics()
+    metrics.watch_feeds(feeds.store.counts, feeds.dispatcher.backlog)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -66,12 +70,14 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     errors.install(app)
     app.add_middleware(ReadsById, ctx=ctx, settings=settings)
     app.add_middleware(ConditionalCreateTurns, settings=settings)
-    app.add_middleware(errors.Unexpected)  # outermost: after any error, keep-alive holds
+    app.add_middleware(errors.Unexpected)  # after any error, keep-alive holds
+    app.add_middleware(Observe, metrics=metrics)  # outermost: sees every answer, 500s too
     app.include_router(ingest_routes.router(settings.max_body_bytes))
     router = APIRouter(prefix=settings.base_path)
 
     async def handle(http: Request, **parts: str | None) -> Response:
         req = await to_request(http, settings, **parts)
+        http.state.interaction = interaction_name(req)
         # A client that goes away stops the request's searches (docs/search.md#limits).
         req.cancel = Cancellation()
         watcher = asyncio.ensure_future(cancel_when_gone(http, req.cancel))
@@ -191,9 +197,5 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
         )
 
     app.include_router(router)
-
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
+    app.include_router(operations.router(ctx, feeds, metrics))
     return app

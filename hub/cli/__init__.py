@@ -76,6 +76,8 @@ def serve(
         f"on {settings.database_url.split('@')[-1]}",
         err=True,
     )
+    from hub import logs
+
     uvicorn.run(
         "hub.api.app:create_app",
         factory=True,
@@ -83,6 +85,7 @@ def serve(
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level,
+        log_config=logs.config(settings.log_level, settings.log_format),
         access_log=False,
         # On SIGTERM: requests in flight get this long, then they are cancelled. Every wait
         # of a request is bounded (pool, locks), so the process ends shortly after.
