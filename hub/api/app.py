@@ -23,7 +23,7 @@ from . import ingest as ingest_routes
 from .disconnect import cancel_when_gone
 from .http import to_request, to_response
 from .metrics import Metrics
-from .observe import Observe
+from .observe import Observe, note
 from .reads import ReadsById
 from .turns import ConditionalCreateTurns
 
@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     )
     app.state.context = ctx
     app.state.ingest = feeds
+    app.state.metrics = metrics
     errors.install(app)
     app.add_middleware(ReadsById, ctx=ctx, settings=settings)
     app.add_middleware(ConditionalCreateTurns, settings=settings)
@@ -77,7 +78,7 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
 
     async def handle(http: Request, **parts: str | None) -> Response:
         req = await to_request(http, settings, **parts)
-        http.state.interaction = interaction_name(req)
+        note(http.scope, interaction_name(req))
         # A client that goes away stops the request's searches (docs/search.md#limits).
         req.cancel = Cancellation()
         watcher = asyncio.ensure_future(cancel_when_gone(http, req.cancel))

@@ -35,18 +35,20 @@ class FeedCollector(Collector):
         counts: Callable[[], Mapping[str, int]],
         backlog: Callable[[], int],
         errors: Counter,
+        ttl: float = FEED_TTL,
     ) -> None:
         self.counts = counts
         self.backlog = backlog
         self.errors = errors
+        self.ttl = ttl
         self._lock = threading.Lock()
-        self._read_at = 0.0
+        self._read_at = -float("inf")
         self._by_status: dict[str, int] = {}
         self._queued = 0
 
     def _refresh(self) -> None:
         with self._lock:
-            if time.monotonic() - self._read_at < FEED_TTL:
+            if time.monotonic() - self._read_at < self.ttl:
                 return
             try:
                 self._by_status = dict(self.counts())
@@ -95,6 +97,7 @@ class Metrics:
             buckets=BUCKETS,
             registry=self.registry,
         )
+        self.feeds: FeedCollector | None = None
         self.feed_scrape_errors = Counter(
             "hub_feed_scrape_errors",
             "Scrapes that could not read the feed figures from the message store",
@@ -104,7 +107,8 @@ class Metrics:
     def watch_feeds(
         self, counts: Callable[[], Mapping[str, int]], backlog: Callable[[], int]
     ) -> None:
-        self.registry.register(FeedCollector(counts, backlog, self.feed_scrape_errors))
+        self.feeds = FeedCollector(counts, backlog, self.feed_scrape_errors)
+        self.registry.register(self.feeds)
 
     def observe(self, interaction: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(interaction, method, str(status)).inc()

@@ -27,6 +27,11 @@ HEADER = b"x-request-id"
 _USABLE = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
+def note(scope: Scope, interaction: str) -> None:
+    """Name what this request is, for its log line and metrics."""
+    scope.setdefault("state", {})["interaction"] = interaction
+
+
 def interaction_of(scope: Scope) -> str:
     """What a request was, as `handle` noted it, else the path of the route it matched."""
     state: dict[str, Any] = scope.get("state") or {}
