@@ -7,12 +7,12 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 from typing import Any
 
 import httpx
 import pytest
 from ingest_fixtures import PATIENT_COLUMNS, csv_bytes, patient_row, rid
+from live_server import wait_ready
 from test_ingest_celery import DEADLINE, Hub, hub  # noqa: F401  (the fixture)
 
 from hub.ingest.messages import DONE
@@ -30,17 +30,9 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-def _ready(base: str, cluster: Hub) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError("\n".join(p.tail() for p in cluster.processes))
-        time.sleep(0.2)
+def _ended(cluster: Hub) -> str | None:
+    ended = [p for p in cluster.processes if p.popen.poll() is not None]
+    return "\n".join(p.tail() for p in ended) or None
 
 
 def _post_csv(base: str, rows: list[dict[str, str]]) -> dict[str, Any]:
@@ -112,7 +104,7 @@ def test_two_apis_and_two_workers_keep_every_message_once_and_in_order(
     hub.start("beat", ["beat"])
     bases = [f"http://127.0.0.1:{p}" for p in ports]
     for base in bases:
-        _ready(base, hub)
+        wait_ready(base, lambda: _ended(hub))
 
     rows = [patient_row(f"cluster-{i:05d}", FIRST=f"Given{i}") for i in range(ROWS)]
     corrections = [

@@ -17,7 +17,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import httpx
 import kubernetes_validate
 import pytest
 import yaml
+from live_server import wait_ready
 
 from hub.cli import main as hub_cli
 from hub.settings import Settings
@@ -33,7 +33,7 @@ from hub.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SETTINGS = {f"HUB_{name.upper()}" for name in Settings.model_fields}
-COMMANDS = set(hub_cli.commands)  # type: ignore[attr-defined]
+COMMANDS = set(hub_cli.commands)
 
 
 def _hub_variables(env: dict[str, Any]) -> set[str]:
@@ -221,16 +221,10 @@ def test_the_image_layout_serves_and_ingests_a_csv_feed(tmp_path: Path) -> None:
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, server.stdout.read().decode()  # type: ignore[union-attr]
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the image's hub did not become ready"
-            time.sleep(0.3)
+        wait_ready(
+            base,
+            lambda: server.stdout.read().decode() if server.poll() is not None else None,  # type: ignore[union-attr]
+        )
         example = ROOT / "mappings/csv/examples/synthea-patients/basic.csv"
         answer = httpx.post(
             f"{base}/ingest/csv",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
@@ -23,6 +22,7 @@ import redis
 from conftest import require_server
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from live_server import wait_ready
 
 from hub import logs
 from hub.api.app import create_app
@@ -221,6 +221,12 @@ def test_every_line_of_a_request_carries_its_request_id(
     assert not [x for x in hub_lines if "Secretname" in x]
 
 
+def _output_if_ended(server: subprocess.Popen[bytes]) -> str | None:
+    if server.poll() is None:
+        return None
+    return server.stdout.read().decode()  # type: ignore[union-attr]
+
+
 @pytest.mark.e2e
 def test_sigterm_lets_a_request_in_flight_finish(tmp_path: Path) -> None:
     """A feed POST that waits for its rows to be processed is under way when `hub serve`
@@ -243,14 +249,7 @@ def test_sigterm_lets_a_request_in_flight_finish(tmp_path: Path) -> None:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, server.stdout.read().decode()  # type: ignore[union-attr]
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_ready(base, lambda: _output_if_ended(server))
         rows = [patient_row(f"term-{i:04d}") for i in range(400)]
         answer: list[httpx.Response] = []
         sender = threading.Thread(
