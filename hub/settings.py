@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -143,7 +144,17 @@ class Settings(BaseSettings):
         description="On SIGTERM, how long `hub serve` lets requests in flight finish before "
         "cancelling them.",
     )
-    log_level: str = Field(default="info", description="uvicorn log level.")
+    log_level: str = Field(default="info", description="Log level of every hub process.")
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Log lines as text, or as one JSON object a line (for log collectors); "
+        "either way each line of a request carries its request id.",
+    )
+    readiness_timeout_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="Longest /readyz waits for the database or the broker to answer.",
+    )
     registry_refresh_seconds: float = Field(
         default=5.0,
         ge=0,

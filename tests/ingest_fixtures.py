@@ -198,6 +198,9 @@ class HeldDispatcher:
     def backlog(self) -> int:
         return 0  # as if every message sent had been lost
 
+    def check(self, timeout: float) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

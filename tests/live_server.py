@@ -6,9 +6,10 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import httpx
 import uvicorn
 from fastapi import FastAPI
 
@@ -33,3 +34,19 @@ def serving(app: FastAPI) -> Iterator[str]:
         uv.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+def wait_ready(base: str, trouble: Callable[[], str | None], timeout: float = 60) -> None:
+    """Wait for `base`/readyz to answer 200; `trouble()` says why not to wait any more (a
+    process that ended, with its output), and is the failure message then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        problem = trouble()
+        assert problem is None, problem
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"{base} was not ready within {timeout:.0f} s"
+        time.sleep(0.2)

@@ -3,9 +3,11 @@ bytes committed before them, duplicates, refusals, enhanced mode, many connectio
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import hl7
 import pytest
@@ -236,3 +238,43 @@ def test_application_ack_once_processed_as_msh16_asks(ctx: Context, settings: Se
         assert not [m for m in service.store.find() if m.external_id.endswith("|X9")]
     finally:
         service.close()
+
+
+class SlowReceiver:
+    """The listener's receiver, with each commit held for `delay` seconds: a shutdown can
+    come while a message is being committed."""
+
+    def __init__(self, receiver: Any, delay: float) -> None:
+        self.receiver, self.delay = receiver, delay
+        self.committing = threading.Event()
+
+    async def receive(self, raws: list[bytes], where: str) -> Any:
+        self.committing.set()
+        await asyncio.sleep(self.delay)
+        return await self.receiver.receive(raws, where)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.receiver, name)
+
+
+def test_shutdown_acknowledges_what_is_being_committed_and_closes_idle_connections(
+    served: Served, service: IngestService, held: HeldDispatcher
+) -> None:
+    listener = served.listener
+    slow = SlowReceiver(listener.receiver, 0.5)
+    listener.receiver = slow  # type: ignore[assignment]
+    with served.socket() as idle, served.socket() as busy:
+        idle.sendall(b"\x0b" + adt("idle-1") + b"\x1c\r")
+        assert msa(read_acks(idle, 1)[0])[:2] == ["AA", "idle-1"]
+        slow.committing.clear()
+        busy.sendall(b"\x0b" + adt("in-flight") + b"\x1c\r")
+        assert slow.committing.wait(5)
+        closing = asyncio.run_coroutine_threadsafe(listener.close(), served.loop)
+        # The message being committed is acknowledged before its connection closes ...
+        assert msa(read_acks(busy, 1)[0])[:2] == ["AA", "in-flight"]
+        assert busy.recv(100) == b""
+        # ... and the idle one is closed without an ACK to wait for.
+        assert idle.recv(100) == b""
+        closing.result(10)
+    stored = {m.external_id for m in service.store.find(limit=10)}
+    assert "SndApp|SndFac|in-flight" in stored

@@ -15,15 +15,17 @@ from adapters.hl7v2.receive import Receiver, build_receiver
 from hub import __version__
 from hub.assembly import build_context, ingest_service
 from hub.interactions.context import Context
-from hub.interactions.routes import dispatch
+from hub.interactions.routes import dispatch, interaction_name
 from hub.settings import Settings, get_settings
 from hub.store.cancel import Cancellation
 
-from . import errors
+from . import errors, operations
 from . import hl7v2 as hl7v2_routes
 from . import ingest as ingest_routes
 from .disconnect import cancel_when_gone
 from .http import to_request, to_response
+from .metrics import Metrics
+from .observe import Observe, note
 from .reads import ReadsById
 from .turns import ConditionalCreateTurns
 
@@ -48,6 +50,8 @@ def create_app(
     hl7v2: Receiver | None = None
     if "hl7v2" in feeds.adapters.enabled:
         hl7v2 = build_receiver(feeds, settings)
+    metrics = Metrics()
+    metrics.watch_feeds(feeds.store.counts, feeds.dispatcher.backlog)
 
     @asynccontextmanager
     async def lifespan(served: FastAPI) -> AsyncIterator[None]:
@@ -83,10 +87,12 @@ def create_app(
     app.state.context = ctx
     app.state.ingest = feeds
     app.state.hl7v2 = hl7v2
+    app.state.metrics = metrics
     errors.install(app)
     app.add_middleware(ReadsById, ctx=ctx, settings=settings)
     app.add_middleware(ConditionalCreateTurns, settings=settings)
-    app.add_middleware(errors.Unexpected)  # outermost: after any error, keep-alive holds
+    app.add_middleware(errors.Unexpected)  # after any error, keep-alive holds
+    app.add_middleware(Observe, metrics=metrics)  # outermost: sees every answer, 500s too
     app.include_router(ingest_routes.router(settings.max_body_bytes))
     if hl7v2 is not None:
         app.include_router(hl7v2_routes.router(settings.max_body_bytes))
@@ -94,6 +100,7 @@ def create_app(
 
     async def handle(http: Request, **parts: str | None) -> Response:
         req = await to_request(http, settings, **parts)
+        note(http.scope, interaction_name(req))
         # A client that goes away stops the request's searches (docs/search.md#limits).
         req.cancel = Cancellation()
         watcher = asyncio.ensure_future(cancel_when_gone(http, req.cancel))
@@ -213,9 +220,5 @@ def create_app(
         )
 
     app.include_router(router)
-
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
+    app.include_router(operations.router(ctx, feeds, metrics))
     return app

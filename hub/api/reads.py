@@ -23,6 +23,7 @@ from hub.settings import Settings
 
 from .errors import error_response, unexpected_response
 from .http import accepts_json, base_url, header, http_date, to_response
+from .observe import note
 
 
 class ReadsById:
@@ -61,6 +62,7 @@ class ReadsById:
         if target is None:
             await self.app(scope, receive, send)
             return
+        note(scope, "read")
         req = Request(
             method="GET",
             base_url=base_url(scope, self.settings),

@@ -89,6 +89,8 @@ def serve(
         f"{listening} on {settings.database_url.split('@')[-1]}",
         err=True,
     )
+    from hub import logs
+
     uvicorn.run(
         "hub.cli.serving:create_app" if settings.mllp_enabled else "hub.api.app:create_app",
         factory=True,
@@ -96,6 +98,7 @@ def serve(
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level,
+        log_config=logs.config(settings.log_level, settings.log_format),
         access_log=False,
         # On SIGTERM: requests in flight get this long, then they are cancelled. Every wait
         # of a request is bounded (pool, locks), so the process ends shortly after.

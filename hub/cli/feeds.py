@@ -213,8 +213,8 @@ def _broker() -> str | None:
 
 @click.command(help="Start a Celery worker that processes feed messages (needs HUB_BROKER_URL).")
 @click.option("--concurrency", type=int, default=2, show_default=True, help="Worker processes.")
-@click.option("--loglevel", default="info", show_default=True, help="Celery log level.")
-def worker(concurrency: int, loglevel: str) -> None:
+@click.option("--loglevel", help="Log level [HUB_LOG_LEVEL, default info].")
+def worker(concurrency: int, loglevel: str | None) -> None:
     if not _broker():
         raise click.ClickException("HUB_BROKER_URL is not set; `hub serve` processes feeds itself")
     from hub.ingest.celery_app import MESSAGE_QUEUE, SWEEP_QUEUE, app
@@ -223,7 +223,7 @@ def worker(concurrency: int, loglevel: str) -> None:
         [
             "worker",
             f"--concurrency={concurrency}",
-            f"--loglevel={loglevel}",
+            f"--loglevel={loglevel or environment.settings().log_level}",
             f"--queues={SWEEP_QUEUE},{MESSAGE_QUEUE}",
             "--without-gossip",
             "--without-mingle",
@@ -232,15 +232,21 @@ def worker(concurrency: int, loglevel: str) -> None:
 
 
 @click.command(help="Start Celery beat: it runs the sweeper that re-sends unfinished messages.")
-@click.option("--loglevel", default="info", show_default=True, help="Celery log level.")
-def beat(loglevel: str) -> None:
+@click.option("--loglevel", help="Log level [HUB_LOG_LEVEL, default info].")
+def beat(loglevel: str | None) -> None:
     if not _broker():
         raise click.ClickException("HUB_BROKER_URL is not set; `hub serve` sweeps by itself")
     from hub.ingest.celery_app import app
 
     # The schedule is kept in memory: its only state is when the sweep last ran, and a
     # restarted beat sweeping at once is harmless. Nothing is left on disk.
-    app.start(["beat", f"--loglevel={loglevel}", "--scheduler=celery.beat:Scheduler"])
+    app.start(
+        [
+            "beat",
+            f"--loglevel={loglevel or environment.settings().log_level}",
+            "--scheduler=celery.beat:Scheduler",
+        ]
+    )
 
 
 @click.group(help="Inspect, retry and replay stored feed messages.")

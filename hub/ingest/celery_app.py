@@ -7,8 +7,12 @@ imports them: a worker loads them through `include`.
 
 from __future__ import annotations
 
-from celery import Celery
+import logging
+from typing import Any
 
+from celery import Celery, signals
+
+from hub import logs
 from hub.settings import get_settings
 
 MESSAGE_QUEUE = "celery"  # Celery's default queue: process_message tasks
@@ -36,3 +40,21 @@ app.conf.update(
         "sweep": {"task": SWEEP, "schedule": settings.ingest_sweep_seconds},
     },
 )
+
+
+@signals.setup_logging.connect
+def _hub_logging(loglevel: Any = None, **_: Any) -> None:
+    """Workers and beat log as the API does (HUB_LOG_FORMAT), not in Celery's own format."""
+    level = logging.getLevelName(loglevel) if isinstance(loglevel, int) else loglevel
+    logs.configure(str(level or settings.log_level).lower(), settings.log_format)
+
+
+@signals.task_prerun.connect
+def _task_id(task_id: str | None = None, **_: Any) -> None:
+    # A task's lines carry its id, as a request's carry the request id.
+    logs.request_id.set(f"task-{task_id}" if task_id else None)
+
+
+@signals.task_postrun.connect
+def _task_done(**_: Any) -> None:
+    logs.request_id.set(None)

@@ -120,6 +120,11 @@ class Dispatcher(Protocol):
         unknown); the sweeper only asks whether there is any."""
         ...
 
+    def check(self, timeout: float) -> None:
+        """Raises when what carries the work (the broker) does not answer in `timeout`
+        seconds; for /readyz."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -183,6 +188,9 @@ class InlineDispatcher:
     def backlog(self) -> int:
         return 0  # processed before `submit` returns
 
+    def check(self, timeout: float) -> None:
+        pass  # no broker: the work is done in this process
+
     def close(self) -> None:
         pass
 
@@ -229,6 +237,10 @@ class ThreadDispatcher:
     def backlog(self) -> int:
         with self._lock:
             return self._waiting
+
+    def check(self, timeout: float) -> None:
+        if self._closed:
+            raise RuntimeError("the ingest thread pool is shut down")
 
     def _run(self, message_id: int, round_: int) -> None:
         with self._lock:
@@ -283,6 +295,12 @@ class CeleryDispatcher:
         except Exception as e:  # no broker to ask: treat every stale message as lost
             log.warning("could not read the broker's queue length: %s", e)
             return 0
+
+    def check(self, timeout: float) -> None:
+        from hub.ingest.celery_app import app
+
+        with app.connection_for_write(connect_timeout=timeout) as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
 
     def close(self) -> None:
         pass

@@ -8,7 +8,7 @@ path with another method 405.
 
 from __future__ import annotations
 
-from hub.errors import Invalid, MethodNotAllowed, NotFound
+from hub.errors import HubError, Invalid, MethodNotAllowed, NotFound
 from hub.fhir import ID_PATTERN, is_resource_type
 from hub.fhir.content import escaped
 from hub.interactions import (
@@ -153,3 +153,15 @@ def route_for(req: Request, tx: Transaction | None = None) -> Route:
 
 def dispatch(ctx: Context, req: Request, tx: Transaction | None = None) -> Result:
     return route_for(req, tx).handler(ctx, req, tx)
+
+
+def interaction_name(req: Request) -> str:
+    """What `req` asks, as metrics and logs name it: the interaction code (`read`,
+    `search-type`, ...) or the operation (`$everything`); `refused` when no route takes it."""
+    try:
+        route = route_for(req)
+    except HubError:
+        return "refused"
+    if route.handler is _bundle:
+        return "batch/transaction"  # which of the two is in the body
+    return route.code or route.operation or "other"

@@ -48,14 +48,19 @@ class Listener:
         max_frame: int = 1 << 20,
         idle_timeout: float = 300.0,
         reuse_port: bool = False,
+        grace: float = 5.0,
     ) -> None:
         self.receiver = receiver
         self.host, self.port = host, port
         self.max_frame, self.idle_timeout = max_frame, idle_timeout
         self.reuse_port = reuse_port
+        self.grace = grace
         self.counters = Counters()
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        # Connections between reading frames and writing their ACKs: not cut at shutdown.
+        self._busy: set[asyncio.Task[None]] = set()
+        self._closing = False
 
     async def start(self, sock: socket.socket | None = None) -> None:
         if sock is not None:
@@ -68,12 +73,20 @@ class Listener:
         log.info("MLLP listening on %s:%s", self.host, self.port)
 
     async def close(self) -> None:
-        """Stop accepting, let the connections finish the messages they are
-        acknowledging, then close them."""
+        """Stop accepting; close the connections waiting for a frame at once, and let
+        those committing frames write their ACKs first (for `grace` seconds at most), so
+        that what was committed is acknowledged. A frame cut short is never acknowledged:
+        its sender sends it again."""
+        self._closing = True
         if self._server is not None:
             self._server.close()
-        for task in list(self._connections):
+        for task in list(self._connections - self._busy):
             task.cancel()
+        if self._busy:
+            _, late = await asyncio.wait(set(self._busy), timeout=self.grace)
+            for task in late:
+                log.warning("an MLLP connection still committing after %ss: cut", self.grace)
+                task.cancel()
         if self._connections:
             await asyncio.gather(*self._connections, return_exceptions=True)
         if self._server is not None:
@@ -150,15 +163,24 @@ class Listener:
                 log.warning("%s: %s bytes outside any MLLP frame dropped", where, found.junk)
             if found.messages:
                 self.counters.messages += len(found.messages)
-                answers = await self.receiver.receive(found.messages, where)
-                for answer in answers:
-                    if answer.ack is not None:
-                        writer.write(frame(answer.ack))
-                    if answer.wants_application_ack:
-                        task = asyncio.create_task(self._application_ack(writer, answer))
-                        later.add(task)
-                        task.add_done_callback(later.discard)
-                await writer.drain()
+                me = asyncio.current_task()
+                assert me is not None
+                self._busy.add(me)
+                try:
+                    answers = await self.receiver.receive(found.messages, where)
+                    for answer in answers:
+                        if answer.ack is not None:
+                            writer.write(frame(answer.ack))
+                        if answer.wants_application_ack:
+                            task = asyncio.create_task(self._application_ack(writer, answer))
+                            later.add(task)
+                            task.add_done_callback(later.discard)
+                    await writer.drain()
+                finally:
+                    self._busy.discard(me)
+                if self._closing:
+                    log.info("%s: acknowledged, closed for shutdown", where)
+                    return
             if found.oversized:
                 self.counters.oversized += found.oversized
                 log.warning(

@@ -37,6 +37,7 @@ def listener_for(receiver: Any, settings: Settings, host: str | None = None) -> 
         # Several API worker processes each listen on the port; the kernel spreads
         # connections between them.
         reuse_port=settings.workers > 1,
+        grace=settings.shutdown_seconds,
     )
 
 

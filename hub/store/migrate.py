@@ -6,6 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import Engine
 
 
 def _config(url: str, migrations_dir: Path) -> Config:
@@ -37,3 +38,19 @@ def downgrade(url: str, migrations_dir: Path, revision: str) -> None:
 
 def current(url: str, migrations_dir: Path) -> None:
     command.current(_config(url, migrations_dir), verbose=False)
+
+
+def head(migrations_dir: Path) -> str | None:
+    """The revision the migration scripts lead to."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_config("sqlite://", migrations_dir)).get_current_head()
+
+
+def revision(engine: Engine) -> str | None:
+    """The revision the database is at (None: never migrated). Connecting is the point too:
+    it raises when the database cannot be reached."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
