@@ -35,6 +35,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH="/opt/venv/bin:$PATH" \
     HUB_HOST=0.0.0.0 \
     HUB_PORT=8080 \
+    HUB_MLLP_HOST=0.0.0.0 \
     HUB_MIGRATIONS_DIR=/app/alembic \
     HUB_MAPPINGS_DIR=/app/mappings
 
@@ -54,7 +55,7 @@ RUN mkdir -p /app/data && chown hub:hub /app/data
 
 USER 10001:10001
 
-# The FHIR API, and MLLP (`hub mllp`, or `hub serve` with HUB_MLLP_PORT).
+# The FHIR API, and MLLP (`hub serve` listens on both unless HUB_MLLP_ENABLED=false; `hub mllp`).
 EXPOSE 8080 2575
 
 # No curl in slim images: ask /healthz with the standard library (urlopen raises on non-2xx).

@@ -98,7 +98,7 @@ def test_two_apis_and_two_workers_keep_every_message_once_and_in_order(
 ) -> None:
     ports = [_port(), _port()]
     for n, port in enumerate(ports):
-        hub.start(f"api-{n}", ["serve", "--port", str(port)])
+        hub.start(f"api-{n}", ["serve", "--port", str(port), "--no-mllp"])
     for n in range(2):
         hub.start(f"worker-{n}", ["worker", "--concurrency", "2"])
     hub.start("beat", ["beat"])

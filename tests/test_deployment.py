@@ -206,7 +206,8 @@ def test_the_image_layout_serves_and_ingests_a_csv_feed(tmp_path: Path) -> None:
     for key in ("HUB_MIGRATIONS_DIR", "HUB_MAPPINGS_DIR"):
         env[key] = str(image / Path(env[key]).relative_to("/"))
     port = _free_port()
-    env.update(HUB_HOST="127.0.0.1", HUB_PORT=str(port))
+    # Port 2575 is not the test's to take.
+    env.update(HUB_HOST="127.0.0.1", HUB_PORT=str(port), HUB_MLLP_ENABLED="false")
     env.pop("HUB_DATABASE_URL", None)
     env.pop("HUB_BROKER_URL", None)
     # The installed package alone: not this checkout on the path.

@@ -239,6 +239,7 @@ def test_sigterm_lets_a_request_in_flight_finish(tmp_path: Path) -> None:
         "HUB_DATABASE_URL": f"sqlite:///{tmp_path / 'hub.db'}",
         "HUB_PORT": str(port),
         "HUB_SHUTDOWN_SECONDS": "60",
+        "HUB_MLLP_ENABLED": "false",  # port 2575 is not the test's to take
     }
     env.pop("HUB_BROKER_URL", None)
     server = subprocess.Popen(
