@@ -273,17 +273,15 @@ def reindex(types: tuple[str, ...], batch: int, database_url: str | None) -> Non
 @click.option("--database-url", help="SQLAlchemy URL of the store [HUB_DATABASE_URL].")
 def mllp(host: str | None, port: int | None, database_url: str | None) -> None:
     import asyncio
-    import logging
 
+    from hub import logs
     from hub.mllp.serve import run
 
     for name, value in (("MLLP_HOST", host), ("MLLP_PORT", port), ("DATABASE_URL", database_url)):
         if value is not None:
             os.environ[f"HUB_{name}"] = str(value)
     settings = _settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(settings.log_level, settings.log_format)
 
     def ready(listener: object) -> None:
         click.echo(

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from adapters.hl7v2.ack import ErrorDetail, build_unreadable
 from adapters.hl7v2.framing import Deframer, frame
 from adapters.hl7v2.receive import Answer, Receiver
+from hub import logs
 
 log = logging.getLogger("hub.mllp")
 
@@ -99,6 +100,8 @@ class Listener:
         peer = writer.get_extra_info("peername")
         where = f"mllp {peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "mllp"
         self.counters.connections += 1
+        # Each connection is a task with its own context: its lines carry its own id.
+        logs.request_id.set(f"mllp-{self.counters.connections}")
         self.counters.open += 1
         try:
             await self._converse(reader, writer, where)
