@@ -75,6 +75,8 @@ def config(level: str = "info", fmt: str = "text") -> dict[str, Any]:
             # uvicorn's access log names client addresses and full paths (query strings can
             # hold names): the hub logs its own request lines instead.
             "uvicorn.access": {"level": "WARNING", "handlers": ["hub"], "propagate": False},
+            # /readyz reads the revision through Alembic, which says so at INFO each time.
+            "alembic": {"level": "WARNING", "handlers": ["hub"], "propagate": False},
         },
     }
 
