@@ -15,7 +15,9 @@ from fastapi import APIRouter, Request, Response
 
 from adapters.hl7v2.framing import split_stream
 from adapters.hl7v2.receive import Receiver
-from hub.errors import Invalid, PayloadTooLarge, UnsupportedMediaType
+from hub.errors import Invalid, UnsupportedMediaType
+
+from .http import read_body
 
 MEDIA_TYPES = ("application/hl7-v2", "x-application/hl7-v2+er7", "text/plain")
 
@@ -34,13 +36,7 @@ def router(max_body: int) -> APIRouter:
             raise UnsupportedMediaType(
                 f"POST /hl7v2 takes {', '.join(MEDIA_TYPES)}, not {media or 'no Content-Type'}"
             )
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body:
-                raise PayloadTooLarge(f"The request body exceeds the limit of {max_body} bytes")
-            chunks.append(chunk)
-        messages = list(split_stream(io.BytesIO(b"".join(chunks))))
+        messages = list(split_stream(io.BytesIO(await read_body(request, max_body))))
         if not messages:
             raise Invalid("The request holds no HL7 v2 message")
         receiver: Receiver = request.app.state.hl7v2

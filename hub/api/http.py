@@ -53,7 +53,9 @@ def base_url(scope: Scope, settings: Settings) -> str:
     return str(HTTPConnection(scope).base_url).rstrip("/") + settings.base_path
 
 
-async def _body(http: HttpRequest, limit: int) -> bytes:
+async def read_body(http: HttpRequest, limit: int) -> bytes:
+    """The whole body, refused with 413 as soon as it is over `limit` bytes (declared or
+    read): a huge upload is never held in memory."""
     declared = http.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"The request body of {declared} bytes exceeds the limit of {limit}")
@@ -158,7 +160,7 @@ async def to_request(
     negotiate(http.headers.get("accept"), params)
     body: Any = None
     if method in _WRITES:
-        raw = await _body(http, settings.max_body_bytes)
+        raw = await read_body(http, settings.max_body_bytes)
         if raw:
             _check_media(method, operation, _media_type(http))
         if operation == "_search":

@@ -19,9 +19,11 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from hub.errors import Invalid, NotFound, PayloadTooLarge
+from hub.errors import Invalid, NotFound
 from hub.ingest.messages import STATUSES
 from hub.ingest.service import IngestService
+
+from .http import read_body
 
 
 def _service(request: Request) -> IngestService:
@@ -40,13 +42,7 @@ def router(max_body: int) -> APIRouter:
         source: str | None = Query(None, description="source system (default: the mapping's)"),
         wait: bool = Query(False, description="answer only once every unit is processed"),
     ) -> dict[str, Any]:
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body:
-                raise PayloadTooLarge(f"The request body exceeds the limit of {max_body} bytes")
-            chunks.append(chunk)
-        body = b"".join(chunks)
+        body = await read_body(request, max_body)
         if not body:
             raise Invalid("The request has no body")
         service = _service(request)
