@@ -37,15 +37,15 @@ def receive(service: IngestService, *raws: bytes) -> Summary:
     ids = []
     for number, raw in enumerate(raws, start=1):
         source = adapter.source_of(raw)  # type: ignore[attr-defined]
-        [(message_id, _)] = service.store.receive(
+        [received] = service.store.receive(
             [Unit(raw=raw, external_id=external_id(raw), origin=f"test message {number}")],
             source=source,
             adapter="hl7v2",
             mapping=None,
             order_keys=[service.pipeline.order_key("hl7v2", None, raw, source)],
         )
-        assert message_id is not None
-        ids.append(message_id)
+        assert received.id is not None
+        ids.append(received.id)
     service.dispatcher.submit(ids)
     return service.wait(ids)
 

@@ -1,10 +1,11 @@
 """The import contracts of pyproject.toml ([tool.importlinter]) hold, and they bite.
 
-The layers, top to bottom: the entry points (API, command line, Celery tasks),
-`hub.assembly`, `hub.ingest`, `hub.interactions`, `hub.parameters`, `hub.store`,
-`hub.search` (parsing and index extraction, no I/O), then `hub.fhir`, `hub.settings`
-and `hub.logs`, then `hub.errors`. SQL drivers and the schema are imported under `hub.store` only, and no two sibling packages or modules import each
-other. docs/api.md#how-the-hub-is-put-together explains them.
+The layers, top to bottom: the command line, the other entry points (API, MLLP listener,
+Celery tasks), `hub.assembly`, `hub.ingest`, `hub.interactions`, `hub.parameters`,
+`hub.store`, `hub.search` (parsing and index extraction, no I/O), then `hub.fhir`,
+`hub.settings` and `hub.logs`, then `hub.errors`. SQL drivers and the schema are imported
+under `hub.store` only, and no two sibling packages or modules import each other.
+docs/api.md#how-the-hub-is-put-together explains them.
 """
 
 from __future__ import annotations

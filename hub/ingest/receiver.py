@@ -139,7 +139,7 @@ class GroupCommit:
 
     def _commit(self, units: list[Unit]) -> list[Received]:
         keys = [self.order_key(u.raw, u.source or "") if u.error is None else None for u in units]
-        received = self.store.receive_all(
+        received = self.store.receive(
             units,
             source=None,
             adapter=self.adapter,

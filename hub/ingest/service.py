@@ -224,12 +224,13 @@ class IngestService:
                 ],
             )
             fresh, repeated = [], []
-            for unit, (message_id, new) in zip(batch, results, strict=True):
+            for unit, result in zip(batch, results, strict=True):
                 summary.units += 1
+                message_id = result.id
                 if message_id is None:
                     continue
                 summary.message_ids.append(message_id)
-                if new:
+                if result.new:
                     summary.accepted += 1
                     if unit.error is None:  # one refused at receipt is stored failed
                         fresh.append(message_id)

@@ -69,7 +69,7 @@ class Unit:
 
 @dataclass(frozen=True)
 class Received:
-    """What `MessageStore.receive_all` did with one unit."""
+    """What `MessageStore.receive` did with one unit."""
 
     id: int | None
     new: bool  # stored now; False: a duplicate, `id` is the first delivery's
@@ -236,32 +236,6 @@ class MessageStore:
         mapping_version: str | None = None,
         content_type: str | None = None,
         order_keys: Sequence[str | None] | None = None,
-    ) -> list[tuple[int | None, bool]]:
-        """Commit units raw; answer (id, new) for each — a duplicate answers its first id.
-
-        `order_keys`, one per unit, name the subject each is about (see `Pipeline.order_key`).
-        """
-        received = self.receive_all(
-            units,
-            source=source,
-            adapter=adapter,
-            mapping=mapping,
-            mapping_version=mapping_version,
-            content_type=content_type,
-            order_keys=order_keys,
-        )
-        return [(r.id, r.new) for r in received]
-
-    def receive_all(
-        self,
-        units: Sequence[Unit],
-        *,
-        source: str | None,
-        adapter: str,
-        mapping: str | None,
-        mapping_version: str | None = None,
-        content_type: str | None = None,
-        order_keys: Sequence[str | None] | None = None,
     ) -> list[Received]:
         """Commit units raw, in one transaction; answer what became of each.
 
@@ -269,7 +243,8 @@ class MessageStore:
         bytes are the same (answered with the first one's id, nothing stored); with other
         bytes it is not a resend: it is stored under its external id and a digest of its
         bytes, flagged with the first one's id (`conflicts_with`). A unit with `source`
-        set is stored under it, else under `source`.
+        set is stored under it, else under `source`. `order_keys`, one per unit, name the
+        subject each is about (see `Pipeline.order_key`).
         """
         at = now()
         keys = order_keys if order_keys is not None else [None] * len(units)
