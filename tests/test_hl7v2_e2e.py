@@ -339,20 +339,22 @@ def test_hub_mllp_with_celery_workers_on_postgresql(hub: Hub) -> None:  # noqa: 
 
 KILLED = int(os.environ.get("HUB_TEST_MLLP_KILL_MESSAGES", "400"))
 SENDERS = 4
+WARM = 20
 
 
-def _stream(port: int, tag: str, acked: list[str], errors: list[BaseException]) -> None:
-    """SENDERS connections sending KILLED ADT^A01 of distinct patients, paced so that the
-    stream lasts a few seconds."""
+def _stream(
+    port: int, ids: list[str], acked: list[str], errors: list[BaseException], pause: float
+) -> None:
+    """SENDERS connections sending ADT^A01 of distinct patients (`ids`), `pause` seconds
+    between a sender's messages."""
 
     def send(i: int) -> None:
         sender = Sender(port)
         try:
-            for n in range(i, KILLED, SENDERS):
-                control_id = f"{tag}-{n:05d}"
+            for control_id in ids[i::SENDERS]:
                 sender.exchange(adt("ADT^A01^ADT_A01", control_id, control_id))
                 acked.append(control_id)
-                time.sleep(0.03)
+                time.sleep(pause)
         except BaseException as e:  # reported by the test
             errors.append(e)
         finally:
@@ -372,20 +374,22 @@ def test_a_worker_killed_mid_stream_loses_no_acknowledged_message(hub: Hub) -> N
     worker = hub.start_worker()
     mllp_port, _ = _listen_and_serve(hub)
     tag = f"K{uuid.uuid4().hex[:6]}"
+    ids = [f"{tag}-{n:05d}" for n in range(KILLED)]
     acked: list[str] = []
     errors: list[BaseException] = []
-    stream = threading.Thread(target=_stream, args=(mllp_port, tag, acked, errors))
+    # A first few, until the worker is up and processing; then a stream of a few seconds.
+    _stream(mllp_port, ids[:WARM], acked, errors, 0)
+    hub.wait(lambda c: c.get(DONE, 0) == WARM, DEADLINE, "the worker to process")
+    stream = threading.Thread(target=_stream, args=(mllp_port, ids[WARM:], acked, errors, 0.05))
     stream.start()
     try:
-        hub.wait(lambda c: c.get(DONE, 0) >= KILLED // 10, DEADLINE, "a tenth of the stream")
+        hub.wait(lambda c: c.get(DONE, 0) >= WARM + 30, DEADLINE, "the stream to be processed")
         worker.kill()
         sent_at_kill = len(acked)
         with hub.engine.connect() as conn:
             in_flight = [
                 r[0]
-                for r in conn.execute(
-                    select(messages.c.id).where(messages.c.status == PROCESSING)
-                )
+                for r in conn.execute(select(messages.c.id).where(messages.c.status == PROCESSING))
             ]
         time.sleep(1)
         hub.start_worker()
@@ -393,7 +397,7 @@ def test_a_worker_killed_mid_stream_loses_no_acknowledged_message(hub: Hub) -> N
         stream.join(180)
     assert not errors, errors
     assert sent_at_kill < KILLED, "every message was sent before the worker was killed"
-    assert sorted(acked) == [f"{tag}-{n:05d}" for n in range(KILLED)]
+    assert sorted(acked) == ids
 
     counts = hub.wait(lambda c: c.get(DONE, 0) == KILLED, DEADLINE, "every message to be done")
     assert counts == {DONE: KILLED}
