@@ -17,6 +17,7 @@ for processing.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -424,3 +425,78 @@ def test_a_worker_killed_mid_stream_loses_no_acknowledged_message(hub: Hub) -> N
                 select(messages.c.attempts).where(messages.c.id.in_(in_flight))
             ).scalars()
             assert min(attempts) >= 2
+
+
+def _tcp(port: int) -> list[tuple[int, str, str]]:
+    """(remote port, state, socket inode) of the IPv4 sockets on local `port`."""
+    found = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if int(f[1].split(":")[1], 16) == port:
+            found.append((int(f[2].split(":")[1], 16), f[3], f[9]))
+    return found
+
+
+def _socket_owners(pgid: int) -> dict[str, int]:
+    """Socket inode -> pid, over the processes of a process group."""
+    owners = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) != pgid:
+                continue
+            for fd in (entry / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    owners[target[8:-1]] = int(entry.name)
+        except OSError:  # a process or descriptor that went away
+            continue
+    return owners
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc")
+def test_hub_serve_with_two_workers_acks_from_both_processes(tmp_path: Path) -> None:
+    """`hub serve --workers 2`: each uvicorn worker listens on the MLLP port (SO_REUSEPORT),
+    the kernel spreads connections between them, and both acknowledge."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    mllp_port, http_port = _port(), _port()
+    env.update(
+        HUB_DATABASE_URL=f"sqlite:///{tmp_path / 'hub.db'}",
+        HUB_PORT=str(http_port),
+        HUB_MLLP_PORT=str(mllp_port),
+        HUB_LOG_LEVEL="warning",
+    )
+    upgrade = subprocess.run([HUB, "db", "upgrade"], env=env, capture_output=True, timeout=120)
+    assert upgrade.returncode == 0, upgrade.stderr
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [HUB, "serve", "--workers", "2"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    senders: list[Sender] = []
+    try:
+        deadline = time.monotonic() + 90
+        while len([s for s in _tcp(mllp_port) if s[1] == "0A"]) < 2:  # 0A: LISTEN
+            assert process.poll() is None, log_path.read_text(errors="replace")
+            assert time.monotonic() < deadline, "two listeners were not up within 90 s"
+            time.sleep(0.2)
+        senders = [Sender(mllp_port) for _ in range(24)]
+        for i, sender in enumerate(senders):
+            sender.exchange(adt("ADT^A01^ADT_A01", f"W2-{i}", f"W2-{i}"))
+        mine = {s.client.socket.getsockname()[1] for s in senders}
+        owners = _socket_owners(process.pid)
+        serving = {owners.get(inode) for remote, _, inode in _tcp(mllp_port) if remote in mine}
+        # 24 connections all hashed to one of two sockets: a chance of 2**-23.
+        assert len(serving) == 2 and None not in serving, serving
+        assert process.pid not in serving  # the workers answer, not the supervisor
+    finally:
+        for sender in senders:
+            sender.close()
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
