@@ -415,7 +415,8 @@ def transaction_baseline(api: str, raws: list[bytes], senders: int) -> tuple[flo
 
 
 def profile_worker(worker: Server, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
-    """py-spy on the worker and its pool children, `seconds` long, raw (collapsed) stacks."""
+    """py-spy on a process and its children (a worker's pool), `seconds` long, raw
+    (collapsed) stacks, every thread."""
     spy = Path(sys.executable).with_name("py-spy")
     if not spy.exists():
         print("py-spy is not installed (.venv/bin/pip install py-spy): no profile")
@@ -477,7 +478,8 @@ def end_to_end(mode: str, args: argparse.Namespace, folder: Path) -> dict[str, A
         meter = Meter(groups, pg)
         spy = None
         if mode == "celery" and args.profile:
-            spy = profile_worker(servers[1], args.profile_seconds, Path(args.profile))
+            target = {"workers": servers[1], "listener": servers[0]}[args.profile_of]
+            spy = profile_worker(target, args.profile_seconds, Path(args.profile))
         meter.start()
         started = time.monotonic()
         acked = _run(send_all(mllp_port, raws, args.senders))
@@ -544,7 +546,8 @@ def main() -> None:
     e2e.add_argument("--e2e-workers", type=int, default=2, help="hub worker --concurrency")
     e2e.add_argument("--e2e-broker-url", default="redis://127.0.0.1:6379/14")
     e2e.add_argument("--deadline", type=float, default=600)
-    e2e.add_argument("--profile", help="py-spy raw profile of the Celery worker to this file")
+    e2e.add_argument("--profile", help="py-spy raw profile (Celery mode) to this file")
+    e2e.add_argument("--profile-of", choices=("workers", "listener"), default="workers")
     e2e.add_argument("--profile-seconds", type=float, default=15)
     args = parser.parse_args()
     if args.end_to_end:
