@@ -414,7 +414,9 @@ def transaction_baseline(api: str, raws: list[bytes], senders: int) -> tuple[flo
     return len(raws) / (time.monotonic() - started), mapping_cpu
 
 
-def profile_worker(worker: Server, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
+def profile_worker(
+    worker: Server, seconds: float, out: Path, idle: bool = False
+) -> subprocess.Popen[bytes] | None:
     """py-spy on a process and its children (a worker's pool), `seconds` long, raw
     (collapsed) stacks, every thread."""
     spy = Path(sys.executable).with_name("py-spy")
@@ -422,7 +424,9 @@ def profile_worker(worker: Server, seconds: float, out: Path) -> subprocess.Pope
         print("py-spy is not installed (.venv/bin/pip install py-spy): no profile")
         return None
     argv = [str(spy), "record", "--subprocesses", "--nonblocking", "-r", "50", "-f", "raw"]
-    argv += ["-d", str(int(seconds)), "-o", str(out), "-p", str(worker.proc.pid)]
+    argv += ["-d", str(int(seconds)), "-o", str(out), "-p", str(worker.proc.pid), "--threads"]
+    if idle:  # waits too (a lock, the database): where a thread's time goes, not its CPU
+        argv.append("--idle")
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -477,9 +481,12 @@ def end_to_end(mode: str, args: argparse.Namespace, folder: Path) -> dict[str, A
         raws = [(f"{tag}-{n}", patient_message(f"{tag}-{n}", m)) for n, m in enumerate(mrns)]
         meter = Meter(groups, pg)
         spy = None
-        if mode == "celery" and args.profile:
-            target = {"workers": servers[1], "listener": servers[0]}[args.profile_of]
-            spy = profile_worker(target, args.profile_seconds, Path(args.profile))
+        if args.profile and (mode == "embedded") == (args.profile_of == "serve"):
+            named = dict(zip(("listener", "workers", "serve"), servers, strict=False))
+            target = servers[0] if mode == "embedded" else named[args.profile_of]
+            spy = profile_worker(
+                target, args.profile_seconds, Path(args.profile), args.profile_idle
+            )
         meter.start()
         started = time.monotonic()
         acked = _run(send_all(mllp_port, raws, args.senders))
@@ -546,9 +553,15 @@ def main() -> None:
     e2e.add_argument("--e2e-workers", type=int, default=2, help="hub worker --concurrency")
     e2e.add_argument("--e2e-broker-url", default="redis://127.0.0.1:6379/14")
     e2e.add_argument("--deadline", type=float, default=600)
-    e2e.add_argument("--profile", help="py-spy raw profile (Celery mode) to this file")
-    e2e.add_argument("--profile-of", choices=("workers", "listener"), default="workers")
+    e2e.add_argument("--profile", help="py-spy raw profile to this file")
+    e2e.add_argument(
+        "--profile-of",
+        choices=("workers", "listener", "serve"),
+        default="workers",
+        help="Celery mode: the workers or `hub mllp`; embedded mode: `hub serve`",
+    )
     e2e.add_argument("--profile-seconds", type=float, default=15)
+    e2e.add_argument("--profile-idle", action="store_true", help="py-spy --idle: waits too")
     args = parser.parse_args()
     if args.end_to_end:
         print(f"fhir-hub {revision()}, {os.cpu_count()} CPUs ({idle_share():.0%} idle before "
