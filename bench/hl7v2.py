@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sqlite3
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,11 +42,13 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import ingest as ingest_bench
 from bench.common import (
     HOST,
     ROOT,
     Server,
     free_port,
+    http_get,
     idle_share,
     libpq_url,
     recreate_database,
@@ -260,6 +264,271 @@ def run(backend: str, url: str, args: argparse.Namespace, folder: Path) -> dict[
     }
 
 
+# --- end to end: sent over MLLP to searchable through FHIR ---------------------------------
+
+SEARCH_SYSTEM = "urn:oid:1.2.3.4.5"  # the IG sample's PID-3 authority (V2FHIR)
+
+
+def patient_message(control_id: str, mrn: str) -> bytes:
+    """The IG's ADT^A01 about a patient of its own: PID-3.1 (the Patient's key) is `mrn`,
+    PV1-19 stays (the Encounter's key is the patient and the visit: one each)."""
+    return message(control_id).replace(b"PID|1||1032702^", f"PID|1||{mrn}^".encode(), 1)
+
+
+async def send_all(port: int, raws: list[tuple[str, bytes]], senders: int) -> float:
+    """Every message sent over `senders` connections, each waiting for its ACK before the
+    next; seconds until the last ACK."""
+    started = time.monotonic()
+
+    async def send(share: list[tuple[str, bytes]]) -> None:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        for control_id, raw in share:
+            writer.write(START + raw + END)
+            _check(await _ack(reader), control_id)
+        writer.close()
+
+    await asyncio.gather(*(send(raws[i::senders]) for i in range(senders)))
+    return time.monotonic() - started
+
+
+class Meter:
+    """CPU seconds each named group of processes used from `start()` on: process groups (a
+    server and everything it spawned) and the PostgreSQL backends of the database."""
+
+    def __init__(self, groups: dict[str, list[Server]], url: str | None) -> None:
+        self.groups, self.url = groups, url
+        self.first: dict[str, dict[int, float]] = {}
+        self.last: dict[str, dict[int, float]] = {}
+
+    def _read(self) -> dict[str, dict[int, float]]:
+        found = {
+            name: ingest_bench.cpu_seconds(
+                [p for s in servers for p in ingest_bench.group_pids(s.proc.pid)]
+            )
+            for name, servers in self.groups.items()
+        }
+        if self.url is not None:
+            with psycopg.connect(libpq_url(self.url)) as conn:
+                found["postgres"] = ingest_bench.cpu_seconds(ingest_bench.backend_pids(conn))
+        return found
+
+    def start(self) -> None:
+        self.first = self._read()
+        self.last = {k: dict(v) for k, v in self.first.items()}
+
+    def sample(self) -> None:
+        for key, now in self._read().items():
+            self.last.setdefault(key, {}).update(now)
+
+    def used(self) -> dict[str, float]:
+        self.sample()
+        return {
+            key: sum(v - self.first.get(key, {}).get(pid, 0.0) for pid, v in last.items())
+            for key, last in self.last.items()
+        }
+
+
+def statuses(url: str) -> dict[str, int]:
+    sql = "SELECT status, count(*) FROM messages GROUP BY status"
+    if url.startswith("sqlite"):
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+            return {r[0]: int(r[1]) for r in conn.execute(sql)}
+    with psycopg.connect(libpq_url(url)) as conn:
+        return {r[0]: int(r[1]) for r in conn.execute(sql)}
+
+
+def count(api: str, query: str) -> int:
+    status, body = http_get(f"{api}/fhir/{query}", timeout=30)
+    if status != 200:
+        raise SystemExit(f"GET {query}: {status} {body[:300]!r}")
+    return int(json.loads(body)["total"])
+
+
+def until_searchable(
+    url: str, api: str, mrns: list[str], meter: Meter | None, deadline: float, already: int = 0
+) -> tuple[float, float]:
+    """Clock times when every message was done, and when every patient was found through
+    FHIR (a count of all, and a few by identifier); `already` done before these."""
+    while True:
+        if meter is not None:
+            meter.sample()
+        counts = statuses(url)
+        if counts.get("done", 0) == already + len(mrns):
+            done = time.monotonic()
+            break
+        bad = {k: v for k, v in counts.items() if k in ("failed", "dead")}
+        if bad or time.monotonic() > deadline:
+            raise SystemExit(f"messages did not end done: {counts}")
+        time.sleep(0.1)
+    while count(api, "Patient?_summary=count") < already + len(mrns):
+        if time.monotonic() > deadline:
+            raise SystemExit("the patients were done but not searchable")
+        time.sleep(0.1)
+    for mrn in mrns[:: max(1, len(mrns) // 5)]:
+        if count(api, f"Patient?identifier={SEARCH_SYSTEM}|{mrn}&_summary=count") != 1:
+            raise SystemExit(f"patient {mrn} not found by its identifier")
+    return done, time.monotonic()
+
+
+def transaction_baseline(api: str, raws: list[bytes], senders: int) -> tuple[float, float]:
+    """The same resources through the hub's REST API: each message parsed and mapped here
+    (the hub's own adapter and maps), its resources PUT in one transaction Bundle, `senders`
+    clients at once. Messages a second through REST; mapping's CPU a message, here."""
+    from adapters.hl7v2 import Hl7v2Adapter
+
+    adapter = Hl7v2Adapter(ROOT / "mappings" / "hl7v2")
+    cpu = time.process_time()
+    bundles = []
+    for raw in raws:
+        tree = adapter.parse(raw)
+        mapped = adapter.map(tree, adapter.mapper_for(tree))
+        entries = [
+            {
+                "resource": r,
+                "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
+            }
+            for r in mapped.resources
+        ]
+        bundles.append(
+            json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+        )
+    mapping_cpu = (time.process_time() - cpu) / len(raws)
+
+    import httpx
+
+    def post(share: list[str]) -> None:
+        with httpx.Client(timeout=60) as client:
+            for body in share:
+                r = client.post(
+                    f"{api}/fhir", content=body, headers={"content-type": "application/fhir+json"}
+                )
+                if r.status_code != 200:
+                    raise SystemExit(f"transaction: {r.status_code} {r.text[:300]}")
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=post, args=(bundles[i::senders],)) for i in range(senders)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return len(raws) / (time.monotonic() - started), mapping_cpu
+
+
+def profile_worker(
+    worker: Server, seconds: float, out: Path, idle: bool = False
+) -> subprocess.Popen[bytes] | None:
+    """py-spy on a process and its children (a worker's pool), `seconds` long, raw
+    (collapsed) stacks, every thread."""
+    spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        print("py-spy is not installed (.venv/bin/pip install py-spy): no profile")
+        return None
+    argv = [str(spy), "record", "--subprocesses", "--nonblocking", "-r", "50", "-f", "raw"]
+    argv += ["-d", str(int(seconds)), "-o", str(out), "-p", str(worker.proc.pid), "--threads"]
+    if idle:  # waits too (a lock, the database): where a thread's time goes, not its CPU
+        argv.append("--idle")
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def end_to_end(mode: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """One mode: `embedded` (`hub serve` on SQLite, the listener and processing in one
+    process, as `make run`) or `celery` (`hub mllp`, `hub worker`, `hub serve --no-mllp`
+    for the searches, on PostgreSQL with Redis)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    env.update(HUB_LOG_LEVEL="warning", PYTHONUNBUFFERED="1")
+    mllp_port, api_port = free_port(), free_port()
+    env.update(HUB_MLLP_PORT=str(mllp_port))
+    servers: list[Server] = []
+    hub = [sys.executable, "-m", "hub.cli"]
+    if mode == "embedded":
+        url = f"sqlite:///{folder / 'e2e.db'}"
+        subprocess.run([*hub, "db", "upgrade", "--database-url", url], cwd=ROOT, check=True,
+                       capture_output=True)  # fmt: skip
+        env["HUB_DATABASE_URL"] = url
+        api = Server("hub serve", [*hub, "serve", "--port", str(api_port)], api_port,
+                     folder / "e2e-serve.log", env)  # fmt: skip
+        servers.append(api)
+        groups = {"hub serve": [api]}
+        pg: str | None = None
+    else:
+        url = pg = args.database_url.rsplit("/", 1)[0] + "/hub_bench_hl7v2_e2e"
+        recreate_database(url)
+        broker = redis.Redis.from_url(args.e2e_broker_url)
+        broker.flushdb()
+        env.update(HUB_DATABASE_URL=url, HUB_BROKER_URL=args.e2e_broker_url)
+        listener = Server("hub mllp", [*hub, "mllp"], 0, folder / "e2e-mllp.log", env)
+        worker = Server("hub worker", [*hub, "worker", "--concurrency", str(args.e2e_workers),
+                        "--loglevel", "info"], 0, folder / "e2e-worker.log", env)  # fmt: skip
+        api = Server("hub serve", [*hub, "serve", "--no-mllp", "--port", str(api_port)],
+                     api_port, folder / "e2e-serve.log", env)  # fmt: skip
+        servers += [listener, worker, api]
+        groups = {"hub mllp": [listener], "workers": [worker], "hub serve": [api]}
+    try:
+        api.wait_ready()
+        _wait_port(mllp_port, api if mode == "embedded" else servers[0])
+        if mode == "celery":
+            deadline = time.monotonic() + 60
+            while "ready." not in servers[1].log.read_text(errors="replace"):
+                if time.monotonic() > deadline:
+                    raise SystemExit("hub worker did not start")
+                time.sleep(0.1)
+        # Warm-up, not measured: each worker process builds its parts on its first task.
+        warm = [f"W{n:04d}" for n in range(4 * args.e2e_workers)]
+        _run(send_all(mllp_port, [(m, patient_message(m, m)) for m in warm], args.senders))
+        until_searchable(url, api.base, warm, None, time.monotonic() + 120)
+        tag = f"E{mode[0]}"
+        mrns = [f"{tag}{n:06d}" for n in range(args.messages)]
+        raws = [(f"{tag}-{n}", patient_message(f"{tag}-{n}", m)) for n, m in enumerate(mrns)]
+        meter = Meter(groups, pg)
+        spy = None
+        if args.profile and (mode == "embedded") == (args.profile_of == "serve"):
+            named = dict(zip(("listener", "workers", "serve"), servers, strict=False))
+            target = servers[0] if mode == "embedded" else named[args.profile_of]
+            spy = profile_worker(
+                target, args.profile_seconds, Path(args.profile), args.profile_idle
+            )
+        meter.start()
+        started = time.monotonic()
+        acked = _run(send_all(mllp_port, raws, args.senders))
+        done, found = until_searchable(
+            url, api.base, mrns, meter, started + args.deadline, already=len(warm)
+        )
+        cpu = meter.used()
+        if spy is not None:
+            spy.wait()
+        base_raws = [patient_message(f"R-{n}", f"R{n:06d}") for n in range(args.baseline_messages)]
+        rest, mapping_cpu = transaction_baseline(api.base, base_raws, args.senders)
+    finally:
+        for server in reversed(servers):
+            server.stop()
+        if mode == "celery":
+            redis.Redis.from_url(args.e2e_broker_url).flushdb()
+    return {
+        "messages": args.messages,
+        "acked_s": acked,
+        "done_s": done - started,
+        "searchable_s": found - started,
+        "per_s": args.messages / (found - started),
+        "cpu": {k: 1e3 * v / args.messages for k, v in cpu.items()},
+        "rest_per_s": rest,
+        "mapping_ms": 1e3 * mapping_cpu,
+    }
+
+
+def report_end_to_end(mode: str, r: dict[str, Any]) -> str:
+    cpu = ", ".join(f"{k} {v:.1f} ms" for k, v in r["cpu"].items())
+    total = sum(r["cpu"].values())
+    return (
+        f"{mode:<9} end to end: {r['per_s']:6.1f} ADT^A01/s ({r['messages']} messages: all "
+        f"ACKed at {r['acked_s']:.1f} s, done at {r['done_s']:.1f} s, searchable at "
+        f"{r['searchable_s']:.1f} s)\n"
+        f"{'':<9} CPU a message: {cpu}; total {total:.1f} ms = {1e3 / total:.0f}/s a core, "
+        f"{2e3 / total:.0f}/s on 2 cores\n"
+        f"{'':<9} baseline, the same resources as REST transactions: {r['rest_per_s']:6.1f} "
+        f"messages/s (parse + map here: {r['mapping_ms']:.1f} ms CPU a message)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -274,7 +543,34 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--latency-seconds", type=float, default=10)
     parser.add_argument("--group", type=int, default=500, help="baseline rows per transaction")
+    e2e = parser.add_argument_group("end to end (--end-to-end)")
+    e2e.add_argument(
+        "--end-to-end", action="store_true", help="sent to searchable through FHIR, instead"
+    )
+    e2e.add_argument("--modes", default="embedded,celery")
+    e2e.add_argument("--messages", type=int, default=1000)
+    e2e.add_argument("--baseline-messages", type=int, default=300)
+    e2e.add_argument("--e2e-workers", type=int, default=2, help="hub worker --concurrency")
+    e2e.add_argument("--e2e-broker-url", default="redis://127.0.0.1:6379/14")
+    e2e.add_argument("--deadline", type=float, default=600)
+    e2e.add_argument("--profile", help="py-spy raw profile to this file")
+    e2e.add_argument(
+        "--profile-of",
+        choices=("workers", "listener", "serve"),
+        default="workers",
+        help="Celery mode: the workers or `hub mllp`; embedded mode: `hub serve`",
+    )
+    e2e.add_argument("--profile-seconds", type=float, default=15)
+    e2e.add_argument("--profile-idle", action="store_true", help="py-spy --idle: waits too")
     args = parser.parse_args()
+    if args.end_to_end:
+        print(f"fhir-hub {revision()}, {os.cpu_count()} CPUs ({idle_share():.0%} idle before "
+              f"the run); {args.senders} MLLP senders, ADT^A01 of {len(SAMPLE)} bytes, "
+              f"distinct patients")  # fmt: skip
+        with scratch() as folder:
+            for mode in args.modes.split(","):
+                print(report_end_to_end(mode, end_to_end(mode, args, folder)), flush=True)
+        return
     print(f"fhir-hub {revision()}, {os.cpu_count()} CPUs ({idle_share():.0%} idle before the "
           f"run); {args.senders} MLLP senders, ADT^A01 of {len(SAMPLE)} bytes")  # fmt: skip
     with scratch() as folder:
