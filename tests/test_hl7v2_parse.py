@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adapters.hl7v2.adapter import Hl7v2Adapter, external_id
-from adapters.hl7v2.parse import charset_of, parse
+from adapters.hl7v2.parse import charset_of, parse, read
 from hub.errors import Invalid
 from hub.ingest.mapping import MappingError
 from hub.ingest.mapping_tree import Path as V2Path
@@ -233,3 +233,25 @@ def test_the_parser_never_fails_otherwise_than_invalid(segment: str, header: str
 def test_arbitrary_bytes_after_a_header_never_crash(raw: bytes) -> None:
     with contextlib.suppress(MappingError):
         parse(MSH.encode() + b"\r" + raw)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in DATA.glob("*.hl7")))
+def test_read_gives_what_the_tree_gives(name: str) -> None:
+    """The receiver's quick read of a message's key fields agrees with the full parse."""
+    raw = (DATA / f"{name}.hl7").read_bytes()
+    places = [
+        "MSH-3", "MSH-3.2", "MSH-4.1", "MSH-9.2", "MSH-10", "PID-3", "PID-3.1", "PID-3.4.2",
+        "PID-5.1", "PID-5.2", "PID-7", "PID-99.1", "PV1-19", "OBX-5", "ZZZ-1",
+    ]  # fmt: skip
+    try:
+        tree = parse(raw)
+    except MappingError:
+        return  # a message the parser refuses has no key to read
+    assert read(raw, places) == [tree.text(p) for p in places]
+
+
+def test_read_leaves_other_places_to_the_tree() -> None:
+    raw = (DATA / "ig-ADT_A01.hl7").read_bytes()
+    assert read(raw, ["PID-5[2].1"]) is None
+    assert read(raw, ["OBX[2]-5"]) is None
+    assert read(raw, ["PID-3.1|PID-2"]) is None

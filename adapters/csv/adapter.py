@@ -139,8 +139,10 @@ def _line(row: list[str]) -> str:
     # The writer quotes a cell holding LF but not one holding a lone CR, which a reader takes
     # for a line end: such a row is written with every cell quoted (other rows keep their
     # bytes, and so their external ids).
-    quoting = csv.QUOTE_ALL if any("\r" in cell for cell in row) else csv.QUOTE_MINIMAL
-    csv.writer(out, lineterminator="\n", quoting=quoting).writerow(row)
+    if any("\r" in cell for cell in row):
+        csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL).writerow(row)
+    else:
+        csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_MINIMAL).writerow(row)
     return out.getvalue()
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import codecs
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import hl7
@@ -181,8 +181,9 @@ def _regular(node: Any, depth: int, decode: Callable[[str], str] | None) -> Any:
     return [_regular(child, depth - 1, decode) for child in node]
 
 
-def parse(raw: bytes, default_charset: str = "UTF-8") -> Tree:
-    """A message's bytes as a tree (see the module docstring); `MappingError` on bad input."""
+def _prepared(raw: bytes, default_charset: str) -> tuple[str, str, str, _Escapes]:
+    """A message's text (decoded, one `\\r` a segment, blank lines gone), its field
+    separator, MSH-2 and its escapes; `MappingError` on bad input."""
     charset = charset_of(raw, default_charset)
     text = _decode(raw, charset)
     text = text.replace("\r\n", "\r").replace("\n", "\r")
@@ -199,6 +200,53 @@ def parse(raw: bytes, default_charset: str = "UTF-8") -> Tree:
     trunc = encoding[4] if len(encoding) > 4 else ""
     escapes = _Escapes(field_sep, component, repetition, escape, sub, trunc)
     escapes.codec = codec(charset)
+    return text, field_sep, encoding, escapes
+
+
+# A place read without the tree: segment, field, and optionally component and subcomponent.
+_PLAIN_PLACE = re.compile(r"([A-Z][A-Z0-9]{2})-(\d+)(?:\.(\d+))?(?:\.(\d+))?")
+
+
+def read(raw: bytes, places: Sequence[str], default_charset: str = "UTF-8") -> list[str] | None:
+    """The text at each of `places` (`PID-3.1`: the first segment of that name, the first
+    repetition, the component and subcomponent, escapes decoded, stripped), as `parse(raw)`
+    would give it, read off the message's lines without building the tree: what the receiver
+    needs of a message (its order key) at a fraction of the cost. None when a place is not of
+    that plain form (a repetition, a segment index, alternatives): parse then."""
+    found = [_PLAIN_PLACE.fullmatch(place) for place in places]
+    if not all(found):
+        return None
+    text, field_sep, encoding, escapes = _prepared(raw, default_charset)
+    lines = text.split("\r")
+    component, repetition = escapes.named["S"], escapes.named["R"]
+    sub = escapes.named["T"]
+    out: list[str] = []
+    for match in found:
+        assert match is not None
+        name, number = match.group(1), int(match.group(2))
+        line = next((x for x in lines if x[:3] == name and x[3:4] == field_sep), None)
+        fields = line.split(field_sep) if line is not None else []
+        if name == "MSH":  # MSH-1 is the separator itself: MSH-n is fields[n - 1]
+            if number in (1, 2):
+                out.append(field_sep if number == 1 else encoding)
+                continue
+            number -= 1
+        value = fields[number].split(repetition)[0] if 0 < number < len(fields) else ""
+        value = _nth(value.split(component), match.group(3))
+        value = _nth(value.split(sub), match.group(4))
+        out.append(escapes.decode(value, f"{name}-{match.group(2)}").strip())
+    return out
+
+
+def _nth(parts: list[str], number: str | None) -> str:
+    at = int(number or 1) - 1
+    return parts[at] if at < len(parts) else ""
+
+
+def parse(raw: bytes, default_charset: str = "UTF-8") -> Tree:
+    """A message's bytes as a tree (see the module docstring); `MappingError` on bad input."""
+    text, field_sep, encoding, escapes = _prepared(raw, default_charset)
+    escape = escapes.escape
     try:
         parsed = hl7.parse(text)
     except (HL7Exception, IndexError, ValueError) as e:
