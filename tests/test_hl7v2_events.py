@@ -183,3 +183,64 @@ def test_a_merge_of_a_patient_into_itself_fails(service: IngestService) -> None:
     summary = service.ingest("hl7v2", None, io.BytesIO(raw), "test")
     assert summary.rejected == 1
     assert "merged into itself" in summary.errors[0]
+
+
+def visit(kind: str, control: str, **pv1_args: str) -> bytes:
+    return message(pid(X), pv1("V1", **pv1_args), control=control, kind=kind)
+
+
+def encounter(client: TestClient) -> dict:  # type: ignore[type-arg]
+    r = client.get(f"/fhir/Encounter/{rid('Encounter', X, 'V1')}")
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def test_a11_cancels_the_admit_and_keeps_what_it_made(
+    service: IngestService, client: TestClient
+) -> None:
+    ingest(service, admit())
+    ingest(service, result())
+    ingest(service, visit("ADT^A11^ADT_A09", "A11-1", discharged="20240302090000"))
+    cancelled = encounter(client)
+    assert cancelled["status"] == "cancelled"  # the IG's Event[EncounterStatus]
+    assert "end" not in cancelled["period"]
+    assert [e["status"] for e in search(client, "Encounter?status=cancelled")] == ["cancelled"]
+    # Nothing is deleted: the result of the cancelled visit is still there.
+    assert len(search(client, f"Observation?patient={rid('Patient', X)}")) == 1
+
+
+def test_a13_cancels_the_discharge(service: IngestService, client: TestClient) -> None:
+    ingest(service, admit())
+    ingest(service, visit("ADT^A03^ADT_A03", "A03-1", discharged="20240302090000"))
+    discharged = encounter(client)
+    assert discharged["status"] == "finished"
+    assert discharged["period"]["end"] == "2024-03-02T09:00:00Z"
+    # Some senders repeat the discharge time in the cancel: the visit goes on all the same.
+    ingest(service, visit("ADT^A13^ADT_A01", "A13-1", discharged="20240302090000"))
+    reopened = encounter(client)
+    assert reopened["status"] == "in-progress"
+    assert reopened["period"] == {"start": "2024-03-01T10:00:00Z"}
+    assert reopened["meta"]["versionId"] == "3"
+    history = versions(client, "Encounter", reopened["id"])
+    assert [v["status"] for v in history] == ["in-progress", "finished", "in-progress"]
+
+
+def test_a12_cancels_the_transfer(service: IngestService, client: TestClient) -> None:
+    ingest(service, admit())
+    before = encounter(client)["location"]
+    assert len(before) == 1 and before[0]["status"] == "active"
+
+    def transfer(kind: str, control: str, to: str, prior: str) -> bytes:
+        segment = pv1("V1", location=to).split("|")
+        segment[6] = prior  # PV1-6, the prior location
+        return message(pid(X), "|".join(segment), control=control, kind=kind)
+
+    ingest(service, transfer("ADT^A02^ADT_A02", "A02-1", "WARD^202^1", "WARD^101^1"))
+    moved = encounter(client)["location"]
+    assert moved[0]["location"] != before[0]["location"]
+    assert moved[1] == {**before[0], "status": "completed"}
+    # A12: PV1-3 is where the patient is again, PV1-6 the cancelled location.
+    ingest(service, transfer("ADT^A12^ADT_A12", "A12-1", "WARD^101^1", "WARD^202^1"))
+    back = encounter(client)
+    assert back["location"] == before
+    assert back["status"] == "in-progress"
