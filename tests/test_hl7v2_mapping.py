@@ -830,7 +830,9 @@ def test_a40_maps_the_survivor_and_the_merged_patient(adapter: Hl7v2Adapter) -> 
     )
     result = run(adapter, raw)
     assert result.mapping == "hl7v2-merge"
-    y, x, y3, x4 = (resource_id("ADT1/HOSP", "Patient", [k]) for k in ("Y2002", "X1001", "Y3003", "X4004"))
+    y, x, y3, x4 = (
+        resource_id("ADT1/HOSP", "Patient", [k]) for k in ("Y2002", "X1001", "Y3003", "X4004")
+    )
     assert result.mapped.merges == [
         ("Patient", x, y, "MRG-1.1"),
         ("Patient", x4, y3, "MRG[2]-1.1"),

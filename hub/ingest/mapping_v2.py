@@ -926,7 +926,6 @@ class TreeMapper:
             ]
         return out
 
-
     def _merge(
         self, run: _Run, rmap: ResourceMap, merged: str, key: list[str], scope: _Scope
     ) -> tuple[str, str, str, str]:
