@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from hub.ingest.mapping import resource_id
+from hub.ingest.reconcile import reconcile
 from hub.ingest.service import IngestService, Summary
 from hub.interactions.context import Context
 from hub.settings import Settings
@@ -73,7 +75,7 @@ def ingest(service: IngestService, raw: bytes) -> Summary:
     return summary
 
 
-def search(client: TestClient, query: str) -> list[dict]:  # type: ignore[type-arg]
+def search(client: TestClient, query: str) -> list[dict[str, Any]]:
     r = client.get(f"/fhir/{query}")
     assert r.status_code == 200, r.text
     return [e["resource"] for e in r.json().get("entry", [])]
@@ -83,7 +85,7 @@ def rid(resource_type: str, *key: str) -> str:
     return resource_id(SOURCE, resource_type, list(key))
 
 
-def versions(client: TestClient, resource_type: str, resource_id: str) -> list[dict]:  # type: ignore[type-arg]
+def versions(client: TestClient, resource_type: str, resource_id: str) -> list[dict[str, Any]]:
     r = client.get(f"/fhir/{resource_type}/{resource_id}/_history")
     assert r.status_code == 200, r.text
     return [e["resource"] for e in r.json()["entry"]]
@@ -189,10 +191,10 @@ def visit(kind: str, control: str, **pv1_args: str) -> bytes:
     return message(pid(X), pv1("V1", **pv1_args), control=control, kind=kind)
 
 
-def encounter(client: TestClient) -> dict:  # type: ignore[type-arg]
+def encounter(client: TestClient) -> dict[str, Any]:
     r = client.get(f"/fhir/Encounter/{rid('Encounter', X, 'V1')}")
     assert r.status_code == 200, r.text
-    return r.json()  # type: ignore[no-any-return]
+    return r.json()
 
 
 def test_a11_cancels_the_admit_and_keeps_what_it_made(
@@ -244,3 +246,24 @@ def test_a12_cancels_the_transfer(service: IngestService, client: TestClient) ->
     back = encounter(client)
     assert back["location"] == before
     assert back["status"] == "in-progress"
+
+
+def test_reconcile_leaves_a_plan_with_nothing_stored_to_keep_as_it_is(
+    service: IngestService,
+) -> None:
+    class Nothing:
+        def current(self, resource_type: str, resource_id: str) -> None:
+            return None
+
+        def version(self, resource_type: str, resource_id: str) -> None:
+            return None
+
+        def referrers(self, resource_type: str, resource_id: str) -> list[tuple[str, str]]:
+            return []
+
+    [message_id] = ingest(service, admit()).message_ids
+    stored = service.store.get(message_id)
+    assert stored is not None
+    plan = service.pipeline.prepare(stored)
+    assert any(w.keep for w in plan.writes)  # the Patient keeps link and active
+    assert reconcile(plan, Nothing()) is plan

@@ -38,6 +38,8 @@ def reconcile(plan: MessagePlan, state: State) -> MessagePlan:
     if not plan.merges and not any(w.overlay or w.keep for w in plan.writes):
         return plan
     writes = [_settled(w, state) for w in plan.writes]
+    if not plan.merges and all(a is b for a, b in zip(writes, plan.writes, strict=True)):
+        return plan
     planned = {w.key for w in writes}
     for merge in plan.merges:
         for moved in _moved(merge, state, planned):
@@ -61,8 +63,8 @@ def _settled(write: Write, state: State) -> Write:
             content[name] = old + [item for item in (new or []) if item not in old]
         elif old is not None and new is None:
             content[name] = old
-    if content == stored:
-        content = stored  # unchanged: the executor makes no version
+    if content == mapped:
+        return write  # nothing stored to keep (mostly): its references are walked already
     # Read, then written: guarded when the write builds on the stored content.
     guard = state.version(*write.key) if write.overlay else None
     return replace(write, resource=content, if_match=guard)
