@@ -176,3 +176,24 @@ def test_ingest_takes_a_file_of_messages(service: IngestService) -> None:
         "LabApp/LabFac",
         "HIE/REDDING HOSPITAL",
     }
+
+
+def test_financial_and_pharmacy_messages_are_searchable(
+    service: IngestService, client: TestClient
+) -> None:
+    dft = (DATA / "written-DFT_P03.hl7").read_bytes()
+    omp = (DATA / "written-OMP_O09.hl7").read_bytes()
+    summary = receive(service, dft, omp)
+    assert summary.errors == [] and summary.done == 2
+    billing = resource_id("BILL/NORTH", "Patient", ["MRN-9"])
+    charges = search(client, f"ChargeItem?patient={billing}")
+    assert sorted(c["status"] for c in charges) == ["billable", "not-billable"]
+    assert search(client, "ChargeItem?code=http://www.ama-assn.org/go/cpt|80053")
+    [account] = search(client, f"Account?patient={billing}")
+    assert len(account["guarantor"]) == 2
+    [coverage] = search(client, f"Coverage?beneficiary={billing}")
+    assert coverage["payor"] == [{"display": "Zilveren Kruis"}]
+    assert search(client, f"RelatedPerson?patient={billing}")[0]["name"][0]["given"] == ["Maria"]
+    pharmacy = resource_id("PHARM/NORTH", "Patient", ["MRN-9"])
+    [order] = search(client, f"MedicationRequest?patient={pharmacy}&intent=original-order")
+    assert order["medicationCodeableConcept"]["coding"][0]["code"] == "197361"

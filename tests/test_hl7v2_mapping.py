@@ -734,3 +734,113 @@ def test_a_reference_to_a_made_resource_has_lineage_and_so_has_the_resource(
     assert adt.lineage(encounter)["Encounter.participant[0].individual"] == "PV1-7"
     attender = adt.get(encounter["participant"][0]["individual"])
     assert adt.lineage(attender)["Practitioner.name[0].family"] == "PV1-7.2.1"
+
+
+def test_dft_p03_charges_guarantors_and_insurance(adapter: Hl7v2Adapter) -> None:
+    result = run(adapter, (DATA / "written-DFT_P03.hl7").read_bytes())
+    assert result.mapping == "hl7v2-dft"
+    patient = result.one("Patient")
+    charge, credit = result.all("ChargeItem")
+    assert charge["status"] == "billable" and credit["status"] == "not-billable"
+    assert codes(charge["code"]) == [("http://www.ama-assn.org/go/cpt", "80053")]
+    assert charge["identifier"] == [{"value": "TX-1001"}]
+    assert charge["subject"] == result.ref(patient)
+    assert charge["context"] == result.ref(result.one("Encounter"))
+    assert charge["occurrenceDateTime"] == "2024-03-10T08:00:00+01:00"
+    assert charge["enteredDate"] == "2024-03-10T09:00:00+01:00"
+    assert charge["quantity"] == {"value": 1}
+    assert charge["priceOverride"] == {"value": 125.5, "currency": "EUR"}
+    assert credit["priceOverride"] == {"value": -125.5, "currency": "EUR"}
+    assert codes(charge["reason"][0]) == [("http://hl7.org/fhir/sid/icd-10", "E11.9")]
+    assert result.get(charge["performer"][0]["actor"])["name"][0]["family"] == "Visser"
+    assert result.get(charge["enterer"])["name"][0]["family"] == "Bakker"
+    assert charge["note"] == [{"text": "Metabolic panel, drawn on the ward"}]
+    assert result.lineage(charge)["ChargeItem.priceOverride.value"] == "FT1-11.1.1"
+
+    # GT1: the spouse is a RelatedPerson; the patient guaranteeing himself is not.
+    spouse = result.one("RelatedPerson")
+    assert spouse["name"][0] == {"family": "Jansen", "given": ["Maria"]}
+    assert spouse["patient"] == result.ref(patient)
+    assert spouse["birthDate"] == "1960-01-01" and spouse["gender"] == "female"
+    assert [codes(r) for r in spouse["relationship"]] == [
+        [("http://terminology.hl7.org/CodeSystem/v2-0063", "SPO")],
+        [("http://terminology.hl7.org/CodeSystem/v3-RoleCode", "GUAR")],
+    ]
+    account = result.one("Account")
+    assert account["status"] == "active"
+    assert account["identifier"][0]["value"] == "ACC-31"
+    assert account["subject"] == [result.ref(patient)]
+    assert account["guarantor"] == [
+        {"party": result.ref(spouse), "period": {"start": "2024-01-01"}},
+        {"party": result.ref(patient)},
+    ]
+
+    # IN1 with its IN2.
+    coverage = result.one("Coverage")
+    assert coverage["payor"] == [{"display": "Zilveren Kruis"}]
+    values = [i["value"] for i in coverage["identifier"]]
+    assert values == ["POL-889", "PLAN-A", "MEM-42", "MC-123", "MA-456"]
+    assert codes(coverage["identifier"][3]["type"]) == [(V2_0203, "MC")]
+    assert codes(coverage["relationship"]) == [
+        ("http://terminology.hl7.org/CodeSystem/v2-0063", "SEL")
+    ]  # IN2-72, IN1-17 being empty
+    assert result.lineage(coverage)["Coverage.identifier[3].value"] == "IN2-6.1"
+    unmapped = {s for e, s in result.mapped.lineage[0] if e.endswith("(not mapped)")}
+    assert not {"FT1", "GT1", "GT1[2]", "IN2"} & unmapped
+
+
+def test_rxo_pharmacy_order_in_omp_o09_and_orm_o01(adapter: Hl7v2Adapter) -> None:
+    raw = (DATA / "written-OMP_O09.hl7").read_bytes()
+    for message in (raw, raw.replace(b"OMP^O09^OMP_O09", b"ORM^O01^ORM_O01")):
+        result = run(adapter, message)
+        assert result.mapping == "hl7v2-orders"
+        order = result.one("MedicationRequest")
+        assert order["status"] == "active" and order["intent"] == "original-order"
+        assert codes(order["medicationCodeableConcept"]) == [
+            ("http://www.nlm.nih.gov/research/umls/rxnorm", "197361")
+        ]
+        assert order["identifier"][0]["value"] == "ORD-56"
+        assert order["authoredOn"] == "2024-03-10T09:10:00+01:00"
+        [dosage] = order["dosageInstruction"]
+        assert dosage["text"] == "Take one tablet every morning"
+        assert codes(dosage["route"]) == [("http://terminology.hl7.org/CodeSystem/v2-0162", "PO")]
+        mg = {"unit": "milligram", "code": "mg", "system": "http://unitsofmeasure.org"}
+        assert dosage["doseAndRate"][0]["doseRange"] == {
+            "low": {"value": 5, **mg},
+            "high": {"value": 10, **mg},
+        }
+        assert dosage["doseAndRate"][0]["type"]["coding"][0]["code"] == "ordered"
+        assert order["dispenseRequest"]["quantity"]["value"] == 30
+        assert order["dispenseRequest"]["quantity"]["code"] == "{tbl}"
+        assert order["dispenseRequest"]["numberOfRepeatsAllowed"] == 2
+        assert order["substitution"] == {"allowedBoolean": True}
+        assert result.get(order["requester"])["name"][0]["family"] == "de Vries"  # RXO-14
+        assert order["note"] == [{"text": "Start low, raise after one week"}]
+        assert result.all("ServiceRequest") == []
+
+
+def test_a40_maps_the_survivor_and_the_merged_patient(adapter: Hl7v2Adapter) -> None:
+    raw = (
+        b"MSH|^~\\&|ADT1|HOSP|HUB|HUB|20240301120000||ADT^A40^ADT_A39|M1|P|2.5.1\r"
+        b"EVN|A40|20240301120000\r"
+        b"PID|1||Y2002^^^HOSP^MR||Survivor^Pat\r"
+        b"MRG|X1001^^^HOSP^MR\r"
+        b"PID|2||Y3003^^^HOSP^MR||Other^Pat\r"
+        b"MRG|X4004^^^HOSP^MR\r"
+    )
+    result = run(adapter, raw)
+    assert result.mapping == "hl7v2-merge"
+    y, x, y3, x4 = (
+        resource_id("ADT1/HOSP", "Patient", [k]) for k in ("Y2002", "X1001", "Y3003", "X4004")
+    )
+    assert result.mapped.merges == [
+        ("Patient", x, y, "MRG-1.1"),
+        ("Patient", x4, y3, "MRG[2]-1.1"),
+    ]
+    by_id = {r["id"]: r for r in result.all("Patient")}
+    assert by_id[y]["link"] == [{"type": "replaces", "other": {"reference": f"Patient/{x}"}}]
+    assert by_id[x]["active"] is False
+    assert by_id[x]["link"] == [{"type": "replaced-by", "other": {"reference": f"Patient/{y}"}}]
+    assert by_id[x4]["link"][0]["other"] == {"reference": f"Patient/{y3}"}
+    assert by_id[x]["identifier"][0]["value"] == "X1001"
+    assert result.mapped.order_key == "X1001"

@@ -44,7 +44,8 @@ from hub.ingest import status
 from hub.ingest.dispatch import sweep
 from hub.ingest.messages import DEAD, DONE, FAILED, PENDING, PROCESSING, RECEIVED, WAITING, now
 from hub.ingest.pipeline import Outcome
-from hub.ingest.plan import MessagePlan, reconcile
+from hub.ingest.plan import MessagePlan
+from hub.ingest.reconcile import reconcile
 from hub.ingest.service import IngestService
 from hub.ingest.status import Event, IllegalTransition
 from hub.interactions import writes

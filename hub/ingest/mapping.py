@@ -108,6 +108,12 @@ class Mapped:
     # Per resource, the element paths ("Observation.subject") whose reference must have
     # arrived before the resource is written (the elements marked `wait`).
     awaits: list[list[str]] = field(default_factory=list)
+    # Per resource (or empty: none for all): its mapped elements go over the stored
+    # content (`overlay`), and the top-level elements the stored version keeps (`keep`).
+    overlay: list[bool] = field(default_factory=list)
+    keep: list[tuple[str, ...]] = field(default_factory=list)
+    # Merges the record asks for: (type, merged id, survivor id, source field).
+    merges: list[tuple[str, str, str, str]] = field(default_factory=list)
 
 
 def _as_tuple(value: Any) -> tuple[str, ...]:

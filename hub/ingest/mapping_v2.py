@@ -83,6 +83,9 @@ class ResourceMap:
     segment: str | None = None  # the anchor: fields of other segments are read from it
     each: bool = False  # one resource per anchor segment
     when: Mapping[str, Any] | None = None
+    overlay: bool = False  # the elements go over the stored resource (hub.ingest.reconcile)
+    keep: tuple[str, ...] = ()  # top-level elements the stored version keeps
+    merge_into: tuple[str, ...] = ()  # `merge: {into: key}`: retired into that resource
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,11 @@ def _resource(data: Mapping[str, Any]) -> ResourceMap:
         segment=data.get("segment"),
         each=bool(data.get("each", False)),
         when=data.get("when"),
+        # A resource merged into another keeps what is stored of it: it is retired, not
+        # rewritten from the few fields the merge message has about it.
+        overlay=bool(data.get("overlay", bool(data.get("merge")))),
+        keep=_tuple(data.get("keep")),
+        merge_into=_tuple((data.get("merge") or {}).get("into")),
     )
 
 
@@ -896,6 +904,10 @@ class TreeMapper:
                 out.resources.append(_prune(resource))
                 out.lineage.append(lineage)
                 out.awaits.append(awaits)
+                out.overlay.append(rmap.overlay)
+                out.keep.append(rmap.keep)
+                if rmap.merge_into:
+                    out.merges.append(self._merge(run, rmap, resource["id"], key, scope))
         written = {(r["resourceType"], r["id"]) for r in out.resources}
         for made, extra in run.extra.items():
             if made in written:
@@ -903,6 +915,8 @@ class TreeMapper:
             out.resources.append(_prune(extra))
             out.lineage.append(run.extra_lineage.get(made, []))
             out.awaits.append([])
+            out.overlay.append(False)
+            out.keep.append(())
         if out.resources:
             first = out.resources[0]["resourceType"]
             out.lineage[0] = out.lineage[0] + [
@@ -911,6 +925,22 @@ class TreeMapper:
                 if s.position not in run.touched
             ]
         return out
+
+    def _merge(
+        self, run: _Run, rmap: ResourceMap, merged: str, key: list[str], scope: _Scope
+    ) -> tuple[str, str, str, str]:
+        """(type, merged id, survivor id, source field) of a resource map with `merge`."""
+        into = []
+        for spec in rmap.merge_into:
+            text, label = self._text(run, spec, scope)
+            if not text:
+                raise MappingError(f"the key of the surviving {rmap.type} is empty", label)
+            into.append(text)
+        survivor = resource_id(self.source, rmap.type, into)
+        if survivor == merged:
+            raise MappingError(f"a {rmap.type} cannot be merged into itself ({key[0]})")
+        first = self._text(run, rmap.id[0], scope)[1]
+        return (rmap.type, merged, survivor, first)
 
 
 def _is_relative(spec: str) -> bool:

@@ -29,7 +29,8 @@ from hub.ingest import status
 from hub.ingest.adapters import AdapterRegistry
 from hub.ingest.mapping import Mapper, Mapping_
 from hub.ingest.messages import OPEN, Message, MessageStore, now
-from hub.ingest.plan import MessagePlan, MissingReference, Write, awaited, reconcile
+from hub.ingest.plan import Merge, MessagePlan, MissingReference, Write, awaited
+from hub.ingest.reconcile import MOST_MOVED, reconcile
 from hub.interactions import executor
 from hub.interactions.context import Context
 from hub.interactions.executor import execute
@@ -125,19 +126,23 @@ class Pipeline:
         else:
             mapper = self.mapper(message)
             mapped = adapter.map(adapter.parse(message.raw), mapper)
-        awaits = mapped.awaits or [[] for _ in mapped.resources]  # an adapter's own `Mapped`
+        count = len(mapped.resources)
+        awaits = mapped.awaits or [[] for _ in range(count)]  # an adapter's own `Mapped`
+        overlay = mapped.overlay or [False] * count
+        keep = mapped.keep or [()] * count
         for resource in mapped.resources:
             validate(resource, max_depth=self.ctx.settings.max_resource_depth)
         return MessagePlan(
             writes=tuple(
-                Write(resource, tuple(lines), tuple(waits))
-                for resource, lines, waits in zip(
-                    mapped.resources, mapped.lineage, awaits, strict=True
+                Write(resource, tuple(lines), tuple(waits), over, tuple(kept))
+                for resource, lines, waits, over, kept in zip(
+                    mapped.resources, mapped.lineage, awaits, overlay, keep, strict=True
                 )
             ),
             order_key=mapped.order_key,
             mapping=mapper.mapping.name,
             mapping_version=mapper.mapping.version,
+            merges=tuple(Merge(*merge) for merge in mapped.merges),
         )
 
     def next_in_order(self, message_id: int) -> int | None:
@@ -226,7 +231,7 @@ class Pipeline:
     def _commit(self, batch: list[_Prepared], held: _Held) -> Outcomes:
         try:
             with self.ctx.unit(None) as tx:
-                return self._apply(tx, batch)
+                return self._apply_in_turn(tx, batch)
         except Exception as e:
             if len(batch) > 1:
                 log.info("a batch of %s messages failed (%s); one at a time", len(batch), e)
@@ -259,6 +264,23 @@ class Pipeline:
         log.warning("message %s attempt %s failed, will retry: %s", message.id, attempts, text)
         return Outcome.RETRY
 
+    def _apply_in_turn(self, tx: Transaction, batch: list[_Prepared]) -> Outcomes:
+        """The batch in runs, each written before the next is reconciled: a message whose plan
+        is `alone` (a merge) is a run of its own, so that it moves what the earlier messages
+        wrote and the later ones see what it wrote. Mostly one run."""
+        runs: list[list[_Prepared]] = [[]]
+        for p in batch:
+            if p.plan.alone:
+                runs += [[p], []]
+            else:
+                runs[-1].append(p)
+        done = Outcomes({})
+        for run in (r for r in runs if r):
+            applied = self._apply(tx, run)
+            done.update(applied)
+            done.released += applied.released
+        return done
+
     def _apply(self, tx: Transaction, batch: list[_Prepared]) -> Outcomes:
         """The batch as one plan of writes: one question for its references, one execution
         for its resources and one for their Provenances, whatever its size."""
@@ -286,6 +308,7 @@ class Pipeline:
             tx,
             [w.resource for _, _, current, _ in chosen for w in current],
             [w.references for _, _, current, _ in chosen for w in current],
+            [w.if_match for _, _, current, _ in chosen for w in current],
         )
         records: list[tuple[Message, MessagePlan, list[Written], list[Version]]] = []
         provenances: list[tuple[int, dict[str, Any]]] = []
@@ -390,16 +413,19 @@ class Pipeline:
         tx: Transaction,
         resources: list[dict[str, Any]],
         references: Sequence[tuple[Found, ...] | None] = (),
+        if_match: Sequence[int | None] = (),
     ) -> list[Version | None]:
         """Resources put by their ids, through the executor (which checks their references:
-        `references`, those walked already), in one plan; the version each left, in order."""
+        `references`, those walked already; and the versions they must replace: `if_match`),
+        in one plan; the version each left, in order."""
         if not resources:
             return []
         walked = references or [None] * len(resources)
+        guards = if_match or [None] * len(resources)
         plan = Plan.of(
             *(
-                Update(r["resourceType"], r["id"], r, references=found)
-                for r, found in zip(resources, walked, strict=True)
+                Update(r["resourceType"], r["id"], r, if_match=guard, references=found)
+                for r, found, guard in zip(resources, walked, guards, strict=True)
             )
         )
         return [result.version for result in execute(self.ctx, tx, plan)]
@@ -533,6 +559,15 @@ class _TxState:
             return None
         content: dict[str, Any] = json.loads(found.content)
         return content
+
+    def version(self, resource_type: str, resource_id: str) -> int | None:
+        found = self._tx.current(resource_type, resource_id)
+        return None if found is None or found.deleted else found.version_id
+
+    def referrers(self, resource_type: str, resource_id: str) -> list[tuple[str, str]]:
+        # One more than a merge moves, so that too many is seen.
+        rows = self._tx.referrers([(resource_type, resource_id)], MOST_MOVED + 1)
+        return list(dict.fromkeys((r[0], r[1]) for r in rows))
 
 
 def unresolved(

@@ -2,8 +2,8 @@
 
 Ingestion is three steps (docs/ingestion.md, "Prepare, reconcile, commit"):
 `prepare` parses and maps a message into a `MessagePlan` (ids worked out from
-business keys, nothing written); `reconcile` takes the plan and a read-only
-view of the current state and answers the plan to write; the commit turns it
+business keys, nothing written); `reconcile` (`hub.ingest.reconcile`) takes the
+plan and a read-only view of the current state and answers the plan to write; the commit turns it
 into the executor's writes, batch by batch. Plans are values: a step never
 changes the plan it is given.
 """
@@ -25,6 +25,15 @@ class Write:
     resource: dict[str, Any]
     lineage: tuple[tuple[str, str], ...] = ()
     awaits: tuple[str, ...] = ()  # element paths, e.g. "Observation.subject"
+    # The mapped elements go over the stored content instead of replacing it (the Patient
+    # a merge retires: only `active` and `link` are the message's).
+    overlay: bool = False
+    # Top-level elements the message does not own: a list keeps its stored items (the
+    # write's are added), a single value stays when the write has none (`Patient.link`).
+    keep: tuple[str, ...] = ()
+    # The version the write must replace (412 otherwise): a resource rewritten from what
+    # reconcile read, so that a concurrent change is not overwritten.
+    if_match: int | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -38,6 +47,17 @@ class Write:
 
 
 @dataclass(frozen=True)
+class Merge:
+    """A resource of the message retired into another (HL7 v2 A40: the Patient MRG-1 names
+    into the one PID-3 names): what references the retired one is moved to the survivor."""
+
+    resource_type: str
+    merged: str  # id
+    survivor: str  # id
+    source_field: str = ""  # the v2 place that named the merged one, for lineage
+
+
+@dataclass(frozen=True)
 class MessagePlan:
     """What one message becomes: its writes, in order, and where they came from."""
 
@@ -45,6 +65,14 @@ class MessagePlan:
     order_key: str | None
     mapping: str
     mapping_version: str
+    merges: tuple[Merge, ...] = ()
+
+    @property
+    def alone(self) -> bool:
+        """Whether the message is reconciled and written after the messages before it in its
+        batch are written, and before those after it: a merge moves what the earlier ones
+        wrote, and the later ones keep what it wrote (`Write.keep`)."""
+        return bool(self.merges)
 
     def keys(self) -> list[tuple[str, str]]:
         return [w.key for w in self.writes]
@@ -57,18 +85,13 @@ class State(Protocol):
         """The current content of a resource, or None (never written, or deleted)."""
         ...
 
+    def version(self, resource_type: str, resource_id: str) -> int | None:
+        """The current version id of a live resource, or None."""
+        ...
 
-def reconcile(plan: MessagePlan, state: State) -> MessagePlan:
-    """The plan to write, given what is stored now.
-
-    The place for patient matching (a new Patient that is an existing one under another
-    identifier becomes an update of that one, and the plan's references follow),
-    survivorship (which source's value of an element wins) and conflict detection (a change
-    that contradicts a newer one from another source is held for review). None of these is
-    in force yet: the plan goes through as prepared.
-    """
-    del state  # consulted once the rules above are in force
-    return plan
+    def referrers(self, resource_type: str, resource_id: str) -> list[tuple[str, str]]:
+        """The live resources that reference this one (type, id), in a stable order."""
+        ...
 
 
 @dataclass(frozen=True)
