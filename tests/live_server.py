@@ -14,6 +14,13 @@ import uvicorn
 from fastapi import FastAPI
 
 
+def free_port() -> int:
+    """A port nothing listens on now (the kernel's pick), for a server a test starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @contextmanager
 def serving(app: FastAPI) -> Iterator[str]:
     """The app's root URL while it is served; the server stops when the block ends."""

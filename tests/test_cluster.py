@@ -5,14 +5,13 @@ each patient's rows applied in the order they were received (docs/operations.md)
 from __future__ import annotations
 
 import os
-import socket
 import threading
 from typing import Any
 
 import httpx
 import pytest
 from ingest_fixtures import PATIENT_COLUMNS, csv_bytes, patient_row, rid
-from live_server import wait_ready
+from live_server import free_port, wait_ready
 from test_ingest_celery import DEADLINE, Hub, hub  # noqa: F401  (the fixture)
 
 from hub.ingest.messages import DONE
@@ -22,12 +21,6 @@ pytestmark = [pytest.mark.celery, pytest.mark.postgres]
 ROWS = int(os.environ.get("HUB_TEST_CLUSTER_ROWS", "400"))
 CORRECTED = range(0, ROWS, 10)
 REST_PATIENTS = 40  # each created conditionally through both APIs at once
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _ended(cluster: Hub) -> str | None:
@@ -96,7 +89,7 @@ def _rest_writes(bases: list[str], errors: list[str]) -> None:
 def test_two_apis_and_two_workers_keep_every_message_once_and_in_order(
     hub: Hub,  # noqa: F811
 ) -> None:
-    ports = [_port(), _port()]
+    ports = [free_port(), free_port()]
     for n, port in enumerate(ports):
         hub.start(f"api-{n}", ["serve", "--port", str(port), "--no-mllp"])
     for n in range(2):

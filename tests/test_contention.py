@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import MIGRATIONS, TABLES
 from fastapi.testclient import TestClient
+from live_server import free_port
 from sqlalchemy import event
 
 from hub.api import create_app
@@ -342,12 +342,6 @@ def test_no_pooled_connection_in_time_is_503(small_hub: Callable[..., TestClient
 # --- a real `hub serve` under a burst (PostgreSQL) -------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture()
 def serve(postgres_url: str, tmp_path: Path) -> Iterator[Callable[..., tuple[Any, str]]]:
     """Start `hub serve` with a pool of 4 and registries checked on every use."""
@@ -362,7 +356,7 @@ def serve(postgres_url: str, tmp_path: Path) -> Iterator[Callable[..., tuple[Any
             "HUB_LOG_LEVEL": "warning",
             "HUB_MLLP_ENABLED": "false",  # port 2575 is not the test's to take
         }
-        port = _free_port()
+        port = free_port()
         argv = [sys.executable, "-m", "hub.cli", "serve", "--port", str(port)]
         argv += ["--workers", str(workers), "--database-url", postgres_url]
         log = (tmp_path / f"serve-{port}.log").open("wb")
@@ -492,7 +486,7 @@ def test_serve_refuses_a_pool_postgresql_cannot_hold(
     monkeypatch.setenv("HUB_DATABASE_URL", postgres_url)
     monkeypatch.setenv("HUB_DB_POOL_SIZE", "100000")
     try:
-        result = CliRunner().invoke(main, ["serve", "--port", str(_free_port())])
+        result = CliRunner().invoke(main, ["serve", "--port", str(free_port())])
     finally:
         get_settings.cache_clear()
     assert result.exit_code == 1, result.output

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ import httpx
 import kubernetes_validate
 import pytest
 import yaml
-from live_server import wait_ready
+from live_server import free_port, wait_ready
 
 from hub.cli import main as hub_cli
 from hub.settings import Settings
@@ -165,12 +164,6 @@ def _copy(args: str, workdir: Path, into: Path) -> None:
             shutil.copy2(src, to)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.e2e
 def test_the_image_layout_serves_and_ingests_a_csv_feed(tmp_path: Path) -> None:
     build, runtime = _stages((ROOT / "Dockerfile").read_text())
@@ -205,7 +198,7 @@ def test_the_image_layout_serves_and_ingests_a_csv_feed(tmp_path: Path) -> None:
     # The image's paths, under the temporary root.
     for key in ("HUB_MIGRATIONS_DIR", "HUB_MAPPINGS_DIR"):
         env[key] = str(image / Path(env[key]).relative_to("/"))
-    port = _free_port()
+    port = free_port()
     # Port 2575 is not the test's to take.
     env.update(HUB_HOST="127.0.0.1", HUB_PORT=str(port), HUB_MLLP_ENABLED="false")
     env.pop("HUB_DATABASE_URL", None)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import httpx
 import pytest
 from fhirpy import SyncFHIRClient
 from fhirpy.base.exceptions import OperationOutcome, ResourceNotFound
+from live_server import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -50,12 +50,6 @@ def _hub_command() -> str:
     if found is None:
         pytest.fail("the `hub` console script is not installed (pip install -e .)")
     return found
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _clean_env(workdir: Path) -> dict[str, str]:
@@ -132,7 +126,7 @@ def server(
     else:
         url = str(request.getfixturevalue("postgres_url"))
         command.append("--migrate")  # already migrated: also checks that it is idempotent
-    port = _free_port()
+    port = free_port()
     command += ["--port", str(port), "--database-url", url]
     log = workdir / "server.log"
     with log.open("wb") as out:

@@ -32,7 +32,7 @@ import hl7
 import hl7.client
 import pytest
 from fhirpy import SyncFHIRClient
-from live_server import wait_ready
+from live_server import free_port, wait_ready
 from sqlalchemy import func, select
 from test_ingest_celery import DEADLINE, Hub, hub  # noqa: F401  (the fixture)
 
@@ -242,12 +242,6 @@ def send_and_find(mllp_port: int, base: str, trouble: Callable[[], str | None]) 
 # ---- processes --------------------------------------------------------------------------
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _wait_port(port: int, trouble: Callable[[], str | None], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -261,11 +255,11 @@ def _wait_port(port: int, trouble: Callable[[], str | None], timeout: float = 60
             time.sleep(0.2)
 
 
-@pytest.fixture()
-def served(tmp_path: Path) -> Iterator[tuple[int, str, Callable[[], str | None]]]:
-    """`make run`'s two steps, `hub db upgrade` then `hub serve`, on free ports."""
+def _migrated(tmp_path: Path) -> tuple[dict[str, str], int, int]:
+    """`make run`'s first step, `hub db upgrade`, on a SQLite file of the test's own: the
+    environment for `hub serve` (no HUB_* of the caller's), its MLLP and HTTP ports."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
-    mllp_port, http_port = _port(), _port()
+    mllp_port, http_port = free_port(), free_port()
     env.update(
         HUB_DATABASE_URL=f"sqlite:///{tmp_path / 'hub.db'}",
         HUB_PORT=str(http_port),
@@ -277,6 +271,13 @@ def served(tmp_path: Path) -> Iterator[tuple[int, str, Callable[[], str | None]]
         [HUB, "db", "upgrade"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
     assert upgrade.returncode == 0, upgrade.stderr
+    return env, mllp_port, http_port
+
+
+@pytest.fixture()
+def served(tmp_path: Path) -> Iterator[tuple[int, str, Callable[[], str | None]]]:
+    """`make run`'s two steps, `hub db upgrade` then `hub serve`, on free ports."""
+    env, mllp_port, http_port = _migrated(tmp_path)
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -317,7 +318,7 @@ def _ended(cluster: Hub) -> str | None:
 
 def _listen_and_serve(cluster: Hub) -> tuple[int, str]:
     """`hub mllp` and an API that never processes (the broker is set), on free ports."""
-    mllp_port, http_port = _port(), _port()
+    mllp_port, http_port = free_port(), free_port()
     cluster.env["HUB_MLLP_PORT"] = str(mllp_port)
     cluster.start("mllp", ["mllp"])
     cluster.start("api", ["serve", "--no-mllp", "--port", str(http_port)])
@@ -460,16 +461,7 @@ def _socket_owners(pgid: int) -> dict[str, int]:
 def test_hub_serve_with_two_workers_acks_from_both_processes(tmp_path: Path) -> None:
     """`hub serve --workers 2`: each uvicorn worker listens on the MLLP port (SO_REUSEPORT),
     the kernel spreads connections between them, and both acknowledge."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
-    mllp_port, http_port = _port(), _port()
-    env.update(
-        HUB_DATABASE_URL=f"sqlite:///{tmp_path / 'hub.db'}",
-        HUB_PORT=str(http_port),
-        HUB_MLLP_PORT=str(mllp_port),
-        HUB_LOG_LEVEL="warning",
-    )
-    upgrade = subprocess.run([HUB, "db", "upgrade"], env=env, capture_output=True, timeout=120)
-    assert upgrade.returncode == 0, upgrade.stderr
+    env, mllp_port, _ = _migrated(tmp_path)
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(

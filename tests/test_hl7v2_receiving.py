@@ -15,6 +15,7 @@ import hl7.client
 import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
+from live_server import free_port
 
 from adapters.hl7v2.framing import split_stream
 from hub.cli import main
@@ -78,12 +79,6 @@ def test_ingest_files_with_mixed_framing_and_line_ends(
     assert refused.exit_code == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _wait_port(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -108,7 +103,7 @@ def _run(args: list[str], env: dict[str, str], port: int) -> subprocess.Popen[by
 
 
 def test_hub_serve_and_hub_mllp_listen(repo: SqlRepository, database_url: str) -> None:
-    mllp_port, http_port = _free_port(), _free_port()
+    mllp_port, http_port = free_port(), free_port()
     env = {
         **os.environ,
         "HUB_DATABASE_URL": database_url,

@@ -8,7 +8,6 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -16,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from live_server import free_port
 
 from hub.assembly import build_context
 from hub.ingest.service import IngestService
@@ -26,12 +26,6 @@ from tests.ingest_fixtures import hold
 from tests.mllp_fixtures import adt, err, listening, msa
 
 BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _as_postgres(*command: str) -> list[str]:
@@ -95,7 +89,7 @@ def own_postgres() -> Iterator[Server]:
         capture_output=True,
         timeout=120,
     )
-    server = Server(data, _free_port())
+    server = Server(data, free_port())
     server.start()
     try:
         yield server

@@ -5,24 +5,16 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 from conftest import require_server
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from live_server import wait_ready
+from live_server import free_port
 
 from hub import logs
 from hub.api.app import create_app
@@ -65,19 +57,13 @@ def test_readyz_refuses_a_database_behind_the_migrations(tmp_path: Path) -> None
     assert "revision 0013;" in database["reason"]
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_readyz_names_a_broker_that_does_not_answer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = f"sqlite:///{tmp_path / 'hub.db'}"
     settings = Settings(database_url=url, broker_url="redis://127.0.0.1:1/0")
     upgrade(url, settings.migrations_dir)
-    monkeypatch.setattr(celery.conf, "broker_url", f"redis://127.0.0.1:{_closed_port()}/0")
+    monkeypatch.setattr(celery.conf, "broker_url", f"redis://127.0.0.1:{free_port()}/0")
     with TestClient(create_app(settings)) as client:
         answer = client.get("/readyz")
     assert answer.status_code == 503, answer.text
@@ -219,65 +205,3 @@ def test_every_line_of_a_request_carries_its_request_id(
     hub_lines = [x for x in json_logs.getvalue().splitlines() if '"logger":"httpx"' not in x]
     assert "GET search-type 200" in hub_lines[-1]
     assert not [x for x in hub_lines if "Secretname" in x]
-
-
-def _output_if_ended(server: subprocess.Popen[bytes]) -> str | None:
-    if server.poll() is None:
-        return None
-    return server.stdout.read().decode()  # type: ignore[union-attr]
-
-
-@pytest.mark.e2e
-def test_sigterm_lets_a_request_in_flight_finish(tmp_path: Path) -> None:
-    """A feed POST that waits for its rows to be processed is under way when `hub serve`
-    gets SIGTERM: it is answered, whole, and then the process ends."""
-    from ingest_fixtures import PATIENT_COLUMNS, csv_bytes, patient_row
-
-    port = _closed_port()
-    env = {
-        **os.environ,
-        "HUB_DATABASE_URL": f"sqlite:///{tmp_path / 'hub.db'}",
-        "HUB_PORT": str(port),
-        "HUB_SHUTDOWN_SECONDS": "60",
-        "HUB_MLLP_ENABLED": "false",  # port 2575 is not the test's to take
-    }
-    env.pop("HUB_BROKER_URL", None)
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("hub")), "serve", "--migrate"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, lambda: _output_if_ended(server))
-        rows = [patient_row(f"term-{i:04d}") for i in range(400)]
-        answer: list[httpx.Response] = []
-        sender = threading.Thread(
-            target=lambda: answer.append(
-                httpx.post(
-                    f"{base}/ingest/csv",
-                    params={"mapping": "synthea-patients", "wait": "true"},
-                    content=csv_bytes(PATIENT_COLUMNS, rows),
-                    headers={"Content-Type": "text/csv"},
-                    timeout=120,
-                )
-            )
-        )
-        sender.start()
-        time.sleep(1.0)  # stored, and being processed
-        assert sender.is_alive(), "the request ended before the signal: nothing was tested"
-        server.send_signal(signal.SIGTERM)
-        sender.join(timeout=120)
-        assert answer and answer[0].status_code == 202, answer
-        summary = answer[0].json()
-        assert summary["accepted"] == len(rows)
-        assert summary["done"] == len(rows) and summary["open"] == 0, summary
-        # uvicorn ends by raising the signal again once it has shut down.
-        assert server.wait(timeout=60) in (0, -signal.SIGTERM)
-        output = server.stdout.read().decode()  # type: ignore[union-attr]
-        assert "Finished server process" in output, output
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
