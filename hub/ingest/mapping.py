@@ -116,11 +116,12 @@ class Mapped:
     merges: list[tuple[str, str, str, str]] = field(default_factory=list)
 
 
-def _as_tuple(value: Any) -> tuple[str, ...]:
+def as_tuple(value: Any) -> tuple[str, ...]:
+    """A mapping file's one-or-many value (`key: PID-3.1`, `key: [a, b]`) as a tuple."""
     if value is None:
         return ()
-    if isinstance(value, str):
-        return (value,)
+    if isinstance(value, str | int):
+        return (str(value),)
     return tuple(str(v) for v in value)
 
 
@@ -141,10 +142,10 @@ def load_mapping(path: Path) -> Mapping_:
                         value=spec.get("value"),
                         type=spec.get("type", "string"),
                         required=bool(spec.get("required", False)),
-                        formats=_as_tuple(spec.get("formats") or spec.get("format")),
+                        formats=as_tuple(spec.get("formats") or spec.get("format")),
                         lookup=spec.get("lookup"),
                         resource=spec.get("resource"),
-                        key=_as_tuple(spec.get("key")),
+                        key=as_tuple(spec.get("key")),
                         when=spec.get("when"),
                         present=spec.get("present"),
                         absent=spec.get("absent"),
@@ -155,7 +156,7 @@ def load_mapping(path: Path) -> Mapping_:
                 ResourceMap(
                     name=r.get("name", r["type"].lower()),
                     type=r["type"],
-                    id=_as_tuple(r["id"]),
+                    id=as_tuple(r["id"]),
                     elements=tuple(elements),
                     when=r.get("when"),
                 )
@@ -165,7 +166,7 @@ def load_mapping(path: Path) -> Mapping_:
             adapter=data["adapter"],
             version=str(data.get("version", "1")),
             source=str(data.get("source", data["name"])),
-            key=_as_tuple(data.get("key")),
+            key=as_tuple(data.get("key")),
             resources=tuple(resources),
             lookups=data.get("lookups", {}),
             options=data.get("options", {}),
@@ -207,15 +208,24 @@ def _set(target: dict[str, Any], path: str, value: Any) -> None:
                 node = items[position]
 
 
-def _prune(value: Any) -> Any:
-    """Drop the placeholders left by sparse list indexes and empty containers."""
+_HOLES: tuple[Any, ...] = (None, {}, [])
+
+
+def prune(value: Any, holes: tuple[Any, ...] = _HOLES) -> Any:
+    """Drop the placeholders left by sparse list indexes and empty containers (and any
+    other value among `holes`)."""
     if isinstance(value, dict):
-        out = {k: _prune(v) for k, v in value.items()}
-        return {k: v for k, v in out.items() if v not in (None, {}, [])}
+        out = {k: prune(v, holes) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v not in holes}
     if isinstance(value, list):
-        out_list = [_prune(v) for v in value]
-        return [v for v in out_list if v not in (None, {}, [])]
+        out_list = [prune(v, holes) for v in value]
+        return [v for v in out_list if v not in holes]
     return value
+
+
+def new_resource(source: str, resource_type: str, key: Sequence[str]) -> dict[str, Any]:
+    """A resource's start: its type and the id its source and key values make."""
+    return {"resourceType": resource_type, "id": resource_id(source, resource_type, key)}
 
 
 def _matches(when: Mapping[str, Any] | None, record: Mapping[str, str]) -> bool:
@@ -339,10 +349,7 @@ class Mapper:
                 if not value:
                     raise MappingError("the key field is empty", name)
                 key.append(value)
-            resource: dict[str, Any] = {
-                "resourceType": rmap.type,
-                "id": resource_id(self.source, rmap.type, key),
-            }
+            resource = new_resource(self.source, rmap.type, key)
             lineage: list[tuple[str, str]] = []
             awaits: list[str] = []
             for element in rmap.elements:
@@ -373,7 +380,7 @@ class Mapper:
                 lineage.append((path, element.field))
                 if element.wait and element.type == "reference":
                     awaits.append(path.removesuffix(".reference"))
-            out.resources.append(_prune(resource))
+            out.resources.append(prune(resource))
             out.lineage.append(lineage)
             out.awaits.append(awaits)
         return out

@@ -41,7 +41,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from hub.ingest.mapping import Mapped, MappingError, resource_id
+from hub.ingest.mapping import Mapped, MappingError, as_tuple, new_resource, prune, resource_id
 from hub.ingest.mapping_tree import Path, Repetition, Segment, Tree, text_of
 
 _INDEX = re.compile(r"\[\d+\]")
@@ -122,14 +122,6 @@ class SourceMap:
     name: str
 
 
-def _tuple(value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str | int):
-        return (str(value),)
-    return tuple(str(v) for v in value)
-
-
 def _element(path: str, spec: Any) -> Element:
     if not isinstance(spec, dict):
         spec = {"field": str(spec)}
@@ -146,10 +138,10 @@ def _element(path: str, spec: Any) -> Element:
         present=spec.get("present"),
         absent=spec.get("absent"),
         resource=spec.get("resource"),
-        key=_tuple(spec.get("key")),
+        key=as_tuple(spec.get("key")),
         wait=bool(spec.get("wait", spec.get("required", False))),
         each=spec.get("each"),
-        until=_tuple(spec.get("until")),
+        until=as_tuple(spec.get("until")),
         elements=tuple(_element(p, s) for p, s in nested.items()),
     )
 
@@ -162,7 +154,7 @@ def _resource(data: Mapping[str, Any]) -> ResourceMap:
     return ResourceMap(
         name=str(data.get("name", str(data["type"]).lower())),
         type=str(data["type"]),
-        id=_tuple(data["id"]),
+        id=as_tuple(data["id"]),
         elements=_elements(data.get("elements")),
         segment=data.get("segment"),
         each=bool(data.get("each", False)),
@@ -170,8 +162,8 @@ def _resource(data: Mapping[str, Any]) -> ResourceMap:
         # A resource merged into another keeps what is stored of it: it is retired, not
         # rewritten from the few fields the merge message has about it.
         overlay=bool(data.get("overlay", bool(data.get("merge")))),
-        keep=_tuple(data.get("keep")),
-        merge_into=_tuple((data.get("merge") or {}).get("into")),
+        keep=as_tuple(data.get("keep")),
+        merge_into=as_tuple((data.get("merge") or {}).get("into")),
     )
 
 
@@ -224,11 +216,11 @@ class Catalogue:
                     name=str(data["datatype"]),
                     elements=_elements(data["elements"]),
                     resource=data.get("resource"),
-                    id=_tuple(data.get("id")),
+                    id=as_tuple(data.get("id")),
                 )
             except KeyError as e:
                 raise ValueError(f"{path}: incomplete datatype map ({e})") from None
-            for name in (datatype.name, *_tuple(data.get("aliases"))):
+            for name in (datatype.name, *as_tuple(data.get("aliases"))):
                 self.datatypes[name] = datatype
         for path in self._files("segments"):
             data = _yaml(path)
@@ -275,9 +267,9 @@ class Catalogue:
             return MessageMap(
                 name=str(data["name"]),
                 version=version,
-                messages=_tuple(data["messages"]),
+                messages=as_tuple(data["messages"]),
                 resources=resources,
-                key=_tuple(data.get("key")),
+                key=as_tuple(data.get("key")),
                 options=options,
                 description=str(data.get("description", "")),
                 adapter=str(data.get("adapter", "hl7v2")),
@@ -893,10 +885,7 @@ class TreeMapper:
                     if not text and number == 0:
                         raise MappingError(f"the key of {rmap.type} ({spec}) is empty", label)
                     key.append(text)
-                resource: dict[str, Any] = {
-                    "resourceType": rmap.type,
-                    "id": resource_id(self.source, rmap.type, key),
-                }
+                resource = new_resource(self.source, rmap.type, key)
                 lineage: list[tuple[str, str]] = []
                 awaits: list[str] = []
                 self._fill(run, resource, rmap.elements, scope, lineage, awaits)
@@ -1017,10 +1006,5 @@ def _put(target: dict[str, Any], path: str, value: Any) -> str:
 
 
 def _prune(value: Any) -> Any:
-    if isinstance(value, dict):
-        out = {k: _prune(v) for k, v in value.items()}
-        return {k: v for k, v in out.items() if v not in (None, {}, [], "")}
-    if isinstance(value, list):
-        out_list = [_prune(v) for v in value]
-        return [v for v in out_list if v not in (None, {}, [], "")]
-    return value
+    # A field's empty text is no value either.
+    return prune(value, (None, {}, [], ""))
