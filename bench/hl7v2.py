@@ -143,9 +143,17 @@ def _wait_port(port: int, server: Server, timeout: float = 60) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) a process has used, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time (user + system) a process and the others of its process group (`hub mllp
+    --processes`) have used, all their threads."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pid:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def groups(url: str) -> int:
@@ -230,15 +238,23 @@ def run(backend: str, url: str, args: argparse.Namespace, folder: Path) -> dict[
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
     env.update(
         HUB_DATABASE_URL=url, HUB_MLLP_PORT=str(port), HUB_BROKER_URL=args.broker_url,
-        HUB_LOG_LEVEL="warning",
+        HUB_LOG_LEVEL="warning", HUB_MLLP_PROCESSES=str(args.mllp_processes),
     )  # fmt: skip
     server = Server(
         "hub mllp", [sys.executable, "-m", "hub.cli", "mllp"], 0, folder / f"{backend}.log", env
     )
     try:
         _wait_port(port, server)
+        if args.mllp_processes > 1:
+            time.sleep(5)  # the other processes start once the first listens: not measured
         cpu_before = cpu_seconds(server.proc.pid)
+        spy = None
+        if args.profile:  # `hub mllp` during the throughput part, once warm (imports)
+            _run(throughput(port, args.senders, 2, "W"))
+            spy = profile_worker(server, args.seconds, Path(args.profile), args.profile_idle, 200)
         acked, seconds = _run(throughput(port, args.senders, args.seconds, "T"))
+        if spy is not None:
+            spy.wait(timeout=60)
         # Warm-up included on both sides of the ratio: CPU per ACK of the whole run.
         cpu = cpu_seconds(server.proc.pid) - cpu_before
         commits = groups(url)
@@ -248,9 +264,10 @@ def run(backend: str, url: str, args: argparse.Namespace, folder: Path) -> dict[
         broker.flushdb()
     lat.sort()
     group = acked / max(commits, 1)
+    bare = bare_receiver(url, args, folder) if args.bare else {}
     base = baseline(url, max(acked, 1000), args.group)
     same = baseline(url, max(acked, 1000), max(1, round(group)))
-    return {
+    return bare | {
         "cpu_us": 1e6 * cpu / max(1, commits_total(url, "T")),
         "baseline_same_per_s": same,
         "acked_per_s": acked / seconds,
@@ -261,6 +278,33 @@ def run(backend: str, url: str, args: argparse.Namespace, folder: Path) -> dict[
         "max_ms": 1000 * lat[-1],
         "latency_n": len(lat),
         "baseline_per_s": base,
+    }
+
+
+def bare_receiver(url: str, args: argparse.Namespace, folder: Path) -> dict[str, float]:
+    """The same senders against `bench/bare_mllp.py` on the same database: the ceiling of
+    any receiver that commits each message before its ACK, on this machine, in this run."""
+    port = free_port()
+    server = Server(
+        "bare receiver",
+        [sys.executable, str(ROOT / "bench" / "bare_mllp.py"), url, str(port)],
+        0,
+        folder / "bare.log",
+        dict(os.environ),
+    )
+    try:
+        _wait_port(port, server)
+        cpu_before = cpu_seconds(server.proc.pid)
+        acked, seconds = _run(throughput(port, args.senders, args.seconds, "B"))
+        cpu = cpu_seconds(server.proc.pid) - cpu_before
+        lat = sorted(_run(latency(port, args.senders, args.rate, args.latency_seconds, "BL")))
+    finally:
+        server.stop()
+    return {
+        "bare_per_s": acked / seconds,
+        "bare_cpu_us": 1e6 * cpu / max(1, acked),
+        "bare_p50_ms": 1000 * statistics.median(lat),
+        "bare_p99_ms": 1000 * lat[int(len(lat) * 0.99) - 1],
     }
 
 
@@ -415,7 +459,7 @@ def transaction_baseline(api: str, raws: list[bytes], senders: int) -> tuple[flo
 
 
 def profile_worker(
-    worker: Server, seconds: float, out: Path, idle: bool = False
+    worker: Server, seconds: float, out: Path, idle: bool = False, rate: int = 50
 ) -> subprocess.Popen[bytes] | None:
     """py-spy on a process and its children (a worker's pool), `seconds` long, raw
     (collapsed) stacks, every thread."""
@@ -423,7 +467,7 @@ def profile_worker(
     if not spy.exists():
         print("py-spy is not installed (.venv/bin/pip install py-spy): no profile")
         return None
-    argv = [str(spy), "record", "--subprocesses", "--nonblocking", "-r", "50", "-f", "raw"]
+    argv = [str(spy), "record", "--subprocesses", "--nonblocking", "-r", str(rate), "-f", "raw"]
     argv += ["-d", str(int(seconds)), "-o", str(out), "-p", str(worker.proc.pid), "--threads"]
     if idle:  # waits too (a lock, the database): where a thread's time goes, not its CPU
         argv.append("--idle")
@@ -543,6 +587,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--latency-seconds", type=float, default=10)
     parser.add_argument("--group", type=int, default=500, help="baseline rows per transaction")
+    parser.add_argument(
+        "--mllp-processes", type=int, default=1, help="hub mllp --processes (receiving)"
+    )
+    parser.add_argument(
+        "--no-bare", dest="bare", action="store_false", help="skip the bare receiver (ceiling)"
+    )
     e2e = parser.add_argument_group("end to end (--end-to-end)")
     e2e.add_argument(
         "--end-to-end", action="store_true", help="sent to searchable through FHIR, instead"
@@ -553,7 +603,7 @@ def main() -> None:
     e2e.add_argument("--e2e-workers", type=int, default=2, help="hub worker --concurrency")
     e2e.add_argument("--e2e-broker-url", default="redis://127.0.0.1:6379/14")
     e2e.add_argument("--deadline", type=float, default=600)
-    e2e.add_argument("--profile", help="py-spy raw profile to this file")
+    e2e.add_argument("--profile", help="py-spy raw profile to this file (receiving: of `hub mllp`)")
     e2e.add_argument(
         "--profile-of",
         choices=("workers", "listener", "serve"),
@@ -591,6 +641,13 @@ def main() -> None:
                 f"p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms "
                 f"({r['latency_n']:.0f} messages)"
             )
+            if "bare_per_s" in r:
+                print(
+                    f"{'':<10} bare receiver (bench/bare_mllp.py): {r['bare_per_s']:7.0f} "
+                    f"ACKs/s (hub/bare {r['acked_per_s'] / r['bare_per_s']:.0%}), "
+                    f"{r['bare_cpu_us']:.0f} us CPU per message; ACK latency p50 "
+                    f"{r['bare_p50_ms']:.1f} ms, p99 {r['bare_p99_ms']:.1f} ms"
+                )
 
 
 if __name__ == "__main__":

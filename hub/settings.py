@@ -232,6 +232,14 @@ class Settings(BaseSettings):
     )
     mllp_host: str = Field(default="127.0.0.1", description="Interface the MLLP listener uses.")
     mllp_port: int = Field(default=2575, ge=0, le=65535, description="Port of the MLLP listener.")
+    mllp_processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="`hub mllp` processes listening on the one port (SO_REUSEPORT: the kernel "
+        "spreads connections between them), each with its own group commit. More than one "
+        "needs a fixed port.",
+    )
     mllp_max_frame_bytes: int = Field(
         default=1 << 20,
         ge=1024,

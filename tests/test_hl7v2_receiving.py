@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import hl7.client
@@ -140,3 +141,68 @@ def test_a_reused_control_id_is_flagged_in_hub_messages_show(
     shown = CliRunner().invoke(main, ["messages", "show", str(second.id)])
     assert shown.exit_code == 0, shown.output
     assert f"conflictsWith: {first.id}" in shown.output
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_hub_mllp_processes_share_the_port_and_stop_together(
+    repo: SqlRepository, database_url: str
+) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "HUB_DATABASE_URL": database_url,
+        "HUB_MLLP_PORT": str(port),
+        "HUB_LOG_LEVEL": "warning",
+        "HUB_MLLP_PROCESSES": "3",
+    }
+    env.pop("HUB_BROKER_URL", None)
+    process = _run(["mllp"], env, port)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_children(process.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        siblings = _children(process.pid)
+        assert len(siblings) == 2
+        # Many connections at once: the kernel spreads them over the three listeners, and
+        # every message is acknowledged once stored, whichever process took it.
+        sent = [f"proc-{i}" for i in range(24)]
+
+        def send(control_id: str) -> list[str]:
+            with hl7.client.MLLPClient("127.0.0.1", port) as c:
+                c.socket.settimeout(30)
+                return msa(c.send_message(adt(control_id)))
+
+        with ThreadPoolExecutor(8) as pool:
+            acks = list(pool.map(send, sent))
+        assert acks == [["AA", c] for c in sent]
+    finally:
+        process.terminate()
+        assert process.wait(60) in (0, -15)
+    for pid in siblings:  # stopped with it
+        assert (
+            not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+        )
+    raws = {m.raw for m in MessageStore(repo.engine).find()}
+    assert all(adt(c) in raws for c in sent)
+
+
+def test_several_listener_processes_need_a_fixed_port(tmp_path: Path) -> None:
+    env = {**os.environ, "HUB_DATABASE_URL": f"sqlite:///{tmp_path / 'hub.db'}"}
+    env.update(HUB_MLLP_PORT="0", HUB_MLLP_PROCESSES="2")
+    env.pop("HUB_BROKER_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "hub.cli", "mllp"], env=env, capture_output=True, timeout=60
+    )
+    assert done.returncode != 0
+    assert b"fixed port" in done.stderr

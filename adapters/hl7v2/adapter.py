@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from adapters.hl7v2 import receipt
 from adapters.hl7v2.framing import split_stream
-from adapters.hl7v2.header import MalformedHeader, parse_header
+from adapters.hl7v2.header import Header, MalformedHeader, parse_header
 from adapters.hl7v2.parse import parse, read, source_of
 from hub.ingest.adapters import Unit
 from hub.ingest.mapping import Mapped, Mapper, MappingError
@@ -101,13 +101,14 @@ class Hl7v2Adapter:
             mapper = self.mapper_for(record)
         return mapper.map(record)
 
-    def order_key(self, raw: bytes, source: str) -> str | None:
+    def order_key(self, raw: bytes, source: str, header: Header | None = None) -> str | None:
         """The patient a message is about (its map's `key`), or None if it does not parse
-        or has no map (it then fails when prepared)."""
-        try:
-            header = parse_header(raw)
-        except MalformedHeader:
-            return None
+        or has no map (it then fails when prepared). `header`: its MSH, when read already."""
+        if header is None:
+            try:
+                header = parse_header(raw)
+            except MalformedHeader:
+                return None
         chosen = self.catalogue.choose(header.message_type, header.trigger, header.structure)
         if chosen is None:
             return None

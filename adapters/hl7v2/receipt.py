@@ -60,6 +60,10 @@ class Accepting(Protocol):
 
     def accepts(self, header: Header) -> str | None: ...
 
+    def order_key(self, raw: bytes, source: str, header: Header | None = None) -> str | None:
+        """The subject the message is about (its patient), for in-order processing."""
+        ...
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -109,16 +113,17 @@ def check(raw: bytes, adapter: Accepting) -> Verdict:
 
 
 def _content(raw: bytes, header: Header) -> list[ErrorDetail]:
-    sep = header.field_separator
+    sep = header.field_separator.encode("latin-1")
     seen: dict[str, int] = {}
+    # Only each segment's first four bytes are looked at: decoded, not the whole segment.
     for segment in raw.replace(b"\n", b"\r").split(b"\r"):
-        if not segment.strip():
+        if not segment or segment.isspace():
             continue
-        text = segment.decode("latin-1")
-        name = text[:3]
+        name = segment[:3].decode("latin-1")
         seen[name] = seen.get(name, 0) + 1
-        if not is_segment_id(name) or (len(text) > 3 and text[3] != sep):
-            shown = text[:20] + ("…" if len(text) > 20 else "")
+        if not is_segment_id(name) or (len(segment) > 3 and segment[3:4] != sep):
+            text = segment[:21].decode("latin-1")
+            shown = text[:20] + ("…" if len(segment) > 20 else "")
             return [
                 ErrorDetail(
                     SEGMENT_SEQUENCE_ERROR,

@@ -103,8 +103,13 @@ class Receiver:
             )
             return [Answer(None, "") if t else next(answers) for t in theirs]
         units = [receipt.unit(raw, v, origin) for raw, v in zip(raws, verdicts, strict=True)]
+        # The header read at receipt serves the order key too: the MSH is read once.
+        keys = [
+            self.adapter.order_key(u.raw, u.source or "", v.header) if u.error is None else None
+            for u, v in zip(units, verdicts, strict=True)
+        ]
         try:
-            stored: Sequence[Received] = await self.commits.submit(units)
+            stored: Sequence[Received] = await self.commits.submit(units, keys)
         except StoreUnavailable as e:
             failed = ErrorDetail(APPLICATION_INTERNAL_ERROR, f"{e.message}; send it again")
             return [
@@ -178,13 +183,11 @@ def build_receiver(service: IngestService, settings: Settings) -> Receiver:
     adapter = service.adapters.get(ADAPTER)
     if not callable(getattr(adapter, "accepts", None)):
         raise TypeError(f"the {ADAPTER} adapter has no accepts(header) method")
-    pipeline = service.pipeline
     commits = GroupCommit(
         service.store,
         service.dispatcher,
         adapter=ADAPTER,
         content_type=CONTENT_TYPE,
-        order_key=lambda raw, source: pipeline.order_key(ADAPTER, None, raw, source),
         window=settings.hl7v2_commit_window_seconds,
         max_group=settings.hl7v2_commit_group,
     )

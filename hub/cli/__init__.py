@@ -271,13 +271,31 @@ def reindex(types: tuple[str, ...], batch: int, database_url: str | None) -> Non
 @click.option("--host", help="Interface to listen on [HUB_MLLP_HOST, default 127.0.0.1].")
 @click.option("--port", type=int, help="Port to listen on [HUB_MLLP_PORT, default 2575].")
 @click.option("--database-url", help="SQLAlchemy URL of the store [HUB_DATABASE_URL].")
-def mllp(host: str | None, port: int | None, database_url: str | None) -> None:
+@click.option(
+    "--processes",
+    type=int,
+    help="Listener processes on the port [HUB_MLLP_PROCESSES, default 1]: the kernel spreads "
+    "connections between them.",
+)
+@click.option("--sibling", is_flag=True, hidden=True, help="Started by another `hub mllp`.")
+def mllp(
+    host: str | None,
+    port: int | None,
+    database_url: str | None,
+    processes: int | None,
+    sibling: bool,
+) -> None:
     import asyncio
 
     from hub import logs
-    from hub.mllp.serve import run
+    from hub.mllp.serve import supervise
 
-    for name, value in (("MLLP_HOST", host), ("MLLP_PORT", port), ("DATABASE_URL", database_url)):
+    for name, value in (
+        ("MLLP_HOST", host),
+        ("MLLP_PORT", port),
+        ("DATABASE_URL", database_url),
+        ("MLLP_PROCESSES", processes),
+    ):
         if value is not None:
             os.environ[f"HUB_{name}"] = str(value)
     settings = _settings()
@@ -297,8 +315,8 @@ def mllp(host: str | None, port: int | None, database_url: str | None) -> None:
     except ImportError:
         runner = asyncio.run
     try:
-        runner(run(settings, ready))
-    except LookupError as e:  # the hl7v2 adapter is not enabled
+        runner(supervise(settings, settings.mllp_processes, ready, sibling=sibling))
+    except (LookupError, ValueError) as e:  # the hl7v2 adapter is not enabled; port 0
         raise click.ClickException(str(e)) from None
     except OSError as e:
         raise click.ClickException(

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -44,6 +44,7 @@ class StoreUnavailable(Busy):
 @dataclass
 class _Pending:
     unit: Unit
+    order_key: str | None
     done: asyncio.Future[Received]
 
 
@@ -55,12 +56,11 @@ class GroupCommit:
         *,
         adapter: str,
         content_type: str | None,
-        order_key: Callable[[bytes, str], str | None],
         window: float = 0.0,
         max_group: int = 500,
     ) -> None:
         self.store, self.dispatcher = store, dispatcher
-        self.adapter, self.content_type, self.order_key = adapter, content_type, order_key
+        self.adapter, self.content_type = adapter, content_type
         self.window, self.max_group = window, max_group
         self._queue: list[_Pending] = []
         self._wake: asyncio.Event | None = None
@@ -78,17 +78,21 @@ class GroupCommit:
         self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="group-commit")
 
-    async def submit(self, units: Sequence[Unit]) -> list[Received]:
-        """Commit `units` (in this order, with those of other submitters); answer what
-        became of each once they are durable. `StoreUnavailable` when the store could
-        not commit them."""
+    async def submit(
+        self, units: Sequence[Unit], order_keys: Sequence[str | None]
+    ) -> list[Received]:
+        """Commit `units` (in this order, with those of other submitters) under their order
+        keys (the subject each is about); answer what became of each once they are durable.
+        `StoreUnavailable` when the store could not commit them."""
         if self._closed:
             raise StoreUnavailable("the receiver is shutting down")
         if self._task is None or self._task.get_loop() is not asyncio.get_running_loop():
             self._start()  # first use, or an app served again on a new event loop
         assert self._wake is not None
         loop = asyncio.get_running_loop()
-        pending = [_Pending(u, loop.create_future()) for u in units]
+        pending = [
+            _Pending(u, k, loop.create_future()) for u, k in zip(units, order_keys, strict=True)
+        ]
         self._queue.extend(pending)
         self._wake.set()
         return list(await asyncio.gather(*(p.done for p in pending)))
@@ -112,9 +116,7 @@ class GroupCommit:
                     return
                 continue
             try:
-                received = await loop.run_in_executor(
-                    self._thread, self._commit, [p.unit for p in group]
-                )
+                received = await loop.run_in_executor(self._thread, self._commit, group)
             except Exception as e:
                 log.error("group commit of %s messages failed: %s", len(group), e)
                 failure = StoreUnavailable(f"the message store cannot commit: {_short(e)}")
@@ -137,15 +139,14 @@ class GroupCommit:
                 if idle:
                     self._sender.submit(self._dispatch)
 
-    def _commit(self, units: list[Unit]) -> list[Received]:
-        keys = [self.order_key(u.raw, u.source or "") if u.error is None else None for u in units]
+    def _commit(self, group: list[_Pending]) -> list[Received]:
         received = self.store.receive(
-            units,
+            [p.unit for p in group],
             source=None,
             adapter=self.adapter,
             mapping=None,
             content_type=self.content_type,
-            order_keys=keys,
+            order_keys=[p.order_key for p in group],
         )
         self.groups += 1
         return received

@@ -10,6 +10,7 @@ shows the same table as a diagram.
 from __future__ import annotations
 
 from enum import StrEnum
+from functools import cache
 
 RECEIVED, PROCESSING, DONE, FAILED, DEAD = "received", "processing", "done", "failed", "dead"
 WAITING = "waiting"  # an earlier message about its subject is open: its worker goes on with it
@@ -80,6 +81,8 @@ def move(status: str | None, event: Event) -> str:
         raise IllegalTransition(status, event) from None
 
 
+# Answered from a fixed table: cached, as the store asks on every commit.
+@cache
 def sources(event: str, among: tuple[str, ...] | None = None) -> tuple[str, ...]:
     """The statuses `event` moves a message from (narrowed to `among`); an UPDATE for the
     event names them, so a message found in another status stays as it is."""
@@ -94,6 +97,7 @@ def sources(event: str, among: tuple[str, ...] | None = None) -> tuple[str, ...]
     return found
 
 
+@cache
 def target(event: str) -> str:
     """The one status `event` leads to (every event leads to one)."""
     (to,) = {to for (_, e), to in TRANSITIONS.items() if e == Event(event)}

@@ -145,7 +145,9 @@ class Listener:
     ) -> None:
         while True:
             try:
-                data = await asyncio.wait_for(reader.read(READ_SIZE), self.idle_timeout)
+                # asyncio.timeout, not wait_for: no task of its own for every read.
+                async with asyncio.timeout(self.idle_timeout):
+                    data = await reader.read(READ_SIZE)
             except TimeoutError:
                 self.counters.idle_closed += 1
                 log.info("%s: idle for %ss, closed", where, self.idle_timeout)

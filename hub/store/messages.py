@@ -297,9 +297,9 @@ class MessageStore:
             stmt = sqlite.insert(messages).on_conflict_do_nothing()
 
         def insert(conn: Any, rows: list[dict[str, Any]]) -> dict[tuple[str | None, str], int]:
-            """Insert the rows whose (source, external id) is free; answer their ids. One
-            statement per few hundred rows (SQLAlchemy's "insertmanyvalues"), which
-            answers the new rows' ids at once: no second query unless some were taken."""
+            """Insert the rows whose (source, external id) is free; answer their ids."""
+            if dialect in _GROUP_INSERTS:
+                return _GROUP_INSERTS[dialect](conn, rows)
             result = conn.execute(
                 stmt.returning(messages.c.source, messages.c.external_id, messages.c.id), rows
             )
@@ -854,3 +854,75 @@ class MessageStore:
 
     def lineage_for_message(self, message_id: int) -> list[dict[str, Any]]:
         return lineage_rows.of_message(self.engine, message_id)
+
+
+# -- the receivers' group insert ---------------------------------------------------------------
+# A receiver commits every group of messages before it acknowledges them, so this insert is
+# on the path of every ACK. SQLAlchemy's multi-row INSERT ... RETURNING is rebuilt for each
+# group size (and psycopg converts it again each time): the driver's own executemany of
+# one fixed statement does the same for half the CPU. Values go through the columns' own
+# bind processors, so they are stored exactly as SQLAlchemy would store them.
+
+_INSERTED = [c.name for c in messages.columns if c.name != "id"]
+
+
+def _processors(dialect: Any) -> list[Any]:
+    return [messages.c[name].type.bind_processor(dialect) for name in _INSERTED]
+
+
+def _params(conn: Any, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    dialect = conn.dialect
+    processors = _PROCESSORS.get(dialect.name)
+    if processors is None:
+        processors = _PROCESSORS[dialect.name] = _processors(dialect)
+    return [
+        tuple(
+            p(value) if p is not None and value is not None else value
+            for name, p in zip(_INSERTED, processors, strict=True)
+            for value in [row.get(name)]
+        )
+        for row in rows
+    ]
+
+
+_PROCESSORS: dict[str, list[Any]] = {}
+
+
+def _insert_sqlite(conn: Any, rows: list[dict[str, Any]]) -> dict[tuple[str | None, str], int]:
+    # The group's transaction holds SQLite's one write lock (BEGIN IMMEDIATE): the rows with
+    # ids above the largest before the insert are this insert's, and no one else's.
+    columns = ", ".join(_INSERTED)
+    marks = ", ".join("?" * len(_INSERTED))
+    before = conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM messages").scalar_one()
+    conn.exec_driver_sql(
+        f"INSERT INTO messages ({columns}) VALUES ({marks}) ON CONFLICT DO NOTHING",
+        _params(conn, rows),
+    )
+    found = conn.exec_driver_sql(
+        "SELECT source, external_id, id FROM messages WHERE id > ?", (before,)
+    )
+    return {(r[0], r[1]): int(r[2]) for r in found}
+
+
+def _insert_postgresql(conn: Any, rows: list[dict[str, Any]]) -> dict[tuple[str | None, str], int]:
+    # One statement whatever the group's size, so psycopg prepares it once; executemany
+    # with `returning` pipelines the rows and answers each one's id (none when taken).
+    columns = ", ".join(_INSERTED)
+    marks = ", ".join(["%s"] * len(_INSERTED))
+    sql = (
+        f"INSERT INTO messages ({columns}) VALUES ({marks}) "
+        "ON CONFLICT ON CONSTRAINT uq_messages_source_external DO NOTHING "
+        "RETURNING source, external_id, id"
+    )
+    out: dict[tuple[str | None, str], int] = {}
+    with conn.connection.driver_connection.cursor() as cur:
+        cur.executemany(sql, _params(conn, rows), returning=True)
+        while True:
+            for r in cur.fetchall():
+                out[(r[0], r[1])] = int(r[2])
+            if not cur.nextset():
+                break
+    return out
+
+
+_GROUP_INSERTS = {"sqlite": _insert_sqlite, "postgresql": _insert_postgresql}
