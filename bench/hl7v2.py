@@ -540,6 +540,12 @@ def end_to_end(mode: str, args: argparse.Namespace, folder: Path) -> dict[str, A
         cpu = meter.used()
         if spy is not None:
             spy.wait()
+        # Before the REST baseline adds rows of its own: the rows these messages stored.
+        ceiling = (
+            ingest_bench.copy_ceiling(url, args.messages + len(warm), False, per_commit=100)
+            if mode == "celery" and args.ceiling
+            else None
+        )
         base_raws = [patient_message(f"R-{n}", f"R{n:06d}") for n in range(args.baseline_messages)]
         rest, mapping_cpu = transaction_baseline(api.base, base_raws, args.senders)
     finally:
@@ -556,7 +562,48 @@ def end_to_end(mode: str, args: argparse.Namespace, folder: Path) -> dict[str, A
         "cpu": {k: 1e3 * v / args.messages for k, v in cpu.items()},
         "rest_per_s": rest,
         "mapping_ms": 1e3 * mapping_cpu,
-    }
+    } | (
+        {
+            "ceiling_per_s": ceiling.rate,
+            "ceiling_rows": ceiling.stored_rows / ceiling.csv_rows,
+            "ceiling_ms": 1e3 * ceiling.cpu_per_unit,
+            "ceiling_client_ms": 1e3 * ceiling.client_cpu / ceiling.csv_rows,
+            "work": fhir_work([raw for _, raw in raws[:200]]),
+        }
+        if ceiling is not None
+        else {}
+    )
+
+
+def fhir_work(raws: list[bytes]) -> dict[str, float]:
+    """CPU a message of the FHIR work alone, in this process, with the hub's own code: the
+    v2 parse, the mapping, validation (fhir.resources, as every write is validated) and
+    search index extraction of every resource the message makes."""
+    from adapters.hl7v2 import Hl7v2Adapter
+    from hub.fhir import validate
+    from hub.search.extract import extract
+    from hub.search.registry import load_default
+
+    adapter = Hl7v2Adapter(ROOT / "mappings" / "hl7v2")
+    registry = load_default()
+    spent = dict.fromkeys(("parse", "map", "validate", "index"), 0.0)
+    for raw in raws:
+        at = time.process_time()
+        tree = adapter.parse(raw)
+        parsed = time.process_time()
+        resources = adapter.map(tree, adapter.mapper_for(tree)).resources
+        mapped = time.process_time()
+        for r in resources:
+            validate(r)
+        validated = time.process_time()
+        for r in resources:
+            extract(registry, r)
+        done = time.process_time()
+        spent["parse"] += parsed - at
+        spent["map"] += mapped - parsed
+        spent["validate"] += validated - mapped
+        spent["index"] += done - validated
+    return {k: 1e3 * v / len(raws) for k, v in spent.items()}
 
 
 def report_end_to_end(mode: str, r: dict[str, Any]) -> str:
@@ -570,6 +617,22 @@ def report_end_to_end(mode: str, r: dict[str, Any]) -> str:
         f"{2e3 / total:.0f}/s on 2 cores\n"
         f"{'':<9} baseline, the same resources as REST transactions: {r['rest_per_s']:6.1f} "
         f"messages/s (parse + map here: {r['mapping_ms']:.1f} ms CPU a message)"
+    ) + (_ceiling_report(r) if "ceiling_per_s" in r else "")
+
+
+def _ceiling_report(r: dict[str, Any]) -> str:
+    work = r["work"]
+    floor = r["ceiling_ms"] + work["validate"] + work["index"]
+    return (
+        f"\n{'':<9} ceiling, the rows these messages stored ({r['ceiling_rows']:.0f} a message) "
+        f"inserted again by raw psycopg: {r['ceiling_per_s']:6.1f} messages/s on one "
+        f"connection, {r['ceiling_ms']:.2f} ms CPU a message (PostgreSQL and client; client "
+        f"{r['ceiling_client_ms']:.2f})\n"
+        f"{'':<9} FHIR work alone, CPU a message: "
+        + ", ".join(f"{k} {v:.2f} ms" for k, v in work.items())
+        + f"\n{'':<9} floor: storing the rows + validating + indexing = {floor:.2f} ms CPU a "
+        f"message: at most {2e3 / floor:.0f} messages/s on 2 cores, before parsing, mapping, "
+        f"the message store and the queue"
     )
 
 
@@ -603,6 +666,12 @@ def main() -> None:
     e2e.add_argument("--e2e-workers", type=int, default=2, help="hub worker --concurrency")
     e2e.add_argument("--e2e-broker-url", default="redis://127.0.0.1:6379/14")
     e2e.add_argument("--deadline", type=float, default=600)
+    e2e.add_argument(
+        "--no-ceiling",
+        dest="ceiling",
+        action="store_false",
+        help="celery mode: skip the ceiling (the stored rows inserted again by raw psycopg)",
+    )
     e2e.add_argument("--profile", help="py-spy raw profile to this file (receiving: of `hub mllp`)")
     e2e.add_argument(
         "--profile-of",

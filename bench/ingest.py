@@ -746,23 +746,34 @@ def same_resources(url: str) -> int:
 
 @dataclass(frozen=True)
 class CeilingRun:
-    csv_rows: int
+    csv_rows: int  # the units the rows were stored for (CSV rows, HL7 v2 messages)
     stored_rows: int
     seconds: float
+    client_cpu: float = 0.0  # CPU seconds of this process while it inserted
+    server_cpu: float = 0.0  # CPU seconds of the PostgreSQL backend that inserted
 
     @property
     def rate(self) -> float:
         return self.csv_rows / self.seconds
 
+    @property
+    def cpu_per_unit(self) -> float:
+        return (self.client_cpu + self.server_cpu) / self.csv_rows
+
 
 def run_ceiling(url: str, data: Dataset, keep: bool) -> CeilingRun:
-    """The rows the hub stored for the files, inserted again by raw psycopg: the ceiling.
+    """The ceiling of a CSV run: see `copy_ceiling`."""
+    return copy_ceiling(url, data.rows + data.patients + data.encounters, keep)
+
+
+def copy_ceiling(url: str, units: int, keep: bool, per_commit: int = BATCH) -> CeilingRun:
+    """The rows the hub stored for `units` units, inserted again by raw psycopg: the ceiling.
 
     Every row of every table a message writes (the message, resources, history, search
     index, lineage; Provenance included), as the hub left them, goes into an empty copy of
     the schema the way the hub writes a batch (COPY for a table of many rows, one pipeline of
-    executemany for the others), one commit per 500 CSV rows' share, on one connection, like
-    the baseline. Only inserts, none of the hub's status updates or reads.
+    executemany for the others), one commit per `per_commit` units' share, on one
+    connection, like the baseline. Only inserts, none of the hub's status updates or reads.
     """
     target = url.rsplit("/", 1)[0] + "/" + url.rsplit("/", 1)[1] + "_ceiling"
     recreate_database(target)
@@ -776,11 +787,13 @@ def run_ceiling(url: str, data: Dataset, keep: bool) -> CeilingRun:
         for table in stored:
             cur = conn.execute(f"SELECT * FROM {table}")
             rows[table] = ([d.name for d in cur.description or ()], cur.fetchall())
-    csv_rows = data.rows + data.patients + data.encounters
-    batches = max(1, -(-csv_rows // BATCH))
+    batches = max(1, -(-units // per_commit))
     try:
         checkpoint(target)
         with psycopg.connect(libpq_url(target)) as conn:
+            backend = int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])  # type: ignore[index]
+            server_before = cpu_seconds([backend]).get(backend, 0.0)
+            client_before = time.process_time()
             start = time.perf_counter()
             for i in range(batches):
                 # As the hub writes a batch (`insert_rows`): each table's share of this one.
@@ -794,10 +807,12 @@ def run_ceiling(url: str, data: Dataset, keep: bool) -> CeilingRun:
                 )
                 conn.commit()
             seconds = time.perf_counter() - start
+            client = time.process_time() - client_before
+            server = cpu_seconds([backend]).get(backend, 0.0) - server_before
     finally:
         if not keep:
             drop_database(target)
-    return CeilingRun(csv_rows, sum(len(v) for _, v in rows.values()), seconds)
+    return CeilingRun(units, sum(len(v) for _, v in rows.values()), seconds, client, server)
 
 
 # --- report ----------------------------------------------------------------------------------

@@ -152,6 +152,43 @@ def test_a40_retires_the_patient_and_moves_its_references(
     assert survivor["link"][0]["type"] == "replaces"
 
 
+def test_a_message_about_a_merged_patient_after_the_merge_goes_to_the_survivor(
+    service: IngestService, client: TestClient
+) -> None:
+    ingest(service, admit())
+    ingest(service, admit(Y, "V9"))
+    assert ingest(service, merge()).done == 1
+    x, y = rid("Patient", X), rid("Patient", Y)
+
+    # The sender still uses the retired MRN: a visit and a result arrive after the merge.
+    assert ingest(service, admit(X, "V2")).done == 1
+    assert ingest(service, result(X)).done == 1
+    late = client.get(f"/fhir/Encounter/{rid('Encounter', X, 'V2')}").json()
+    assert late["subject"]["reference"] == f"Patient/{y}"
+    [observation] = search(client, f"Observation?patient={y}")
+    assert search(client, f"Observation?patient={x}") == []
+    assert search(client, f"Encounter?patient={x}") == []
+    assert {e["id"] for e in search(client, f"Encounter?patient={y}")} >= {late["id"]}
+    # The retired Patient stays retired: the message's demographics go on its record.
+    retired = client.get(f"/fhir/Patient/{x}").json()
+    assert retired["active"] is False
+    assert retired["link"] == [{"other": {"reference": f"Patient/{y}"}, "type": "replaced-by"}]
+    assert observation["subject"]["reference"] == f"Patient/{y}"
+
+
+def test_redirects_follow_a_chain_of_merges(service: IngestService, client: TestClient) -> None:
+    z = "Z3003"
+    ingest(service, admit())
+    ingest(service, admit(Y, "V9"))
+    ingest(service, admit(z, "V7"))
+    assert ingest(service, merge()).done == 1  # X into Y
+    into_z = message(pid(z, "Last"), f"MRG|{Y}^^^HOSP^MR", control="A40-Z", kind="ADT^A40^ADT_A39")
+    assert ingest(service, into_z).done == 1  # then Y into Z
+    assert ingest(service, admit(X, "V3")).done == 1
+    late = client.get(f"/fhir/Encounter/{rid('Encounter', X, 'V3')}").json()
+    assert late["subject"]["reference"] == f"Patient/{rid('Patient', z)}"
+
+
 @pytest.mark.parametrize("kind", ["ADT^A34^ADT_A30", "ADT^A47^ADT_A30"])
 def test_a34_and_a47_retire_the_patient_under_the_old_identifier(
     service: IngestService, client: TestClient, kind: str

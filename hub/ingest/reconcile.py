@@ -14,6 +14,11 @@ Two rules are in force (docs/ingestion.md, "Prepare, reconcile, commit"):
   earlier versions; nothing is deleted. Resent, the merge finds nothing left to move
   and its other writes equal to what is stored, so it makes no version.
 
+- a message about a retired Patient (one a merge linked `replaced-by` another), arriving
+  after the merge, is redirected: its other writes reference the survivor (followed along
+  a chain of merges), so a late result or visit lands with the rest of the record. The
+  retired Patient's own write keeps it retired (`keep: [link, active]`).
+
 Patient matching, survivorship between sources and conflict detection belong here too
 and are not in force yet.
 """
@@ -37,7 +42,7 @@ def reconcile(plan: MessagePlan, state: State) -> MessagePlan:
     """The plan to write, given what is stored now (`state`, read-only)."""
     if not plan.merges and not any(w.overlay or w.keep for w in plan.writes):
         return plan
-    writes = [_settled(w, state) for w in plan.writes]
+    writes = _redirected([_settled(w, state) for w in plan.writes], state)
     if not plan.merges and all(a is b for a, b in zip(writes, plan.writes, strict=True)):
         return plan
     planned = {w.key for w in writes}
@@ -68,6 +73,56 @@ def _settled(write: Write, state: State) -> Write:
     # Read, then written: guarded when the write builds on the stored content.
     guard = state.version(*write.key) if write.overlay else None
     return replace(write, resource=content, if_match=guard)
+
+
+# Merges followed from a retired Patient to its survivor, at most (a loop is not followed).
+MOST_HOPS = 8
+
+
+def _survivor(resource_type: str, resource_id: str, state: State) -> str | None:
+    """The live resource a retired one was merged into (`link` replaced-by, followed along
+    a chain of merges), or None when it is not retired."""
+    reference, seen = f"{resource_type}/{resource_id}", set()
+    for _ in range(MOST_HOPS):
+        seen.add(reference)
+        stored = state.current(*reference.split("/", 1)) if "/" in reference else None
+        if stored is None or stored.get("active", True) is not False:
+            break
+        nexts = [
+            link["other"].get("reference")
+            for link in stored.get("link", [])
+            if link.get("type") == "replaced-by" and isinstance(link.get("other"), dict)
+        ]
+        if not nexts or not nexts[0] or nexts[0] in seen:
+            break
+        reference = nexts[0]
+    return reference if reference != f"{resource_type}/{resource_id}" else None
+
+
+def _redirected(writes: list[Write], state: State) -> list[Write]:
+    """The writes of a message about a retired Patient, referencing its survivor instead."""
+    retired = {
+        f"Patient/{w.key[1]}": survivor
+        for w in writes
+        if w.key[0] == "Patient" and w.keep
+        for survivor in [_survivor("Patient", w.key[1], state)]
+        if survivor is not None
+    }
+    if not retired:
+        return writes
+    out = []
+    for w in writes:
+        if w.key[0] == "Patient" or w.key[0] in RECORDS:
+            out.append(w)
+            continue
+        content = copy.deepcopy(w.resource)
+        paths = [
+            path
+            for old, new in retired.items()
+            for path in _rewrite(content, w.key[0], old, new)
+        ]
+        out.append(replace(w, resource=content) if paths else w)
+    return out
 
 
 def _moved(merge: Merge, state: State, planned: set[tuple[str, str]]) -> list[Write]:
