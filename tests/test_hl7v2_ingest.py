@@ -7,11 +7,13 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from adapters.hl7v2.adapter import external_id
+from hub.errors import Invalid
 from hub.ingest.adapters import Unit
 from hub.ingest.mapping import resource_id
 from hub.ingest.messages import DONE, FAILED
@@ -197,3 +199,31 @@ def test_financial_and_pharmacy_messages_are_searchable(
     pharmacy = resource_id("PHARM/NORTH", "Patient", ["MRN-9"])
     [order] = search(client, f"MedicationRequest?patient={pharmacy}&intent=original-order")
     assert order["medicationCodeableConcept"]["coding"][0]["code"] == "197361"
+
+
+def test_repeated_resources_are_validated_once_and_bad_ones_always_refused(
+    ctx: Context, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hub.ingest import pipeline as pipeline_module
+
+    service = IngestService(ctx, settings, dispatcher="inline")
+    try:
+        seen: list[str] = []
+        real = pipeline_module.validate
+
+        def counting(resource: dict[str, Any], *args: Any, **kw: Any) -> str:
+            seen.append(resource["resourceType"])
+            return real(resource, *args, **kw)
+
+        monkeypatch.setattr(pipeline_module, "validate", counting)
+        practitioner = {"resourceType": "Practitioner", "id": "p1", "name": [{"family": "Lee"}]}
+        service.pipeline._validate(dict(practitioner))
+        service.pipeline._validate(dict(practitioner))
+        assert seen == ["Practitioner"]  # the same content: validated once
+        bad = {"resourceType": "Practitioner", "id": "p2", "gender": "sometimes"}
+        for _ in range(2):  # an invalid one is never remembered
+            with pytest.raises(Invalid):
+                service.pipeline._validate(dict(bad))
+        assert seen == ["Practitioner"] * 3
+    finally:
+        service.close()

@@ -16,11 +16,15 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from enum import StrEnum
 from typing import Any
+
+import orjson
 
 from hub.errors import Busy, Conflict, HubError, Invalid
 from hub.fhir import validate
@@ -42,6 +46,8 @@ from hub.store.repository import Transaction, Version
 
 log = logging.getLogger("hub.ingest")
 MESSAGE_SYSTEM = "urn:fhir-hub:message"
+# Distinct resource contents a pipeline remembers as valid (see `Pipeline._validate`).
+VALIDATED_KEPT = 4096
 
 
 class Outcome(StrEnum):
@@ -85,6 +91,11 @@ class Pipeline:
         self.mappings = mappings
         self.max_attempts = max_attempts
         self.reference_wait = timedelta(seconds=reference_wait)
+        # Content validated before, by its JSON bytes: the same Practitioner, Location and
+        # Organization come with every HL7 v2 message of a sender, and validation through
+        # the models is the dearest step of prepare. Bounded: the oldest goes first.
+        self._valid: OrderedDict[bytes, None] = OrderedDict()
+        self._valid_lock = threading.Lock()  # the embedded mode's threads share a pipeline
 
     def mapper(self, message: Message) -> Mapper:
         if message.mapping is None or message.mapping not in self.mappings:
@@ -131,7 +142,7 @@ class Pipeline:
         overlay = mapped.overlay or [False] * count
         keep = mapped.keep or [()] * count
         for resource in mapped.resources:
-            validate(resource, max_depth=self.ctx.settings.max_resource_depth)
+            self._validate(resource)
         return MessagePlan(
             writes=tuple(
                 Write(resource, tuple(lines), tuple(waits), over, tuple(kept))
@@ -144,6 +155,22 @@ class Pipeline:
             mapping_version=mapper.mapping.version,
             merges=tuple(Merge(*merge) for merge in mapped.merges),
         )
+
+    def _validate(self, resource: dict[str, Any]) -> None:
+        try:
+            key = orjson.dumps(resource)
+        except TypeError:  # a value JSON has no type for (a Decimal): validated every time
+            validate(resource, max_depth=self.ctx.settings.max_resource_depth)
+            return
+        with self._valid_lock:
+            if key in self._valid:
+                self._valid.move_to_end(key)
+                return
+        validate(resource, max_depth=self.ctx.settings.max_resource_depth)
+        with self._valid_lock:
+            self._valid[key] = None
+            if len(self._valid) > VALIDATED_KEPT:
+                self._valid.popitem(last=False)
 
     def next_in_order(self, message_id: int) -> int | None:
         """Once `message_id` is finished: the earliest open message from its source about the

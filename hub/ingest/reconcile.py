@@ -117,9 +117,7 @@ def _redirected(writes: list[Write], state: State) -> list[Write]:
             continue
         content = copy.deepcopy(w.resource)
         paths = [
-            path
-            for old, new in retired.items()
-            for path in _rewrite(content, w.key[0], old, new)
+            path for old, new in retired.items() for path in _rewrite(content, w.key[0], old, new)
         ]
         out.append(replace(w, resource=content) if paths else w)
     return out
