@@ -21,7 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 from adapters.hl7v2.receive import build_receiver
-from hub.assembly import build_context, ingest_service
+from hub.assembly import build_context, ingest_service, settle
 from hub.mllp.listener import Listener
 from hub.settings import Settings
 
@@ -83,6 +83,14 @@ async def run(
     service = ingest_service(settings, ctx)
     receiver = build_receiver(service, settings)
     listener = listener_for(receiver, settings, processes=processes)
+    # What was built (maps, registries, models, the broker's client) stays for the
+    # process's life: out of the collector's full passes, which would otherwise stall the
+    # ACKs now and then. The broker connection is made first, so that its modules are too.
+    try:
+        await asyncio.to_thread(service.dispatcher.check, settings.readiness_timeout_seconds)
+    except Exception as e:  # not fatal: messages are stored, and sent once it is back
+        log.warning("the broker cannot be reached yet: %s", e)
+    settle()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
